@@ -1,0 +1,33 @@
+"""``low_confidence``: LLaDA's schedule-driven remasking (commit the top-k most confident positions).
+
+Nie et al., "Large Language Diffusion Models" (2025), Algorithm 5 (low-confidence remasking): each step
+commits the ``k`` eligible positions whose proposed token has the highest probability, ``k`` being the
+iteration manager's quota for this step.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from dlm.decoding.base import DecodingStrategy
+from dlm.decoding.proposal import propose, top_k_select
+from dlm.state import Commit, Window
+
+
+class LowConfidenceConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.0, ge=0.0, description="Gumbel-max sampling temperature; 0 = greedy")
+
+
+class LowConfidence(DecodingStrategy):
+    Config = LowConfidenceConfig
+
+    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
+        tokens, confidence = propose(
+            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator
+        )
+        quota = window.quota.clamp(min=1)
+        return Commit(top_k_select(confidence, window.eligible, quota), tokens)

@@ -1,0 +1,49 @@
+"""Token proposals and their confidence, shared by the strategies.
+
+Follows LLaDA / Fast-dLLM (§1 of the reference notes): the proposal is the argmax of the logits, with
+float64 Gumbel noise of scale ``temperature`` added when sampling (Gumbel-max draws from
+softmax(logits / T)); the confidence is the float64 softmax probability of the proposed token under the
+un-noised logits. Unlike the reference, MASK is never proposed: a proposed MASK would leave the position
+masked and stall the loop (the MASK logit still counts in the softmax, so confidences are unchanged).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def gumbel_noise(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
+    """Standard Gumbel noise in float64: ``-log(-log U)``, U ~ Uniform(0, 1)."""
+    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=device)
+    return -torch.log(-torch.log(u.clamp_(min=torch.finfo(torch.float64).tiny)))
+
+
+def propose(
+    logits: Tensor, *, mask_id: int, temperature: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V]."""
+    logits64 = logits.to(torch.float64)
+    scores = logits64 if temperature == 0 else logits64 + temperature * gumbel_noise(
+        logits64.shape, generator, logits64.device
+    )
+    scores = scores.clone() if temperature == 0 else scores
+    scores[..., mask_id] = -torch.inf
+    tokens = scores.argmax(dim=-1)  # [b, W]
+    log_z = torch.logsumexp(logits64, dim=-1)  # [b, W]
+    confidence = torch.exp(logits64.gather(-1, tokens[..., None])[..., 0] - log_z)
+    return tokens, confidence
+
+
+def top_k_select(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
+    """[b, W] bool: the ``k[r]`` highest-``score`` eligible positions of each row (at most all eligible)."""
+    score = score.masked_fill(~eligible, -torch.inf)
+    k = torch.minimum(k, eligible.sum(dim=1))
+    k_max = int(k.max()) if k.numel() else 0
+    select = torch.zeros_like(eligible)
+    if k_max == 0:
+        return select
+    idx = score.topk(k_max, dim=1).indices  # [b, k_max]
+    ranks = torch.arange(k_max, device=score.device)[None, :]
+    select.scatter_(1, idx, ranks < k[:, None])
+    return select & eligible

@@ -1,0 +1,30 @@
+"""``random``: LLaDA's random remasking (commit ``k`` uniformly random eligible positions).
+
+Nie et al. (2025), Algorithm 4: same schedule as low-confidence remasking, but the positions to commit are
+ranked by a uniform random score instead of the model's confidence.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from dlm.decoding.base import DecodingStrategy
+from dlm.decoding.proposal import propose, top_k_select
+from dlm.state import Commit, Window
+
+
+class RandomConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(0.0, ge=0.0, description="Gumbel-max sampling temperature; 0 = greedy")
+
+
+class RandomRemasking(DecodingStrategy):
+    Config = RandomConfig
+
+    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
+        tokens, _ = propose(logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator)
+        score = torch.rand(window.eligible.shape, dtype=torch.float64, generator=generator, device=logits.device)
+        return Commit(top_k_select(score, window.eligible, window.quota.clamp(min=1)), tokens)

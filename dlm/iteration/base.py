@@ -1,0 +1,92 @@
+"""Diffusion-iteration manager interface: builds the canvas, picks each step's window, moves blocks on."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor
+
+from dlm.errors import InputError
+from dlm.models.base import ModelCapabilities
+from dlm.state import GenerationState, Window
+
+
+class IterationManager(ABC):
+    """Which positions are denoised now, and when a block / the whole generation is done."""
+
+    Config: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: BaseModel) -> None:
+        self.config = config
+
+    def check(self, capabilities: ModelCapabilities) -> str | None:
+        """Return why this manager cannot drive a model with ``capabilities``, or None if it can."""
+        return None
+
+    @abstractmethod
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
+        """A fresh state for ``prompts`` (1-D LongTensors of different lengths)."""
+
+    @abstractmethod
+    def window(self, state: GenerationState) -> Window:
+        """The positions to denoise in the next step."""
+
+    @abstractmethod
+    def advance(self, state: GenerationState) -> None:
+        """Bookkeeping after a commit: next step, next block, end of generation."""
+
+    def done(self, state: GenerationState) -> bool:
+        return bool(state.done.all())
+
+
+def left_padded_canvas(
+    prompts: list[Tensor], gen_length: int, capabilities: ModelCapabilities, device: torch.device
+) -> GenerationState:
+    """State with ``[pad | prompt | MASK × gen_length]`` rows; the generation region is column-aligned."""
+    if not prompts:
+        raise InputError("no prompts given")
+    lengths = [int(p.numel()) for p in prompts]
+    for i, n in enumerate(lengths):
+        if n == 0:
+            raise InputError(f"prompt {i} is empty; give at least one token")
+        if n + gen_length > capabilities.max_length:
+            raise InputError(
+                f"prompt {i} has {n} tokens; with gen_length {gen_length} that is {n + gen_length} tokens, "
+                f"more than the model's context of {capabilities.max_length}. Shorten the prompt to at most "
+                f"{capabilities.max_length - gen_length} tokens or lower gen_length."
+            )
+    longest = max(lengths)
+    canvas = torch.full((len(prompts), longest + gen_length), capabilities.mask_id, dtype=torch.long, device=device)
+    pad = torch.tensor([longest - n for n in lengths], dtype=torch.long, device=device)
+    for r, p in enumerate(prompts):
+        canvas[r, : longest - lengths[r]] = capabilities.eos_id
+        canvas[r, longest - lengths[r] : longest] = p.to(device)
+    b = len(prompts)
+    return GenerationState(
+        canvas=canvas,
+        pad=pad,
+        prompt_lengths=torch.tensor(lengths, dtype=torch.long, device=device),
+        gen_start=longest,
+        gen_length=gen_length,
+        mask_id=capabilities.mask_id,
+        eos_ids=capabilities.eos_ids,
+        nfe=torch.zeros(b, dtype=torch.long, device=device),
+        done=torch.zeros(b, dtype=torch.bool, device=device),
+    )
+
+
+def stop_at_eos(state: GenerationState) -> None:
+    """End every row that has committed an end token with no mask before it; fill the rest with EOS."""
+    gen = state.canvas[:, state.gen_start :]  # [B, G]
+    is_end = torch.isin(gen, torch.tensor(state.eos_ids, device=gen.device))
+    first = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1), gen.shape[1])  # [B]
+    cols = torch.arange(gen.shape[1], device=gen.device)[None, :]
+    mask_before = ((gen == state.mask_id) & (cols < first[:, None])).any(dim=1)
+    stop = (first < gen.shape[1]) & ~mask_before & ~state.done
+    if bool(stop.any()):
+        fill = stop[:, None] & (cols > first[:, None])
+        gen.masked_fill_(fill, state.eos_ids[0])
+        state.done |= stop

@@ -1,0 +1,117 @@
+"""``blockwise``: semi-autoregressive blocks, the schedule of LLaDA and Fast-dLLM.
+
+Semantics of Fast-dLLM's ``generate`` (Wu et al., 2025, arXiv 2505.22618; LLaDA, Nie et al. 2025): the
+generation region is cut into ``gen_length / block_length`` blocks, denoised left to right; ``steps`` are
+split evenly over the blocks; in a block with ``m`` masked positions and ``s`` steps, step ``i`` has quota
+``m // s`` plus one for the first ``m % s`` steps. Only masked positions of the current block are eligible,
+and a block is denoised until it holds no mask (the reference's "until done" loop), so strategies that
+ignore the quota (threshold, factor) simply take as many steps as they need.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from dlm.errors import DecodingError
+from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
+from dlm.models.base import ModelCapabilities
+from dlm.state import GenerationState, Window
+
+
+class BlockwiseConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gen_length: int = Field(128, gt=0, description="tokens to generate per prompt")
+    block_length: int = Field(32, gt=0, description="tokens per semi-autoregressive block")
+    steps: int = Field(128, gt=0, description="schedule steps over the whole generation (top-k strategies)")
+    early_stop: bool = Field(False, description="end a row once it committed EOS with no mask before it")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "BlockwiseConfig":
+        if self.gen_length % self.block_length:
+            raise ValueError(
+                f"block_length ({self.block_length}) must divide gen_length ({self.gen_length}); "
+                f"for example block_length={_divisor_near(self.gen_length, self.block_length)}"
+            )
+        blocks = self.gen_length // self.block_length
+        if self.steps % blocks:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks} = gen_length / "
+                f"block_length), for example steps={max(blocks, self.steps - self.steps % blocks)}"
+            )
+        return self
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+
+def _divisor_near(n: int, target: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - target), d))
+
+
+def transfer_schedule(masked: Tensor, steps: int) -> Tensor:
+    """[B, steps] tokens per step for ``masked`` [B] positions: ``m // s``, the first ``m % s`` steps +1."""
+    base = masked // steps
+    rem = masked % steps
+    return base[:, None] + (torch.arange(steps, device=masked.device)[None, :] < rem[:, None]).long()
+
+
+class Blockwise(IterationManager):
+    Config = BlockwiseConfig
+
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
+        self._begin_block(state, 0)
+        return state
+
+    def _begin_block(self, state: GenerationState, block: int) -> None:
+        bl = self.config.block_length
+        state.block = block
+        state.block_start = state.gen_start + block * bl
+        state.block_end = state.block_start + bl
+        state.step = 0
+        masked = state.masked()[:, state.block_start : state.block_end].sum(dim=1)
+        state.schedule = transfer_schedule(masked, self.config.steps_per_block)
+
+    def _active(self, state: GenerationState) -> Tensor:
+        """[B] bool: rows still generating that have masks in the current block."""
+        return ~state.done & state.masked()[:, state.block_start : state.block_end].any(dim=1)
+
+    def window(self, state: GenerationState) -> Window:
+        rows = self._active(state).nonzero()[:, 0]
+        eligible = state.masked()[rows, state.block_start : state.block_end]
+        if state.step < self.config.steps_per_block:
+            quota = state.schedule[rows, state.step]
+        else:
+            quota = eligible.sum(dim=1)
+        return Window(
+            rows=rows,
+            start=state.block_start,
+            end=state.block_end,
+            eligible=eligible,
+            quota=quota,
+            step=state.step,
+            mask_id=state.mask_id,
+        )
+
+    def advance(self, state: GenerationState) -> None:
+        state.step += 1
+        if self.config.early_stop:
+            stop_at_eos(state)
+        if bool(self._active(state).any()):
+            if state.step > self.config.block_length:
+                raise DecodingError(f"block {state.block} still has masks after {state.step} steps")
+            return
+        if state.block + 1 < self.config.num_blocks:
+            self._begin_block(state, state.block + 1)
+            if not bool(self._active(state).any()):  # every remaining row stopped early
+                state.done[:] = True
+        else:
+            state.done[:] = True

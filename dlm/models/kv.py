@@ -1,0 +1,51 @@
+"""A preallocated per-layer key/value buffer, written in place through canvas columns.
+
+Slot ``c`` of the buffer holds the post-RoPE key and the value of canvas column ``c``, as last computed.
+Shapes never change during a generation (as in gpt-fast): a forward writes the K/V of the columns it
+computes and then attends to the slots ``[0, key_end)``. Which columns are computed, and so which slots are
+fresh and which are reused, is decided by the cache manager's :class:`~dlm.cache.base.ForwardPlan`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class KVBuffer:
+    """Keys and values of every layer: ``[n_layers, B, n_kv_heads, L, head_dim]``."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch: int,
+        n_kv_heads: int,
+        length: int,
+        head_dim: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        shape = (n_layers, batch, n_kv_heads, length, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[3]
+
+    def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor) -> None:
+        """Store ``k``/``v`` ([b, H, q, D]) into slots ``[start, start+q)`` of ``rows`` (None: all rows)."""
+        end = start + k.shape[2]
+        if rows is None:
+            self.keys[layer, :, :, start:end] = k
+            self.values[layer, :, :, start:end] = v
+        else:
+            self.keys[layer, rows, :, start:end] = k
+            self.values[layer, rows, :, start:end] = v
+
+    def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
+        """Keys and values of slots ``[0, key_end)`` for ``rows``: two [b, H, key_end, D] tensors."""
+        if rows is None:
+            return self.keys[layer, :, :, :key_end], self.values[layer, :, :, :key_end]
+        return self.keys[layer, rows, :, :key_end], self.values[layer, rows, :, :key_end]

@@ -1,0 +1,54 @@
+"""Tokenizer loading from a checkpoint directory (``tokenizer.json`` + ``tokenizer_config.json``).
+
+Uses transformers' fast tokenizer class directly, so no remote code can run; the chat template is read from
+the directory when present.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dlm.errors import CheckpointError, InputError
+
+
+class Tokenizer:
+    """Text <-> ids, with the chat template of the checkpoint when it has one."""
+
+    def __init__(self, directory: Path) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import PreTrainedTokenizerFast
+
+        try:
+            self._tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+        except Exception as err:  # tokenizers raises plain Exceptions on malformed files
+            raise CheckpointError(f"cannot read the tokenizer in {directory}: {err}") from err
+
+    @staticmethod
+    def maybe_load(directory: Path) -> "Tokenizer | None":
+        return Tokenizer(directory) if (Path(directory) / "tokenizer.json").is_file() else None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tok, "chat_template", None))
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a special token string, or None if the vocabulary has no such token."""
+        tid = self._tok.convert_tokens_to_ids(token)
+        return None if tid is None or tid == self._tok.unk_token_id and token != self._tok.unk_token else tid
+
+    def encode(self, text: str, *, chat: bool = False) -> list[int]:
+        if chat:
+            if not self.has_chat_template:
+                raise InputError("chat_template is on, but this checkpoint's tokenizer has no chat template")
+            text = self._tok.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+            )
+            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return self._tok.convert_ids_to_tokens(ids)
