@@ -78,7 +78,7 @@ class PipelineConfig(BaseModel):
 
 def _describe_error(source: str, section: str | None, err: dict[str, Any], fields: Mapping[str, Any]) -> str:
     loc = ".".join(str(p) for p in ((section,) if section else ()) + tuple(err["loc"]))
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         allowed = ", ".join(["name", *fields]) if section else ", ".join([*SECTIONS, *RunSettings.model_fields])
         return f"{source}: {loc}: unknown field. Allowed fields: {allowed}"

@@ -1,0 +1,47 @@
+"""The ``dlm`` console script. Each subcommand lives in its own module under :mod:`dlm.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dlm.errors import DlmError
+
+# subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
+COMMANDS = {
+    "generate": "dlm.commands.generate",
+    "list": "dlm.commands.list_components",
+    "validate": "dlm.commands.validate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dlm", description="Fast inference of diffusion language models.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except DlmError as err:
+        print(f"dlm {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
