@@ -1,0 +1,37 @@
+"""``dual``: Fast-dLLM's dual KV cache (Wu et al., 2025, arXiv 2505.22618, §3.2; reference notes §3).
+
+Each block starts with a full forward over the whole canvas (the refresh, also decoding step 0), which
+writes every column's K/V. Later steps compute only the current block: its fresh K/V overwrite the block's
+own slots in place, and attention reads the prefix *and* suffix K/V cached at the refresh.
+
+Exactness: as for ``prefix``, exact for a 1-layer model and when each block completes in its refresh step;
+approximate otherwise (both the prefix and the still-masked suffix K/V go stale while the block fills).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from dlm.cache.base import ForwardPlan
+from dlm.cache.prefix import PrefixCache
+from dlm.state import GenerationState, Window
+
+
+class DualCacheConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DualCache(PrefixCache):
+    Config = DualCacheConfig
+
+    def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
+        refresh = window.step == 0
+        return ForwardPlan(
+            rows=window.rows,
+            all_rows=len(window.rows) == state.batch_size,
+            start=0 if refresh else state.block_start,
+            end=state.length if refresh else state.block_end,
+            kv=self.kv,
+            key_end=state.length,
+            refresh=refresh,
+        )

@@ -1,0 +1,19 @@
+"""Shared checks of Fast-dLLM's block-wise approximate caches (``prefix`` and ``dual``)."""
+
+from __future__ import annotations
+
+from dlm.models.base import ModelCapabilities
+
+
+def block_cache_problem(capabilities: ModelCapabilities) -> str | None:
+    """Why a Fast-dLLM block cache cannot serve this model, or None."""
+    if not capabilities.kv_cache:
+        return "the model adapter cannot run through a KV buffer"
+    if capabilities.attention != "bidirectional":
+        return f"it is made for bidirectional attention, the model's attention is {capabilities.attention}"
+    if capabilities.logit_shift:
+        return (
+            "the model reads logits shifted by one, so a cached step would need the output of the column "
+            "before the block, which it does not compute"
+        )
+    return None

@@ -1,0 +1,51 @@
+"""``prefix``: Fast-dLLM's prefix KV cache (Wu et al., 2025, arXiv 2505.22618, §3.2; reference notes §2).
+
+Each block starts with a full forward over the whole canvas (the refresh, also decoding step 0 of the
+block), which writes every column's K/V into the buffer. Later steps of the block compute the current block
+and everything after it, and attend to the prefix K/V (columns before the block) as cached at the refresh.
+
+Exactness: the cached prefix K/V are those of the block's first step. They equal the no-cache values
+whenever the tokens they depend on have not changed since: always for a 1-layer model (layer-0 K/V depend
+only on the token itself), and trivially when each block is completed in its refresh step. With deeper
+models the prefix K/V drift as the block fills, so outputs can differ from ``none``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from dlm.cache.base import CacheManager, ForwardPlan
+from dlm.cache.fast_dllm import block_cache_problem
+from dlm.models.base import ModelAdapter, ModelCapabilities
+from dlm.models.kv import KVBuffer
+from dlm.state import GenerationState, Window
+
+
+class PrefixCacheConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PrefixCache(CacheManager):
+    Config = PrefixCacheConfig
+    kv: KVBuffer | None = None
+
+    def check(self, capabilities: ModelCapabilities) -> str | None:
+        return block_cache_problem(capabilities)
+
+    def start(self, state: GenerationState, model: ModelAdapter) -> None:
+        self.kv = model.new_kv(state.batch_size, state.length)
+
+    def finish(self) -> None:
+        self.kv = None
+
+    def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
+        refresh = window.step == 0
+        return ForwardPlan(
+            rows=window.rows,
+            all_rows=len(window.rows) == state.batch_size,
+            start=0 if refresh else state.block_start,
+            end=state.length,
+            kv=self.kv,
+            key_end=state.length,
+            refresh=refresh,
+        )
