@@ -13,6 +13,8 @@ COMMANDS = {
     "generate": "dlm.commands.generate",
     "list": "dlm.commands.list_components",
     "validate": "dlm.commands.validate",
+    "train-demo": "dlm.commands.train_demo",
+    "eval": "dlm.commands.eval",
 }
 
 
