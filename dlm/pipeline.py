@@ -16,6 +16,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.errors import CompositionError, InputError
 from dlm.iteration.base import IterationManager
 from dlm.models.base import ModelAdapter
+from dlm.rng import RowRNG
 from dlm.state import GenerationState
 
 Trace = Callable[[GenerationState], None]
@@ -127,11 +128,15 @@ class Pipeline:
         input_ids: Tensor | Sequence[Sequence[int]] | None = None,
         trace: Trace | None = None,
     ) -> GenerationOutput:
-        """Generate for a batch of prompts of any lengths; each row gives what it gives alone."""
+        """Generate for a batch of prompts of any lengths; each row gives what it gives alone.
+
+        Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r``, so a batch
+        row reproduces a single-prompt call made with seed ``seed + r``.
+        """
         rows = self._as_rows(prompts, input_ids)
         device = self.model.device
-        generator = torch.Generator(device=device).manual_seed(self.seed)
         state = self.iteration.start(rows, self.model.capabilities, device)
+        generator = RowRNG(self.seed, state.batch_size, device)
         t0 = time.perf_counter()
         self.cache.start(state, self.model)
         try:
@@ -142,7 +147,7 @@ class Pipeline:
             torch.cuda.synchronize(device)
         return self._output(state, time.perf_counter() - t0)
 
-    def _loop(self, state: GenerationState, generator: torch.Generator, trace: Trace | None) -> None:
+    def _loop(self, state: GenerationState, generator: RowRNG, trace: Trace | None) -> None:
         """The whole algorithm: plan, forward, select, commit, advance."""
         while not self.iteration.done(state):
             window = self.iteration.window(state)

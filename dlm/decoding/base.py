@@ -5,10 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-import torch
 from pydantic import BaseModel
 from torch import Tensor
 
+from dlm.rng import RowRNG
 from dlm.state import Commit, Window
 
 
@@ -25,5 +25,6 @@ class DecodingStrategy(ABC):
         self.config = config
 
     @abstractmethod
-    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
-        """Decide this step's commits."""
+    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+        """Decide this step's commits. Draw randomness only through ``generator`` (one stream per row,
+        e.g. ``generator.rand(window.rows, shape)``), so batched rows reproduce single-prompt runs."""

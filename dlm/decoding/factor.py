@@ -15,6 +15,7 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
+from dlm.rng import RowRNG
 from dlm.state import Commit, Window
 
 
@@ -52,8 +53,9 @@ def factor_select(confidence: Tensor, eligible: Tensor, factor: float) -> Tensor
 class Factor(DecodingStrategy):
     Config = FactorConfig
 
-    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
+    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
-            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator
+            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
+            rows=window.rows,
         )
         return Commit(factor_select(confidence, window.eligible, self.config.factor), tokens)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
+from dlm.rng import RowRNG
 from dlm.state import Commit, Window
 
 
@@ -25,9 +26,10 @@ class LowConfidenceConfig(BaseModel):
 class LowConfidence(DecodingStrategy):
     Config = LowConfidenceConfig
 
-    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
+    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
-            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator
+            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
+            rows=window.rows,
         )
         quota = window.quota.clamp(min=1)
         return Commit(top_k_select(confidence, window.eligible, quota), tokens)

@@ -12,22 +12,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dlm.rng import RowRNG
 
-def gumbel_noise(shape: torch.Size, generator: torch.Generator, device: torch.device) -> Tensor:
-    """Standard Gumbel noise in float64: ``-log(-log U)``, U ~ Uniform(0, 1)."""
-    u = torch.rand(shape, dtype=torch.float64, generator=generator, device=device)
+
+def gumbel_noise(rows: Tensor, shape: tuple[int, ...], rng: RowRNG) -> Tensor:
+    """Standard Gumbel noise in float64, ``-log(-log U)`` with U ~ Uniform(0, 1): [len(rows), *shape]."""
+    u = rng.rand(rows, shape)
     return -torch.log(-torch.log(u.clamp_(min=torch.finfo(torch.float64).tiny)))
 
 
 def propose(
-    logits: Tensor, *, mask_id: int, temperature: float, generator: torch.Generator
+    logits: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V]."""
+    """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V] of ``rows``."""
     logits64 = logits.to(torch.float64)
-    scores = logits64 if temperature == 0 else logits64 + temperature * gumbel_noise(
-        logits64.shape, generator, logits64.device
-    )
-    scores = scores.clone() if temperature == 0 else scores
+    if temperature == 0:
+        scores = logits64.clone()
+    else:
+        scores = logits64 + temperature * gumbel_noise(rows, tuple(logits64.shape[1:]), generator)
     scores[..., mask_id] = -torch.inf
     tokens = scores.argmax(dim=-1)  # [b, W]
     log_z = torch.logsumexp(logits64, dim=-1)  # [b, W]

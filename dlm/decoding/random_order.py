@@ -12,6 +12,7 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
+from dlm.rng import RowRNG
 from dlm.state import Commit, Window
 
 
@@ -24,7 +25,9 @@ class RandomConfig(BaseModel):
 class RandomRemasking(DecodingStrategy):
     Config = RandomConfig
 
-    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
-        tokens, _ = propose(logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator)
-        score = torch.rand(window.eligible.shape, dtype=torch.float64, generator=generator, device=logits.device)
+    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+        tokens, _ = propose(
+            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator, rows=window.rows
+        )
+        score = generator.rand(window.rows, (window.width,))
         return Commit(top_k_select(score, window.eligible, window.quota.clamp(min=1)), tokens)

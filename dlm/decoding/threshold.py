@@ -13,6 +13,7 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
+from dlm.rng import RowRNG
 from dlm.state import Commit, Window
 
 
@@ -35,8 +36,9 @@ def threshold_select(confidence: Tensor, eligible: Tensor, tau: float) -> Tensor
 class Threshold(DecodingStrategy):
     Config = ThresholdConfig
 
-    def select(self, logits: Tensor, window: Window, generator: torch.Generator) -> Commit:
+    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
-            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator
+            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
+            rows=window.rows,
         )
         return Commit(threshold_select(confidence, window.eligible, self.config.threshold), tokens)
