@@ -55,19 +55,18 @@ class Pipeline:
         self.model, self.iteration, self.decoding, self.cache = model, iteration, decoding, cache
         self.seed = seed
         self.config = config
+        names = config.to_dict() if config else {}
+
+        def name(kind: str, component) -> str:
+            return names.get(kind, {}).get("name", type(component).__name__)
+
         problems = [
-            (kind, comp.check(model.capabilities)) for kind, comp in (("iteration", iteration), ("cache", cache))
+            f"{kind} {name(kind, comp)!r} cannot be used with model {name('model', model)!r}: {problem}"
+            for kind, comp in (("iteration", iteration), ("cache", cache))
+            if (problem := comp.check(model.capabilities))
         ]
-        problems = [(k, p) for k, p in problems if p]
         if problems:
-            names = config.to_dict() if config else {}
-            raise CompositionError(
-                "; ".join(
-                    f"{kind} {names.get(kind, {}).get('name', type(comp).__name__)!r} cannot be used with model "
-                    f"{names.get('model', {}).get('name', type(model).__name__)!r}: {p}"
-                    for (kind, p), comp in zip(problems, (iteration, cache))
-                )
-            )
+            raise CompositionError("; ".join(problems))
 
     # --- construction -------------------------------------------------------------------------------
 
