@@ -13,6 +13,7 @@ COMMANDS = {
     "generate": "dlm.commands.generate",
     "list": "dlm.commands.list_components",
     "validate": "dlm.commands.validate",
+    "bench": "dlm.commands.bench",
     "train-demo": "dlm.commands.train_demo",
     "eval": "dlm.commands.eval",
 }

@@ -1,0 +1,357 @@
+"""Side-by-side speed benchmark of pipeline configurations (the logic behind ``dlm bench``).
+
+Protocol, chosen so that ratios between configurations are robust on a shared, noisy machine:
+
+1. every configuration is built once; configurations that name the same model (same section, dtype and
+   device) share one loaded model;
+2. warm-up: each configuration generates for the first prompt batch ``warmup`` times (not timed);
+3. interleaved repeats: for ``r`` in ``1..repeats``, for each configuration in order (A, B, C, A, B, C, …),
+   generate for every prompt batch and record the wall time of that pass; drifting machine load then hits
+   every configuration alike;
+4. figures are medians over the repeats; the speed-up of a configuration is the first configuration's median
+   wall time divided by its own.
+
+Reported per configuration: NFE (forward passes per prompt, from :attr:`GenerationOutput.nfe`), tokens per
+forward (committed tokens / NFE, the "parallelism" of a decoding rule), generated tokens per second
+(generation-region tokens of all prompts / median wall time; prompt tokens are not counted, cf. Fast-dLLM
+issue #15), median wall time, speed-up, and the share of generated tokens equal to the first configuration's
+(cache policies are approximations, so this shows how far their outputs drift on the benchmarked model).
+
+Throughput follows Fast-dLLM's protocol (Wu et al., 2025, arXiv 2505.22618, §4.1: batch size 1, tokens of
+the generation per second, wall clock) except that it counts every generated token, EOS included, since
+random-weight models have no meaningful end of answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+from dlm.config import PipelineConfig, load_config
+from dlm.errors import ConfigError, InputError
+
+# sizes of the default ``--random-model`` checkpoint: ~35M parameters in LLaDA's layout
+RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
+    "d_model": 512,
+    "n_layers": 8,
+    "n_heads": 8,
+    "mlp_hidden_size": 1536,
+    "vocab_size": 8192,
+    "max_sequence_length": 4096,
+    "seed": 0,
+}
+_INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
+               "max_sequence_length", "seed", "shards"}
+_BOOL_FIELDS = {"weight_tying"}
+
+
+# --- random checkpoints --------------------------------------------------------------------------------
+
+
+def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``"d_model=512,n_layers=8"`` (or a mapping) -> keyword arguments of ``make_llada_checkpoint``,
+    on top of :data:`RANDOM_MODEL_DEFAULTS`."""
+    out = dict(RANDOM_MODEL_DEFAULTS)
+    if spec is None or spec == "" or spec == "default":
+        return out
+    items = spec.items() if isinstance(spec, Mapping) else (
+        part.partition("=")[::2] for part in str(spec).split(",") if part.strip()
+    )
+    for key, value in items:
+        key = str(key).strip()
+        if key not in _INT_FIELDS | _BOOL_FIELDS:
+            allowed = ", ".join(sorted(_INT_FIELDS | _BOOL_FIELDS))
+            raise ConfigError(f"--random-model: unknown field {key!r}; allowed: {allowed}")
+        text = str(value).strip()
+        try:
+            out[key] = text.lower() in ("1", "true", "yes") if key in _BOOL_FIELDS else int(text)
+        except ValueError:
+            raise ConfigError(f"--random-model: {key}={text!r} is not an integer") from None
+    if out["d_model"] % out["n_heads"]:
+        raise ConfigError(f"--random-model: n_heads ({out['n_heads']}) must divide d_model ({out['d_model']})")
+    return out
+
+
+def count_parameters(spec: Mapping[str, Any]) -> int:
+    """Parameters of a LLaDA-layout checkpoint written with ``spec`` (as parsed by :func:`parse_model_spec`)."""
+    d, n, heads = spec["d_model"], spec["n_layers"], spec["n_heads"]
+    kv = spec.get("n_kv_heads") or heads
+    ffn = spec.get("mlp_hidden_size") or 2 * d
+    vocab = spec["vocab_size"]
+    per_layer = d * d * 2 + 2 * d * (d // heads) * kv + 3 * d * ffn + 2 * d
+    return n * per_layer + vocab * d * (1 if spec.get("weight_tying") else 2) + d
+
+
+def default_cache_dir() -> Path:
+    """``$DLM_CACHE/random-models``, else ``$XDG_CACHE_HOME`` (or ``~/.cache``) ``/dlm/random-models``."""
+    if os.environ.get("DLM_CACHE"):
+        return Path(os.environ["DLM_CACHE"]) / "random-models"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dlm" / "random-models"
+
+
+def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
+    """A random-weight LLaDA-layout checkpoint for ``spec``, written once and reused (keyed by its sizes)."""
+    from dlm.testing import make_llada_checkpoint
+
+    kwargs = parse_model_spec(spec)
+    key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory = root / f"llada-d{kwargs['d_model']}-l{kwargs['n_layers']}-{key}"
+    if (directory / "config.json").is_file() and any(directory.glob("*.safetensors")):
+        return directory
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=root))
+    make_llada_checkpoint(tmp, **kwargs)
+    try:
+        tmp.rename(directory)
+    except OSError:  # written concurrently by another process: use theirs
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+# --- prompts -------------------------------------------------------------------------------------------
+
+
+def random_prompts(count: int, length: int, vocab: int, avoid: Sequence[int], seed: int = 0) -> list[Tensor]:
+    """``count`` prompts of ``length`` token ids drawn uniformly from the vocabulary minus ``avoid``."""
+    if count < 1 or length < 1:
+        raise InputError("need at least one prompt of at least one token")
+    allowed = torch.tensor(sorted(set(range(vocab)) - set(int(a) for a in avoid)), dtype=torch.long)
+    if not len(allowed):
+        raise InputError("the vocabulary has no ordinary token to build prompts from")
+    g = torch.Generator().manual_seed(seed)
+    return [allowed[torch.randint(len(allowed), (length,), generator=g)] for _ in range(count)]
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Non-empty lines of a text file (``\\n`` escapes allowed inside a line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompts file {path} does not exist")
+    lines = [ln.replace("\\n", "\n") for ln in path.read_text().splitlines() if ln.strip()]
+    if not lines:
+        raise InputError(f"prompts file {path} has no prompt (one per non-empty line)")
+    return lines
+
+
+# --- the benchmark ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BenchEntry:
+    """One configuration under test."""
+
+    label: str
+    config: PipelineConfig
+    pipeline: Any = None  # dlm.pipeline.Pipeline
+    seconds: list[float] = field(default_factory=list)  # wall time of each timed pass over all prompts
+    nfe: list[int] = field(default_factory=list)  # per prompt, from the first timed pass
+    committed: int = 0  # tokens committed over all prompts (first timed pass)
+    generated_tokens: int = 0  # generation-region tokens over all prompts
+    outputs: list[Tensor] = field(default_factory=list)  # generated ids per prompt (first timed pass)
+
+
+def _model_key(config: PipelineConfig) -> str:
+    m = config.model
+    return json.dumps([m.name, m.config.model_dump(mode="json"), config.run.dtype, config.run.device], sort_keys=True)
+
+
+def build_entries(
+    paths: Sequence[str | Path], overrides: Sequence[str] = (), *, labels: Sequence[str] | None = None
+) -> list[BenchEntry]:
+    """Load and validate each YAML (with ``overrides``), build the pipelines, sharing loaded models."""
+    from dlm.pipeline import Pipeline
+
+    if not paths:
+        raise ConfigError("dlm bench needs at least one pipeline config")
+    configs = [load_config(p, list(overrides)) for p in paths]
+    names = list(labels) if labels else _labels(paths)
+    models: dict[str, Any] = {}
+    entries = []
+    for name, cfg in zip(names, configs):
+        key = _model_key(cfg)
+        if key not in models:
+            models[key] = Pipeline.from_config(cfg).model
+        model = models[key]
+        pipe = Pipeline(
+            model,
+            cfg.iteration.cls(cfg.iteration.config),
+            cfg.decoding.cls(cfg.decoding.config),
+            cfg.cache.cls(cfg.cache.config),
+            seed=cfg.run.seed,
+            config=cfg,
+        )
+        entries.append(BenchEntry(label=name, config=cfg, pipeline=pipe))
+    return entries
+
+
+def _labels(paths: Sequence[str | Path]) -> list[str]:
+    stems = [Path(p).stem for p in paths]
+    out, seen = [], {}
+    for s in stems:
+        seen[s] = seen.get(s, 0) + 1
+        out.append(s if stems.count(s) == 1 else f"{s}#{seen[s]}")
+    return out
+
+
+def _batches(prompts: Sequence[Any], batch_size: int) -> list[list[Any]]:
+    return [list(prompts[i : i + batch_size]) for i in range(0, len(prompts), batch_size)]
+
+
+def _generate(pipe, batch: list[Any]):
+    if isinstance(batch[0], str):
+        return pipe.generate(batch)
+    return pipe.generate(input_ids=batch)
+
+
+def run_benchmark(
+    entries: Sequence[BenchEntry],
+    prompts: Sequence[Tensor] | Sequence[str],
+    *,
+    repeats: int = 3,
+    warmup: int = 1,
+    batch_size: int = 1,
+    progress: bool = True,
+    on_pass: Callable[[BenchEntry, int, float], None] | None = None,
+) -> list[BenchEntry]:
+    """Warm up, then time ``repeats`` interleaved passes of every entry over ``prompts`` (see module doc)."""
+    if repeats < 1:
+        raise InputError("repeats must be at least 1")
+    batches = _batches(prompts, max(1, batch_size))
+    total = len(entries) * (warmup + repeats * len(batches))
+    bar = _progress(total, progress)
+    try:
+        for _ in range(warmup):
+            for e in entries:
+                bar.set_postfix_str(f"warm-up {e.label}")
+                _generate(e.pipeline, batches[0])
+                bar.update(1)
+        for r in range(repeats):
+            for e in entries:
+                bar.set_postfix_str(f"{e.label} (repeat {r + 1}/{repeats})")
+                seconds, first = 0.0, r == 0
+                for batch in batches:
+                    t0 = time.perf_counter()
+                    out = _generate(e.pipeline, batch)
+                    seconds += time.perf_counter() - t0
+                    if first:
+                        e.nfe.extend(out.nfe)
+                        e.committed += sum(sum(s) for s in out.tokens_per_step)
+                        e.generated_tokens += sum(int(g.numel()) for g in out.generated)
+                        e.outputs.extend(g.clone() for g in out.generated)
+                    bar.update(1)
+                e.seconds.append(seconds)
+                if on_pass is not None:
+                    on_pass(e, r, seconds)
+    finally:
+        bar.close()
+    return list(entries)
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        enabled = False
+    if not enabled:
+        class _Null:
+            def update(self, n=1): ...
+            def set_postfix_str(self, s): ...
+            def close(self): ...
+
+        return _Null()
+    return tqdm(total=total, desc="dlm bench", unit="gen", leave=False, dynamic_ncols=True)
+
+
+# --- results ------------------------------------------------------------------------------------------
+
+
+def summarize(entries: Sequence[BenchEntry]) -> list[dict[str, Any]]:
+    """One row of figures per entry (medians over repeats; speed-up against the first entry)."""
+    rows = []
+    base = statistics.median(entries[0].seconds)
+    ref = entries[0].outputs
+    for e in entries:
+        wall = statistics.median(e.seconds)
+        n_prompts = len(e.nfe)
+        nfe_total = sum(e.nfe)
+        same = sum(int((a == b).sum()) for a, b in zip(e.outputs, ref) if a.shape == b.shape)
+        cfg = e.config.to_dict()
+        rows.append({
+            "label": e.label,
+            "source": e.config.source,
+            "cache": cfg["cache"]["name"],
+            "decoding": cfg["decoding"]["name"],
+            "decoding_params": {k: v for k, v in cfg["decoding"].items() if k != "name"},
+            "iteration": cfg["iteration"],
+            "nfe": nfe_total / max(n_prompts, 1),
+            "nfe_per_prompt": list(e.nfe),
+            "tokens_per_forward": e.committed / max(nfe_total, 1),
+            "generated_tokens": e.generated_tokens,
+            "tokens_per_second": e.generated_tokens / wall if wall > 0 else float("inf"),
+            "wall_seconds": wall,
+            "wall_seconds_all": list(e.seconds),
+            "speedup": base / wall if wall > 0 else float("inf"),
+            "same_tokens_as_first": same / max(sum(int(g.numel()) for g in ref), 1),
+        })
+    return rows
+
+
+def machine_info() -> dict[str, Any]:
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The figures as a GitHub markdown table."""
+    head = ("config", "cache", "decoding", "NFE", "tokens/forward", "tokens/s", "wall s (median)", "speed-up",
+            "same tokens as first")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(head) - 3)) + "|"]
+    for r in rows:
+        params = ", ".join(f"{k}={v}" for k, v in r["decoding_params"].items() if k != "temperature" or v)
+        dec = r["decoding"] + (f" ({params})" if params else "")
+        lines.append(
+            f"| {r['label']} | {r['cache']} | {dec} | {r['nfe']:.1f} | {r['tokens_per_forward']:.2f} | "
+            f"{r['tokens_per_second']:.1f} | {r['wall_seconds']:.3f} | {r['speedup']:.2f}× | "
+            f"{100 * r['same_tokens_as_first']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def report(
+    entries: Sequence[BenchEntry], *, settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything ``--json-out`` writes: settings, machine, and one row per configuration."""
+    return {
+        "settings": dict(settings or {}),
+        "machine": machine_info(),
+        "results": summarize(entries),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -1,0 +1,111 @@
+"""``dlm bench`` end to end on tiny checkpoints (no timing assertions: figures are only checked for shape)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dlm import benchmark as bm
+from dlm.cli import main
+from dlm.errors import ConfigError
+from dlm.pipeline import Pipeline
+
+ITERATION = {"name": "blockwise", "gen_length": 8, "block_length": 4, "steps": 8}
+
+
+def write_config(path: Path, ckpt: Path | None, cache: str, decoding: str = "low_confidence") -> Path:
+    cfg = {
+        "model": {"name": "llada", **({"path": str(ckpt)} if ckpt else {})},
+        "iteration": ITERATION,
+        "decoding": {"name": decoding},
+        "cache": {"name": cache},
+        "dtype": "float64",
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_bench_two_configs_end_to_end(tiny_ckpt, tmp_path, capsys):
+    a = write_config(tmp_path / "none.yaml", tiny_ckpt, "none")
+    b = write_config(tmp_path / "dual.yaml", tiny_ckpt, "dual", "threshold")
+    js, md = tmp_path / "out" / "bench.json", tmp_path / "out" / "bench.md"
+    rc = main([
+        "bench", str(a), str(b), "--prompts", "2", "--prompt-length", "5", "--repeats", "2", "--warmup", "1",
+        "--no-progress", "--json-out", str(js), "--md-out", str(md),
+    ])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    table = md.read_text()
+    assert table.strip() == printed.strip()
+    header = table.splitlines()[0]
+    for column in ("NFE", "tokens/forward", "tokens/s", "wall s (median)", "speed-up"):
+        assert column in header
+    assert len(table.strip().splitlines()) == 4  # header, rule, two configs
+
+    report = json.loads(js.read_text())
+    rows = report["results"]
+    assert [r["label"] for r in rows] == ["none", "dual"]
+    assert rows[0]["speedup"] == pytest.approx(1.0)
+    assert all(len(r["wall_seconds_all"]) == 2 and r["speedup"] > 0 for r in rows)
+    assert report["settings"]["prompts"] == 2 and report["machine"]["torch"]
+
+    # NFE figures are what Pipeline.generate reports for the same prompts, one prompt per call
+    pipe = Pipeline.from_yaml(a)
+    caps = pipe.model.capabilities
+    prompts = bm.random_prompts(2, 5, pipe.model.net.spec.vocab_in, avoid=(caps.mask_id, *caps.eos_ids), seed=0)
+    for path, row in zip((a, b), rows):
+        pipe = Pipeline.from_yaml(path)
+        nfe = [pipe.generate(input_ids=[p]).nfe[0] for p in prompts]
+        assert row["nfe_per_prompt"] == nfe
+        assert row["nfe"] == pytest.approx(sum(nfe) / 2)
+        assert row["generated_tokens"] == 2 * ITERATION["gen_length"]
+        assert row["tokens_per_forward"] == pytest.approx(2 * ITERATION["gen_length"] / sum(nfe))
+
+
+def test_bench_random_model_and_prompts_file(tmp_path, capsys):
+    a = write_config(tmp_path / "none.yaml", None, "none")
+    b = write_config(tmp_path / "prefix.yaml", None, "prefix")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("12+7=\n\nabc\n")
+    js = tmp_path / "bench.json"
+    spec = "d_model=32,n_layers=1,n_heads=4,vocab_size=96,max_sequence_length=64"
+    argv = [
+        "bench", str(a), str(b), "--random-model", spec, "--model-cache", str(tmp_path / "models"),
+        "--prompts-file", str(prompts), "--repeats", "1", "--warmup", "0", "--no-progress", "--json-out", str(js),
+        "--label", "baseline", "--label", "prefix",
+    ]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    assert report["settings"]["prompts"] == 2
+    assert [r["label"] for r in report["results"]] == ["baseline", "prefix"]
+    # 1-layer model: the prefix cache is exact, so both configs give the same tokens
+    assert report["results"][1]["same_tokens_as_first"] == pytest.approx(1.0)
+    made = list((tmp_path / "models").iterdir())
+    assert len(made) == 1 and (made[0] / "config.json").is_file()
+    assert main(argv) == 0  # the cached checkpoint is reused
+    assert list((tmp_path / "models").iterdir()) == made
+    assert "speed-up" in capsys.readouterr().out
+
+
+def test_model_spec_parsing():
+    spec = bm.parse_model_spec("d_model=64, n_layers=2,weight_tying=true")
+    assert spec["d_model"] == 64 and spec["n_layers"] == 2 and spec["weight_tying"] is True
+    assert bm.parse_model_spec(None) == bm.RANDOM_MODEL_DEFAULTS
+    assert 20e6 <= bm.count_parameters(bm.RANDOM_MODEL_DEFAULTS) <= 50e6
+    with pytest.raises(ConfigError, match="unknown field 'width'"):
+        bm.parse_model_spec("width=3")
+    with pytest.raises(ConfigError, match="not an integer"):
+        bm.parse_model_spec("d_model=big")
+
+
+def test_examples_validate():
+    from dlm.config import load_config
+
+    root = Path(__file__).parent.parent / "examples"
+    names = ("none", "prefix", "dual", "threshold", "prefix_threshold", "dual_threshold", "dual_factor")
+    for path in (root / f"{n}.yaml" for n in names):
+        cfg = load_config(path)
+        assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
