@@ -1,5 +1,26 @@
-"""Helpers for tests, benchmarks and plugin authors: tiny checkpoints in real on-disk layouts."""
+"""Helpers for tests, benchmarks and plugin authors: tiny checkpoints in real on-disk layouts, and the
+contract test kit (:mod:`dlm.testing.contracts`, imported on first use) that checks a component against
+its interface."""
 
 from dlm.testing.checkpoints import CHARS, SPECIAL_TOKENS, make_llada_checkpoint, write_char_tokenizer
 
-__all__ = ["make_llada_checkpoint", "write_char_tokenizer", "CHARS", "SPECIAL_TOKENS"]
+_CONTRACTS = (
+    "CHECKS",
+    "ContractViolation",
+    "check_component",
+    "check_decoding_strategy",
+    "check_cache_manager",
+    "check_iteration_manager",
+    "check_model_adapter",
+    "contract_test",
+)
+
+__all__ = ["make_llada_checkpoint", "write_char_tokenizer", "CHARS", "SPECIAL_TOKENS", *_CONTRACTS]
+
+
+def __getattr__(name: str):
+    if name in _CONTRACTS:  # lazy: the kit imports the whole pipeline
+        from dlm.testing import contracts
+
+        return getattr(contracts, name)
+    raise AttributeError(f"module 'dlm.testing' has no attribute {name!r}")
