@@ -38,7 +38,9 @@ def _base_class(kind: str) -> type:
 
 
 def _provider(ep: EntryPoint) -> str:
-    return ep.dist.name if ep.dist is not None else "<unknown package>"
+    # a distribution whose METADATA lacks a Name still has to be printable in messages and `dlm list`
+    name = getattr(ep.dist, "name", None)
+    return name or "<unknown package>"
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def _load(entry: Entry) -> type:
     ep = EntryPoint(name=entry.name, value=target, group=group)
     try:
         obj = ep.load()
-    except Exception as err:  # a plugin may raise anything at import time
+    except (Exception, SystemExit) as err:  # a plugin may raise anything at import time, even sys.exit()
         raise PluginError(
             f"plugin {entry.name!r} ({target}) from package {provider} failed to import: "
             f"{type(err).__name__}: {err}"
