@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,9 @@ from hypothesis import strategies as st
 from dlm.config import build_config
 from dlm.registry import entries
 from dlm.testing.contracts import contract_test, tiny_checkpoint
+
+pytest.importorskip("dlm_eb_sampler", reason="pip install ./plugins/dlm-eb-sampler (or run .ci/install-plugins)")
+
 from dlm_eb_sampler import EBSampler, eb_select, token_entropy
 
 test_contract = contract_test("decoding", EBSampler, {"gamma": 0.5})

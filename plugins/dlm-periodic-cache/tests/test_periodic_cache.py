@@ -11,6 +11,9 @@ from dlm import Pipeline
 from dlm.iteration.blockwise import Blockwise
 from dlm.registry import entries, resolve
 from dlm.testing.contracts import contract_test, tiny_model
+
+pytest.importorskip("dlm_periodic_cache", reason="pip install ./plugins/dlm-periodic-cache (or run .ci/install-plugins)")
+
 from dlm_periodic_cache import PeriodicCache
 
 test_contract = contract_test("cache", PeriodicCache, {"refresh_every": 2})
