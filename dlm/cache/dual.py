@@ -29,7 +29,7 @@ class DualCache(PrefixCache):
         return ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else state.block_start,
+            start=0 if refresh else self.cached_start(state, window),
             end=state.length if refresh else state.block_end,
             kv=self.kv,
             key_end=state.length,

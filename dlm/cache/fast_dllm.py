@@ -1,4 +1,8 @@
-"""Shared checks of Fast-dLLM's block-wise approximate caches (``prefix`` and ``dual``)."""
+"""Shared checks of Fast-dLLM's block-wise approximate caches (``prefix`` and ``dual``).
+
+Shifted-logit models (Dream) are served: cached steps compute from the column before the window when the
+window needs it (see :meth:`dlm.cache.prefix.PrefixCache.cached_start`).
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,4 @@ def block_cache_problem(capabilities: ModelCapabilities) -> str | None:
         return "the model adapter cannot run through a KV buffer"
     if capabilities.attention != "bidirectional":
         return f"it is made for bidirectional attention, the model's attention is {capabilities.attention}"
-    if capabilities.logit_shift:
-        return (
-            "the model reads logits shifted by one, so a cached step would need the output of the column "
-            "before the block, which it does not compute"
-        )
     return None

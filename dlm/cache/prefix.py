@@ -8,6 +8,11 @@ Exactness: the cached prefix K/V are those of the block's first step. They equal
 whenever the tokens they depend on have not changed since: always for a 1-layer model (layer-0 K/V depend
 only on the token itself), and trivially when each block is completed in its refresh step. With deeper
 models the prefix K/V drift as the block fills, so outputs can differ from ``none``.
+
+Shifted models (Dream, ``logit_shift = 1``): a window starting at column ``w`` needs the output of column
+``w - 1``, so cached steps compute from ``min(block_start, window.start - shift)``. With ``dream_blockwise``
+(whose cached windows start at ``block_start + 1``) that is exactly the block start, as in Fast-dLLM's Dream
+block path; with plain ``blockwise`` it is one column earlier, recomputed in place.
 """
 
 from __future__ import annotations
@@ -28,12 +33,18 @@ class PrefixCacheConfig(BaseModel):
 class PrefixCache(CacheManager):
     Config = PrefixCacheConfig
     kv: KVBuffer | None = None
+    shift: int = 0  # the model's logit shift, read at start()
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         return block_cache_problem(capabilities)
 
     def start(self, state: GenerationState, model: ModelAdapter) -> None:
         self.kv = model.new_kv(state.batch_size, state.length)
+        self.shift = model.capabilities.logit_shift
+
+    def cached_start(self, state: GenerationState, window: Window) -> int:
+        """First column a cached (non-refresh) step computes: the block, or the column the window needs."""
+        return min(state.block_start, window.start - self.shift)
 
     def finish(self) -> None:
         self.kv = None
@@ -43,7 +54,7 @@ class PrefixCache(CacheManager):
         return ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else state.block_start,
+            start=0 if refresh else self.cached_start(state, window),
             end=state.length,
             kv=self.kv,
             key_end=state.length,

@@ -83,10 +83,14 @@ class TransformerAdapter(ModelAdapter):
             cols = torch.arange(key_start, key_end, device=state.device)
             mask = (cols[None, :] >= state.pad[plan.rows, None])[:, None, None, :]  # [b, 1, 1, K]
         if self.capabilities.attention == "block_causal":
+            # blocks are counted in each row's own positions (column - pad), so a left-padded row sees the
+            # blocks it would see alone; padding columns count as position 0 (as keys they are masked out
+            # above, as queries they then attend to block 0 instead of nothing, which would give NaNs)
             bs = self.capabilities.block_size
-            q_blk = (torch.arange(plan.start, plan.end, device=state.device) - 0) // bs
-            k_blk = torch.arange(key_start, key_end, device=state.device) // bs
-            causal = (q_blk[:, None] >= k_blk[None, :])[None, None]  # [1, 1, q, K]
+            pad = state.pad[plan.rows, None]
+            q_blk = (torch.arange(plan.start, plan.end, device=state.device)[None, :] - pad).clamp(min=0) // bs
+            k_blk = (torch.arange(key_start, key_end, device=state.device)[None, :] - pad).clamp(min=0) // bs
+            causal = (q_blk[:, :, None] >= k_blk[:, None, :])[:, None]  # [b, 1, q, K]
             mask = causal if mask is None else mask & causal
         return mask
 

@@ -1,0 +1,156 @@
+"""``block_diffusion``: Fast-dLLM v2's block-diffusion decoding (Wu et al., 2025, arXiv 2509.26328, §3;
+the ``generate`` of the released modeling code; reference notes §6.3).
+
+Blocks are counted in each row's own positions: block ``j`` of a row is positions ``[j·bs, (j+1)·bs)``
+(``bs`` = the model's ``bd_size``, attention blocks and decoding blocks coincide). For a row with prompt
+length ``P``, block 0 is the block holding position ``P`` (the first generated token), so it may start with
+the prompt's tail. Per block, left to right:
+
+1. **AR token** (shifted models): when the block's first position is still masked, a step makes only that
+   position eligible. Its logit is the output of the previous block's last position, so this step's
+   forward is the previous block's "commit" forward (with ``cache: block`` it writes the completed block's
+   K/V). For block 0 with ``P % bs == 0`` it is the prompt prefill; for block 0 with ``P % bs != 0`` the
+   first position is a prompt token and there is no AR step.
+2. **Sub-blocks** of ``sub_block_size`` (default 8) positions, left to right: each step makes the masked
+   positions of the first sub-block that still has masks eligible; the reference commits those with
+   confidence ``> τ`` (strict) plus the most confident (``strict_threshold`` decoding).
+3. **Early stop** (on by default): a row ends once it committed an end token (the model's ``eos_ids``,
+   ``<|im_end|>`` for Fast-dLLM v2) with no mask before it; the rest of its region is filled with EOS.
+
+Rows move through blocks in lockstep: a row that completes block ``k`` waits (no compute) until every live
+row has, so one forward's columns span at most the rows' current blocks. Each row still computes exactly
+what it computes alone, since its logits depend only on its own canvas (the attention mask is per row) and
+the steps it takes part in depend only on its own progress.
+
+Differences from the reference, on purpose:
+
+- ``gen_length`` tokens are generated for every prompt, the last block being cut at the canvas end (the
+  reference always denoises ``max_new_tokens // bs`` whole blocks, so its output length depends on
+  ``P % bs``, and it runs one more commit forward after the last block for an AR token it then returns).
+  When ``P + gen_length`` is a multiple of ``bs`` the blocks are the reference's.
+- A prompt whose length is an exact multiple of ``bs`` is prefilled and gets an AR token like any other
+  multiple. The reference prefills only when ``P > bs``, so with ``P == bs`` it never shows the prompt to
+  the model (every forward runs on the new block of masks alone).
+- The AR token goes through the decoding strategy (greedy at temperature 0, as the reference's argmax).
+- Prefill and the first block's forward are one forward: block-causal attention makes that identical.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from dlm.errors import DecodingError
+from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
+from dlm.models.base import ModelCapabilities
+from dlm.state import GenerationState, Window
+
+
+class BlockDiffusionConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gen_length: int = Field(128, gt=0, description="tokens to generate per prompt")
+    block_length: int | None = Field(None, gt=0, description="decoding block size; default: the model's bd_size")
+    sub_block_size: int = Field(8, gt=0, description="positions denoised together inside a block")
+    early_stop: bool = Field(True, description="end a row once it committed an end token with no mask before it")
+
+    @model_validator(mode="after")
+    def _divides(self) -> "BlockDiffusionConfig":
+        if self.block_length is not None and self.block_length % self.sub_block_size:
+            raise ValueError(
+                f"sub_block_size ({self.sub_block_size}) must divide block_length ({self.block_length})"
+            )
+        return self
+
+
+class BlockDiffusion(IterationManager):
+    Config = BlockDiffusionConfig
+
+    def check(self, capabilities: ModelCapabilities) -> str | None:
+        bs = self.config.block_length or capabilities.block_size
+        if bs is None:
+            return "it needs a block size: set iteration.block_length (the model declares no attention blocks)"
+        if capabilities.block_size is not None and bs != capabilities.block_size:
+            return (
+                f"iteration.block_length {bs} differs from the model's attention block size "
+                f"{capabilities.block_size}; leave it unset to use the model's"
+            )
+        if bs % self.config.sub_block_size:
+            return f"sub_block_size ({self.config.sub_block_size}) must divide the block size ({bs})"
+        return None
+
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
+        self._bs = int(self.config.block_length or capabilities.block_size)
+        self._ar = capabilities.logit_shift == 1
+        state.block, state.step = 0, 0
+        self._settle(state)
+        return state
+
+    def _positions(self, state: GenerationState) -> Tensor:
+        cols = torch.arange(state.length, device=state.device)
+        return cols[None, :] - state.pad[:, None]  # [B, L]; negative on padding
+
+    def _block_starts(self, state: GenerationState) -> Tensor:
+        """[B] position of each row's current block start."""
+        return (state.prompt_lengths // self._bs + state.block) * self._bs
+
+    def eligible(self, state: GenerationState) -> Tensor:
+        """[B, L] bool: what each live row may commit in the next step."""
+        pos = self._positions(state)
+        first = self._block_starts(state)[:, None]
+        in_block = (pos >= first) & (pos < first + self._bs)
+        masked = state.masked()
+        live = ~state.done[:, None]
+        at_first = masked & (pos == first)
+        masked_block = masked & in_block
+        if self._ar:
+            ar = at_first.any(dim=1, keepdim=True)
+        else:
+            ar = torch.zeros_like(live)
+        sub = torch.div(pos - first, self.config.sub_block_size, rounding_mode="floor")
+        current = sub.masked_fill(~masked_block, torch.iinfo(torch.long).max).min(dim=1, keepdim=True).values
+        denoise = masked_block & (sub == current)
+        return torch.where(ar, at_first, denoise) & live
+
+    def _union(self, state: GenerationState) -> None:
+        """state.block_start/end: columns spanned by the live rows' current blocks (for traces, caches)."""
+        live = ~state.done
+        starts = (self._block_starts(state) + state.pad)[live]
+        if len(starts):
+            state.block_start = int(starts.min())
+            state.block_end = min(state.length, int(starts.max()) + self._bs)
+
+    def _settle(self, state: GenerationState) -> None:
+        """Mark complete rows done; move to the next block once no live row has anything left in this one."""
+        state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
+        while not bool(state.done.all()) and not bool(self.eligible(state).any()):
+            state.block += 1
+            state.step = 0
+            if state.block > self.config.gen_length // self._bs + 1:
+                raise DecodingError("block_diffusion ran past the last block with masks left")
+        self._union(state)
+
+    def window(self, state: GenerationState) -> Window:
+        elig = self.eligible(state)
+        rows = elig.any(dim=1).nonzero()[:, 0]
+        cols = elig.any(dim=0).nonzero()[:, 0]
+        start, end = int(cols[0]), int(cols[-1]) + 1
+        return Window(
+            rows=rows,
+            start=start,
+            end=end,
+            eligible=elig[rows, start:end],
+            quota=torch.ones(len(rows), dtype=torch.long, device=state.device),
+            step=state.step,
+            mask_id=state.mask_id,
+        )
+
+    def advance(self, state: GenerationState) -> None:
+        state.step += 1
+        if state.step > self._bs + 1:
+            raise DecodingError(f"block {state.block} still has masks after {state.step} steps")
+        if self.config.early_stop:
+            stop_at_eos(state)
+        self._settle(state)

@@ -1,0 +1,229 @@
+"""Dream's iteration schedules: ``dream`` (whole generation region) and ``dream_blockwise`` (Fast-dLLM).
+
+``dream`` follows Dream's own ``diffusion_generate`` (Ye et al., 2025, "Dream 7B"): no blocks, the whole
+generation region is one window; timesteps ``t = linspace(1, eps, steps + 1)`` (eps = 1e-3); step ``i``
+commits ``int(m · (1 − t[i+1] / t[i]))`` of the ``m`` still-masked positions (float32 arithmetic and
+floor, as Dream computes it), and the last step commits all that remain. The quota goes to the decoding
+strategy (``dream`` with Dream's confidence kinds, or any top-k rule) through ``window.quota``.
+
+Difference from the reference: Dream runs a forward even in steps whose quota is 0 (e.g. the first step of
+256 steps over 256 tokens), committing nothing. Such a step leaves the canvas unchanged, so here a row with
+quota 0 sits the step out and a step in which every row has quota 0 is skipped: same tokens (greedy),
+fewer forwards. Strategies that ignore the quota (``threshold``) simply continue after ``steps`` with a
+quota of "all remaining" until the region is complete.
+
+``dream_blockwise`` is Fast-dLLM's block/cache path for Dream (Wu et al., 2025, arXiv 2505.22618,
+``generation_utils_block.py``; reference notes §5.2): blocks of ``block_length`` left to right; the first
+step of a block (the refresh forward under ``prefix``/``dual``) makes only the block's first column
+eligible, so it is committed unconditionally. This is needed because of the logit shift: a cached step
+computes columns from the block start, and the block-start column's own prediction would need the output
+of the column before, which is cached and produces no logit. Later steps' windows are
+``[block_start + 1, block_end)``. Top-k strategies get Dream's per-block schedule (timesteps over
+``steps_per_block``, tick 0 being the first-column step); ``threshold`` ignores it.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor
+
+from dlm.errors import DecodingError
+from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
+from dlm.iteration.blockwise import _divisor_near
+from dlm.models.base import ModelCapabilities
+from dlm.state import GenerationState, Window
+
+
+def dream_timesteps(steps: int, eps: float, device=None) -> Tensor:
+    """Dream's ``linspace(1, eps, steps + 1)`` in float32."""
+    return torch.linspace(1, eps, steps + 1, device=device)
+
+
+def dream_quota(masked: Tensor, tick: int, steps: int, timesteps: Tensor) -> Tensor:
+    """[B] long: tokens to commit at schedule tick ``tick`` of ``steps`` for ``masked`` [B] masked counts."""
+    if tick >= steps - 1:
+        return masked.clone()
+    t, s = timesteps[tick], timesteps[tick + 1]
+    return (masked.to(torch.float32) * (1 - s / t)).floor().long()
+
+
+class DreamIterationConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gen_length: int = Field(256, gt=0, description="tokens to generate per prompt (Dream's max_new_tokens)")
+    steps: int = Field(256, gt=0, description="diffusion steps over the whole generation region")
+    eps: float = Field(1e-3, gt=0.0, lt=1.0, description="last timestep of linspace(1, eps, steps + 1)")
+    early_stop: bool = Field(False, description="end a row once it committed EOS with no mask before it")
+
+
+class DreamIteration(IterationManager):
+    """``dream``: Dream's whole-region schedule.
+
+    The schedule index (tick) lives on the manager between ``start`` and the end of the generation, as it
+    is not the forward count (skipped zero-quota ticks take no forward).
+    """
+
+    Config = DreamIterationConfig
+
+    def check(self, capabilities: ModelCapabilities) -> str | None:
+        if capabilities.attention != "bidirectional":
+            return f"it denoises the whole region at once, which needs bidirectional attention, not {capabilities.attention}"
+        return None
+
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
+        state.block, state.block_start, state.block_end, state.step = 0, state.gen_start, state.length, 0
+        self._timesteps = dream_timesteps(self.config.steps, self.config.eps)
+        self._tick = 0
+        self._settle(state)
+        return state
+
+    def _masked(self, state: GenerationState) -> Tensor:
+        return state.masked()[:, state.gen_start :].sum(dim=1)
+
+    def _quota(self, state: GenerationState) -> Tensor:
+        masked = self._masked(state)
+        quota = dream_quota(masked.cpu(), self._tick, self.config.steps, self._timesteps).to(state.device)
+        return torch.where(state.done, 0, quota)
+
+    def _settle(self, state: GenerationState) -> None:
+        """Skip schedule ticks in which no row would commit anything; mark complete rows done."""
+        state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
+        while not bool(state.done.all()) and not bool((self._quota(state) > 0).any()):
+            self._tick += 1
+
+    def window(self, state: GenerationState) -> Window:
+        quota = self._quota(state)
+        rows = (quota > 0).nonzero()[:, 0]
+        return Window(
+            rows=rows,
+            start=state.gen_start,
+            end=state.length,
+            eligible=state.masked()[rows, state.gen_start :],
+            quota=quota[rows],
+            step=state.step,
+            mask_id=state.mask_id,
+        )
+
+    def advance(self, state: GenerationState) -> None:
+        state.step += 1
+        self._tick += 1
+        if self.config.early_stop:
+            stop_at_eos(state)
+        if state.step > self.config.steps + self.config.gen_length:
+            raise DecodingError(f"the generation region still has masks after {state.step} steps")
+        self._settle(state)
+
+
+class DreamBlockwiseConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gen_length: int = Field(256, gt=0, description="tokens to generate per prompt")
+    block_length: int = Field(32, gt=0, description="tokens per block")
+    steps: int = Field(256, gt=0, description="diffusion steps over the generation (top-k strategies)")
+    eps: float = Field(1e-3, gt=0.0, lt=1.0, description="last timestep of each block's linspace(1, eps, ...)")
+    early_stop: bool = Field(False, description="end a row once it committed EOS with no mask before it")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "DreamBlockwiseConfig":
+        if self.gen_length % self.block_length:
+            raise ValueError(
+                f"block_length ({self.block_length}) must divide gen_length ({self.gen_length}); "
+                f"for example block_length={_divisor_near(self.gen_length, self.block_length)}"
+            )
+        blocks = self.gen_length // self.block_length
+        if self.steps % blocks:
+            raise ValueError(
+                f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks} = gen_length / "
+                f"block_length), for example steps={max(blocks, self.steps - self.steps % blocks)}"
+            )
+        return self
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.steps // self.num_blocks
+
+
+class DreamBlockwise(IterationManager):
+    """``dream_blockwise``: Fast-dLLM's Dream block path (first column at the refresh, then the rest)."""
+
+    Config = DreamBlockwiseConfig
+
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
+        self._timesteps = dream_timesteps(self.config.steps_per_block, self.config.eps)
+        self._begin_block(state, 0)
+        return state
+
+    def _begin_block(self, state: GenerationState, block: int) -> None:
+        bl = self.config.block_length
+        state.block = block
+        state.block_start = state.gen_start + block * bl
+        state.block_end = state.block_start + bl
+        state.step = 0
+        self._tick = 0
+
+    def _first_pending(self, state: GenerationState) -> Tensor:
+        """[B] bool: rows whose block-start column is still masked (the first step is theirs)."""
+        return ~state.done & (state.canvas[:, state.block_start] == state.mask_id)
+
+    def _rest_masked(self, state: GenerationState) -> Tensor:
+        return state.masked()[:, state.block_start + 1 : state.block_end]
+
+    def _quota(self, state: GenerationState) -> Tensor:
+        masked = self._rest_masked(state).sum(dim=1)
+        quota = dream_quota(masked.cpu(), self._tick, self.config.steps_per_block, self._timesteps)
+        return torch.where(state.done, 0, quota.to(state.device))
+
+    def _settle(self, state: GenerationState) -> None:
+        """After the first-column step: skip ticks in which no row would commit anything."""
+        while bool((~state.done & self._rest_masked(state).any(dim=1)).any()) and not bool(
+            (self._quota(state) > 0).any()
+        ):
+            self._tick += 1
+
+    def window(self, state: GenerationState) -> Window:
+        first = self._first_pending(state)
+        if bool(first.any()):
+            rows = first.nonzero()[:, 0]
+            s = state.block_start
+            return Window(
+                rows=rows, start=s, end=s + 1, eligible=torch.ones(len(rows), 1, dtype=torch.bool, device=state.device),
+                quota=torch.ones(len(rows), dtype=torch.long, device=state.device), step=state.step,
+                mask_id=state.mask_id,
+            )
+        quota = self._quota(state)
+        rows = (quota > 0).nonzero()[:, 0]
+        return Window(
+            rows=rows,
+            start=state.block_start + 1,
+            end=state.block_end,
+            eligible=self._rest_masked(state)[rows],
+            quota=quota[rows],
+            step=state.step,
+            mask_id=state.mask_id,
+        )
+
+    def advance(self, state: GenerationState) -> None:
+        state.step += 1
+        if self.config.early_stop:
+            stop_at_eos(state)
+        if state.step > 1:
+            self._tick += 1
+        elif not bool(self._first_pending(state).any()):
+            self._tick = 1  # tick 0 of the block's schedule was the first-column (refresh) step
+        active = ~state.done & state.masked()[:, state.block_start : state.block_end].any(dim=1)
+        if bool(active.any()):
+            if state.step > self.config.block_length + self.config.steps_per_block:
+                raise DecodingError(f"block {state.block} still has masks after {state.step} steps")
+            self._settle(state)
+            return
+        if state.block + 1 < self.config.num_blocks and not bool(state.done.all()):
+            self._begin_block(state, state.block + 1)
+        else:
+            state.done[:] = True
