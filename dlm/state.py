@@ -4,9 +4,11 @@ One :class:`GenerationState` holds the canvas and all per-row bookkeeping. Compo
 place the canvas changes is :meth:`GenerationState.commit`, so every commit is checked in one spot.
 
 Batches are **left-padded**: row ``r`` holds ``pad[r]`` padding columns, then its prompt, then the
-generation region, which therefore starts at the same column ``gen_start`` in every row. Blocks are the
-same columns for all rows; a row's RoPE position of column ``c`` is ``c - pad[r]`` and padding columns are
-masked out as keys, so a row computes what it would compute alone.
+generation region, which therefore starts at the same column ``gen_start`` in every row. A row's RoPE
+position of column ``c`` is ``c - pad[r]`` and padding columns are masked out as keys, so a row computes what
+it would compute alone. For ``blockwise`` the blocks are the same columns in every row; iteration managers
+whose blocks follow each row's own positions (``block_diffusion``) keep their per-row block bookkeeping
+themselves and use ``block_start``/``block_end`` for the span the current step covers.
 """
 
 from __future__ import annotations
