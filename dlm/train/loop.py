@@ -44,6 +44,7 @@ class TrainConfig:
     threads: int = 1  # one thread is faster than two when the other core is busy, and leaves it free
     max_minutes: float | None = None  # stop early (with a warning) when this much time has passed
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    init: str | None = None  # continue from the weights of this LLaDA-layout checkpoint directory
 
     def spec(self) -> TransformerSpec:
         return TransformerSpec(
@@ -71,13 +72,25 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def build_model(cfg: TrainConfig) -> Transformer:
+    """A freshly initialised model, or the weights of ``cfg.init`` (float32, trainable) to continue from."""
     torch.manual_seed(cfg.seed)
+    if cfg.init is not None:
+        return load_for_training(Path(cfg.init))
     net = Transformer(cfg.spec())
     with torch.no_grad():  # small embeddings / output head: the usual 0.02-std transformer init
         net.embed.weight.normal_(0.0, 0.02)
         if net.head is not None:
             net.head.weight.normal_(0.0, 0.02)
     return net
+
+
+def load_for_training(directory: Path) -> Transformer:
+    from dlm.models.checkpoint import read_config
+    from dlm.models.llada import llada_names, llada_spec, load_transformer
+
+    spec = llada_spec(read_config(directory), directory)
+    net = load_transformer(directory, spec, llada_names(spec), dtype=torch.float32, device=torch.device("cpu"))
+    return net.requires_grad_(True)
 
 
 def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
