@@ -13,7 +13,7 @@ from dlm.config import build_config
 from dlm.registry import entries
 from dlm.testing.contracts import contract_test, tiny_checkpoint
 
-pytest.importorskip("dlm_eb_sampler", reason="pip install ./plugins/dlm-eb-sampler (or run .ci/install-plugins)")
+pytest.importorskip("dlm_eb_sampler", reason="pip install ./plugins/dlm-eb-sampler")
 
 from dlm_eb_sampler import EBSampler, eb_select, token_entropy
 

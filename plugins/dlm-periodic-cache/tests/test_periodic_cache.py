@@ -12,7 +12,7 @@ from dlm.iteration.blockwise import Blockwise
 from dlm.registry import entries, resolve
 from dlm.testing.contracts import contract_test, tiny_model
 
-pytest.importorskip("dlm_periodic_cache", reason="pip install ./plugins/dlm-periodic-cache (or run .ci/install-plugins)")
+pytest.importorskip("dlm_periodic_cache", reason="pip install ./plugins/dlm-periodic-cache")
 
 from dlm_periodic_cache import PeriodicCache
 
