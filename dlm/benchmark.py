@@ -70,6 +70,11 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     )
     for key, value in items:
         key = str(key).strip()
+        if key.endswith((".yaml", ".yml")):
+            raise ConfigError(
+                f"--random-model took {key!r} as its SPEC; put --random-model after the config files, "
+                "or give it a SPEC (e.g. --random-model default)"
+            )
         if key not in _INT_FIELDS | _BOOL_FIELDS:
             allowed = ", ".join(sorted(_INT_FIELDS | _BOOL_FIELDS))
             raise ConfigError(f"--random-model: unknown field {key!r}; allowed: {allowed}")
