@@ -25,12 +25,12 @@ of the column before, which is cached and produces no logit. Later steps' window
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.errors import DecodingError
 from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
-from dlm.iteration.blockwise import _divisor_near
+from dlm.iteration.blockwise import BlockwiseConfig
 from dlm.models.base import ModelCapabilities
 from dlm.state import GenerationState, Window
 
@@ -116,37 +116,10 @@ class DreamIteration(IterationManager):
         self._settle(state)
 
 
-class DreamBlockwiseConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class DreamBlockwiseConfig(BlockwiseConfig):
+    """``blockwise``'s fields and checks, plus the end of Dream's per-block timestep schedule."""
 
-    gen_length: int = Field(256, gt=0, description="tokens to generate per prompt")
-    block_length: int = Field(32, gt=0, description="tokens per block")
-    steps: int = Field(256, gt=0, description="diffusion steps over the generation (top-k strategies)")
     eps: float = Field(1e-3, gt=0.0, lt=1.0, description="last timestep of each block's linspace(1, eps, ...)")
-    early_stop: bool = Field(False, description="end a row once it committed EOS with no mask before it")
-
-    @model_validator(mode="after")
-    def _divisible(self) -> "DreamBlockwiseConfig":
-        if self.gen_length % self.block_length:
-            raise ValueError(
-                f"block_length ({self.block_length}) must divide gen_length ({self.gen_length}); "
-                f"for example block_length={_divisor_near(self.gen_length, self.block_length)}"
-            )
-        blocks = self.gen_length // self.block_length
-        if self.steps % blocks:
-            raise ValueError(
-                f"steps ({self.steps}) must be a multiple of the number of blocks ({blocks} = gen_length / "
-                f"block_length), for example steps={max(blocks, self.steps - self.steps % blocks)}"
-            )
-        return self
-
-    @property
-    def num_blocks(self) -> int:
-        return self.gen_length // self.block_length
-
-    @property
-    def steps_per_block(self) -> int:
-        return self.steps // self.num_blocks
 
 
 class DreamBlockwise(IterationManager):
