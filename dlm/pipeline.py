@@ -114,7 +114,7 @@ class Pipeline:
             if input_ids and isinstance(input_ids[0], int):
                 input_ids = [input_ids]
             rows = [torch.tensor(list(r), dtype=torch.long) for r in input_ids]
-        vocab = self.model.net.spec.vocab_in if hasattr(self.model, "net") else None
+        vocab = self.model.capabilities.vocab_size
         for i, r in enumerate(rows):
             if vocab is not None and r.numel() and (int(r.min()) < 0 or int(r.max()) >= vocab):
                 raise InputError(f"input_ids row {i} holds ids outside the vocabulary [0, {vocab})")

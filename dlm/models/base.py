@@ -27,6 +27,7 @@ class ModelCapabilities:
     mask_id: int
     eos_ids: tuple[int, ...]  # EOS first, then other end tokens (e.g. LLaDA's <|eot_id|>)
     max_length: int  # context length in tokens
+    vocab_size: int | None = None  # input ids must lie in [0, vocab_size); None: not checked
     logit_shift: int = 0  # 1: the prediction for column i is read at output i-1 (Dream, Fast-dLLM v2)
     attention: Literal["bidirectional", "block_causal"] = "bidirectional"
     kv_cache: bool = True  # can write to / attend through a KVBuffer

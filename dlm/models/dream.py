@@ -42,6 +42,7 @@ class DreamModel(Qwen2Family):
             mask_id=mask_id,
             eos_ids=eos,
             max_length=spec.max_length,
+            vocab_size=spec.vocab_in,
             logit_shift=1,
             attention="bidirectional",
         )

@@ -48,6 +48,7 @@ class FastDLLMv2Model(Qwen2Family):
             mask_id=mask_id,
             eos_ids=eos,
             max_length=spec.max_length,
+            vocab_size=spec.vocab_in,
             logit_shift=1,
             attention="block_causal",
             block_size=int(bd),

@@ -147,5 +147,6 @@ class LLaDAModel(TransformerAdapter):
             mask_id=int(cfg.get("mask_token_id", LLADA_MASK_ID)),
             eos_ids=eos,
             max_length=spec.max_length,
+            vocab_size=spec.vocab_in,
         )
         return cls(config, net, caps, tokenizer)
