@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from dlm.errors import DlmError
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except DlmError as err:
         print(f"dlm {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"dlm {args.command}: interrupted", file=sys.stderr)
         return 130
