@@ -46,7 +46,7 @@ rows = st.integers(1, 8).flatmap(
 @given(row=rows, gamma=st.floats(0, 6, allow_nan=False))
 def test_rule_matches_the_loop_statement(row, gamma):
     score, entropy, eligible = row
-    select = eb_select(torch.tensor([score]), torch.tensor([entropy], dtype=torch.float64),
+    select = eb_select(torch.tensor([score], dtype=torch.float64), torch.tensor([entropy], dtype=torch.float64),
                        torch.tensor([eligible]), gamma)
     assert set(select[0].nonzero()[:, 0].tolist()) == naive_eb(score, entropy, eligible, gamma)
 
@@ -55,7 +55,7 @@ def test_rule_matches_the_loop_statement(row, gamma):
 @given(row=rows, g1=st.floats(0, 3), g2=st.floats(0, 3))
 def test_a_larger_budget_commits_a_superset(row, g1, g2):
     score, entropy, eligible = row
-    args = torch.tensor([score]), torch.tensor([entropy], dtype=torch.float64), torch.tensor([eligible])
+    args = torch.tensor([score], dtype=torch.float64), torch.tensor([entropy], dtype=torch.float64), torch.tensor([eligible])
     small, large = eb_select(*args, min(g1, g2)), eb_select(*args, max(g1, g2))
     assert bool((small <= large).all())
 
