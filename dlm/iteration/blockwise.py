@@ -63,6 +63,14 @@ def transfer_schedule(masked: Tensor, steps: int) -> Tensor:
     return base[:, None] + (torch.arange(steps, device=masked.device)[None, :] < rem[:, None]).long()
 
 
+def enter_block(state: GenerationState, block: int, block_length: int) -> None:
+    """Point the state at block ``block`` of the generation region and reset the step counter."""
+    state.block = block
+    state.block_start = state.gen_start + block * block_length
+    state.block_end = state.block_start + block_length
+    state.step = 0
+
+
 class Blockwise(IterationManager):
     Config = BlockwiseConfig
 
@@ -72,11 +80,7 @@ class Blockwise(IterationManager):
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
-        bl = self.config.block_length
-        state.block = block
-        state.block_start = state.gen_start + block * bl
-        state.block_end = state.block_start + bl
-        state.step = 0
+        enter_block(state, block, self.config.block_length)
         masked = state.masked()[:, state.block_start : state.block_end].sum(dim=1)
         state.schedule = transfer_schedule(masked, self.config.steps_per_block)
 

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from dlm.errors import DecodingError
 from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
-from dlm.iteration.blockwise import BlockwiseConfig
+from dlm.iteration.blockwise import BlockwiseConfig, enter_block
 from dlm.models.base import ModelCapabilities
 from dlm.state import GenerationState, Window
 
@@ -134,11 +134,7 @@ class DreamBlockwise(IterationManager):
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
-        bl = self.config.block_length
-        state.block = block
-        state.block_start = state.gen_start + block * bl
-        state.block_end = state.block_start + bl
-        state.step = 0
+        enter_block(state, block, self.config.block_length)
         self._tick = 0
 
     def _first_pending(self, state: GenerationState) -> Tensor:

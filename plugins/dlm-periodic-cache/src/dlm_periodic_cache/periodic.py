@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlm.cache.base import CacheManager, ForwardPlan
-from dlm.cache.fast_dllm import block_cache_problem
-from dlm.models.base import ModelAdapter, ModelCapabilities
-from dlm.models.kv import KVBuffer
+from dlm.cache.base import ForwardPlan
+from dlm.cache.prefix import PrefixCache
 from dlm.state import GenerationState, Window
 
 
@@ -42,20 +40,11 @@ class PeriodicCacheConfig(BaseModel):
     )
 
 
-class PeriodicCache(CacheManager):
+class PeriodicCache(PrefixCache):
+    """Buffer allocation, composition check and logit-shift handling come from dlm's ``prefix`` cache;
+    only the plan (when to refresh, what to compute in between) differs."""
+
     Config = PeriodicCacheConfig
-    kv: KVBuffer | None = None
-    shift: int = 0  # the model's logit shift, read at start()
-
-    def check(self, capabilities: ModelCapabilities) -> str | None:
-        return block_cache_problem(capabilities)
-
-    def start(self, state: GenerationState, model: ModelAdapter) -> None:
-        self.kv = model.new_kv(state.batch_size, state.length)
-        self.shift = model.capabilities.logit_shift
-
-    def finish(self) -> None:
-        self.kv = None
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         refresh = window.step % self.config.refresh_every == 0
