@@ -16,7 +16,7 @@ from dlm.train import TrainConfig, save_llada_checkpoint, train
 from dlm.train.data import EOS_ID, MASK_ID, VOCAB, encode, make_batch
 from dlm.train.objective import mask_answers
 
-TINY = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, batch_size=32, warmup=5, lr=3e-3, bf16=False)
+TINY = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, batch_size=32, warmup=5, lr=3e-3, bf16=False, compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,9 @@ def test_masking_touches_answer_tokens_only():
     assert torch.equal(noised[:, : batch.answer_start], batch.ids[:, : batch.answer_start])
     assert torch.equal(noised[:, batch.answer_start :] == MASK_ID, masked)
     assert ((t > 0) & (t <= 1)).all() and masked.any() and not masked.all()
+    # stratified: one t in each of 64 equal slices of [eps, 1)
+    slices = ((t - 1e-3) / (1 - 1e-3) * 64).floor().long()
+    assert sorted(slices.tolist()) == list(range(64))
 
 
 def test_a_short_training_run_lowers_the_loss():
@@ -64,6 +67,42 @@ def test_training_is_reproducible_from_the_seed():
     first, again = train(cfg, progress=False), train(cfg, progress=False)
     assert first.losses == again.losses
     assert all(torch.equal(a, b) for a, b in zip(first.net.state_dict().values(), again.net.state_dict().values()))
+
+
+def test_training_mode_attention_equals_the_inference_attention():
+    # training computes attention explicitly (faster backward on CPU); it must be the same function as SDPA
+    torch.manual_seed(0)
+    cfg = TrainConfig(**TINY)
+    from dlm.train.loop import build_model
+
+    net = build_model(cfg).double()
+    batch = make_batch(TASKS["rev"].examples(6) + TASKS["add"].examples(6))
+    with torch.no_grad():
+        trained_path = net.train()(batch.ids, batch.positions, batch.key_mask)
+        inference_path = net.eval()(batch.ids, batch.positions, batch.key_mask)
+    assert torch.allclose(trained_path, inference_path, atol=1e-12)
+
+
+def test_a_failing_compile_falls_back_to_eager_training_with_the_same_result(monkeypatch):
+    import dlm.train.loop as loop
+
+    def broken(net):
+        def forward(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+        return forward
+
+    eager = train(TrainConfig(steps=3, seed=4, **TINY), progress=False)
+    monkeypatch.setattr(loop, "_compiled", broken)
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler"):
+        fallback = train(TrainConfig(steps=3, seed=4, **{**TINY, "compile": True}), progress=False)
+    assert fallback.losses == eager.losses
+
+
+def test_compiled_training_follows_eager_training():
+    cfg = dict(TINY, n_layers=1)
+    eager = train(TrainConfig(steps=4, seed=5, **cfg), progress=False)
+    compiled = train(TrainConfig(steps=4, seed=5, **{**cfg, "compile": True}), progress=False)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-4)
 
 
 def test_saved_checkpoint_loads_through_the_llada_loader_with_the_same_logits(tmp_path):
@@ -92,7 +131,7 @@ def test_training_can_continue_from_a_saved_checkpoint(tmp_path):
 def test_train_demo_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     out = tmp_path / "ckpt"
     argv = ["train-demo", "--out", str(out), "--steps", "3", "--dim", "32", "--layers", "1", "--heads", "2",
-            "--ffn", "32", "--batch-size", "8", "--quiet"]
+            "--ffn", "32", "--batch-size", "8", "--no-compile", "--quiet"]
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["steps"] == 3
     assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json"}

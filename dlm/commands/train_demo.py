@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--heads", type=int, default=d.n_heads)
     p.add_argument("--ffn", type=int, default=d.ffn_dim, help="SwiGLU hidden size")
     p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint's weights (sizes ignored)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: one per core)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bf16 autocast")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, args.steps), seed=args.seed,
-        bf16=not args.no_bf16, threads=args.threads, max_minutes=args.minutes,
+        bf16=not args.no_bf16, compile=not args.no_compile, threads=args.threads, max_minutes=args.minutes,
         init=None if args.init is None else str(args.init),
     )
     result = train_and_save(cfg, args.out, progress=not args.quiet)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from dlm.train.checkpoint import save_llada_checkpoint
 from dlm.train.data import VOCAB_SIZE, Mixture
 from dlm.train.objective import sft_loss
 
-DEFAULT_WEIGHTS = {"add": 0.45, "rev": 0.1, "sort": 0.1, "pair": 0.15, "perm": 0.2}
+DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class TrainConfig:
     n_heads: int = 6
     ffn_dim: int = 512
     max_length: int = 64  # context of the saved model (training uses MAX_PROMPT_LENGTH + ANSWER_LENGTH)
-    steps: int = 1800
+    steps: int = 12000
     batch_size: int = 128
     lr: float = 1.5e-3
     min_lr_ratio: float = 0.05
@@ -41,7 +42,8 @@ class TrainConfig:
     clip: float = 1.0
     seed: int = 0
     bf16: bool = True  # bf16 autocast (about 2x faster on CPU); weights and optimiser stay float32
-    threads: int = 1  # one thread is faster than two when the other core is busy, and leaves it free
+    threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
+    compile: bool = True  # torch.compile the model (~2.5x faster steps on CPU; falls back to eager on failure)
     max_minutes: float | None = None  # stop early (with a warning) when this much time has passed
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     init: str | None = None  # continue from the weights of this LLaDA-layout checkpoint directory
@@ -96,7 +98,8 @@ def load_for_training(directory: Path) -> Transformer:
 def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a fresh model with ``cfg`` and return it (float32, in eval mode)."""
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
         net = build_model(cfg).train()
         decay = [p for n, p in net.named_parameters() if p.dim() >= 2]
@@ -109,13 +112,27 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
         noise = torch.Generator().manual_seed(cfg.seed + 1)
         losses: list[float] = []
         t0, stopped = time.perf_counter(), False
+        forward = _compiled(net) if cfg.compile else net
         bar = tqdm(range(cfg.steps), desc="train-demo", unit="step", disable=not progress, dynamic_ncols=True)
+        if forward is not net:
+            bar.set_postfix_str("compiling the model on the first step (about 30 s)")
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             batch = next(data)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss = sft_loss(net, batch, noise)
+            noise_state = noise.get_state()
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = sft_loss(forward, batch, noise)
+            except Exception as err:  # noqa: BLE001 - only the first, compiling step may fall back
+                if forward is net or step > 0:
+                    raise
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly instead "
+                              "(about 2.5x slower; pass --no-compile to skip the attempt)", stacklevel=2)
+                forward = net
+                noise.set_state(noise_state)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                    loss = sft_loss(forward, batch, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
@@ -134,10 +151,16 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
         torch.set_num_threads(previous_threads)
 
 
+def _compiled(net: Transformer) -> Callable[..., torch.Tensor]:
+    """``net`` compiled for training: the batch shape is fixed, so one static graph (compiled on the first
+    step, ~30 s on 2 cores) fuses the norms, RoPE and attention ops that dominate a small model's step."""
+    return torch.compile(net, dynamic=False)
+
+
 def train_and_save(cfg: TrainConfig, out: Path, *, progress: bool = True) -> TrainResult:
     """Train, then write the LLaDA-layout checkpoint (bf16 weights) and a record of the run to ``out``."""
     result = train(cfg, progress=progress)
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "max_minutes")}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "max_minutes", "compile")}
     extra = {
         "dlm_demo": {
             "recipe": recipe,
