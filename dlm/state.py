@@ -68,6 +68,7 @@ class GenerationState:
     block_start: int = 0  # canvas columns of the current block
     block_end: int = 0
     step: int = 0  # step index inside the current block
+    tick: int = 0  # index into a timestep schedule (Dream's); unlike ``step``, ticks that commit nothing are skipped
     schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of this block
 
     @property

@@ -60,11 +60,14 @@ class DreamIterationConfig(BaseModel):
 class DreamIteration(IterationManager):
     """``dream``: Dream's whole-region schedule.
 
-    The schedule index (tick) lives on the manager between ``start`` and the end of the generation, as it
-    is not the forward count (skipped zero-quota ticks take no forward).
+    The schedule index is ``state.tick``, not ``state.step``: skipped zero-quota ticks take no forward.
     """
 
     Config = DreamIterationConfig
+
+    def __init__(self, config: DreamIterationConfig) -> None:
+        super().__init__(config)
+        self._timesteps = dream_timesteps(config.steps, config.eps)  # constant: per-run state is in the state
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.attention != "bidirectional":
@@ -74,8 +77,6 @@ class DreamIteration(IterationManager):
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
         state.block, state.block_start, state.block_end, state.step = 0, state.gen_start, state.length, 0
-        self._timesteps = dream_timesteps(self.config.steps, self.config.eps)
-        self._tick = 0
         self._settle(state)
         return state
 
@@ -84,14 +85,14 @@ class DreamIteration(IterationManager):
 
     def _quota(self, state: GenerationState) -> Tensor:
         masked = self._masked(state)
-        quota = dream_quota(masked.cpu(), self._tick, self.config.steps, self._timesteps).to(state.device)
+        quota = dream_quota(masked.cpu(), state.tick, self.config.steps, self._timesteps).to(state.device)
         return torch.where(state.done, 0, quota)
 
     def _settle(self, state: GenerationState) -> None:
         """Skip schedule ticks in which no row would commit anything; mark complete rows done."""
         state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
         while not bool(state.done.all()) and not bool((self._quota(state) > 0).any()):
-            self._tick += 1
+            state.tick += 1
 
     def window(self, state: GenerationState) -> Window:
         quota = self._quota(state)
@@ -108,7 +109,7 @@ class DreamIteration(IterationManager):
 
     def advance(self, state: GenerationState) -> None:
         state.step += 1
-        self._tick += 1
+        state.tick += 1
         if self.config.early_stop:
             stop_at_eos(state)
         if state.step > self.config.steps + self.config.gen_length:
@@ -127,15 +128,18 @@ class DreamBlockwise(IterationManager):
 
     Config = DreamBlockwiseConfig
 
+    def __init__(self, config: DreamBlockwiseConfig) -> None:
+        super().__init__(config)
+        self._timesteps = dream_timesteps(config.steps_per_block, config.eps)
+
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        self._timesteps = dream_timesteps(self.config.steps_per_block, self.config.eps)
         self._begin_block(state, 0)
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
         enter_block(state, block, self.config.block_length)
-        self._tick = 0
+        state.tick = 0
 
     def _first_pending(self, state: GenerationState) -> Tensor:
         """[B] bool: rows whose block-start column is still masked (the first step is theirs)."""
@@ -146,7 +150,7 @@ class DreamBlockwise(IterationManager):
 
     def _quota(self, state: GenerationState) -> Tensor:
         masked = self._rest_masked(state).sum(dim=1)
-        quota = dream_quota(masked.cpu(), self._tick, self.config.steps_per_block, self._timesteps)
+        quota = dream_quota(masked.cpu(), state.tick, self.config.steps_per_block, self._timesteps)
         return torch.where(state.done, 0, quota.to(state.device))
 
     def _settle(self, state: GenerationState) -> None:
@@ -154,7 +158,7 @@ class DreamBlockwise(IterationManager):
         while bool((~state.done & self._rest_masked(state).any(dim=1)).any()) and not bool(
             (self._quota(state) > 0).any()
         ):
-            self._tick += 1
+            state.tick += 1
 
     def window(self, state: GenerationState) -> Window:
         first = self._first_pending(state)
@@ -183,9 +187,9 @@ class DreamBlockwise(IterationManager):
         if self.config.early_stop:
             stop_at_eos(state)
         if state.step > 1:
-            self._tick += 1
+            state.tick += 1
         elif not bool(self._first_pending(state).any()):
-            self._tick = 1  # tick 0 of the block's schedule was the first-column (refresh) step
+            state.tick = 1  # tick 0 of the block's schedule was the first-column (refresh) step
         active = ~state.done & state.masked()[:, state.block_start : state.block_end].any(dim=1)
         if bool(active.any()):
             if state.step > self.config.block_length + self.config.steps_per_block:
