@@ -31,6 +31,14 @@ def test_eval_prompts_are_disjoint_from_training_prompts(name):
     assert all(held_out(p) for p in evals) and not any(held_out(p) for p in train)
 
 
+def test_training_oversamples_four_digit_sums_and_keeps_the_eval_distribution():
+    add = get_task("add")
+    share = lambda exs: sum(len(ex.answer) == 4 for ex in exs) / len(exs)  # noqa: E731
+    evals, train = add.examples(3000, split="eval"), add.examples(3000, split="train")
+    assert share(evals) < 0.1 < 0.2 < share(train)
+    assert {len(ex.answer) for ex in train} == {1, 2, 3, 4}  # short sums are still trained
+
+
 def test_addition_scores_the_exact_sum_only():
     add = get_task("add")
     assert add.score("123+456=", "579")

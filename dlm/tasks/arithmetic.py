@@ -21,6 +21,14 @@ class Addition(Task):
         a, b = operand(rng, 3), operand(rng, 3)
         return Example(self.name, f"{a}+{b}=", str(a + b))
 
+    def sample_for_training(self, rng: random.Random) -> Example:
+        """Half the time two 3-digit operands: four-digit sums are ~6 % of :meth:`sample`'s prompts and were
+        the demo model's main errors (the column alignment shifts by one); oversampling them fixes that."""
+        if rng.random() < 0.5:
+            return self.sample(rng)
+        a, b = rng.randint(100, 999), rng.randint(100, 999)
+        return Example(self.name, f"{a}+{b}=", str(a + b))
+
     def score(self, prompt: str, answer: str) -> bool:
         parts = (body(prompt, "") or "").split("+")
         if len(parts) != 2 or not all(NUMBER.fullmatch(p) for p in parts):

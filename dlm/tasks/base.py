@@ -54,10 +54,15 @@ class Task(ABC):
     def score(self, prompt: str, answer: str) -> bool:
         """Whether ``answer`` is a valid answer to ``prompt`` (``prompt`` as produced by :meth:`sample`)."""
 
+    def sample_for_training(self, rng: random.Random) -> Example:
+        """One training example; a task may oversample its rare, hard cases here (default: :meth:`sample`)."""
+        return self.sample(rng)
+
     def draw(self, rng: random.Random, split: Split) -> Example:
         """An example of ``split``: rejection-samples the held-out (eval) or the remaining (train) prompts."""
+        sample = self.sample_for_training if split == "train" else self.sample
         for _ in range(100_000):
-            ex = self.sample(rng)
+            ex = sample(rng)
             if not self.split_by_prompt or held_out(ex.prompt) == (split == "eval"):
                 return ex
         raise RuntimeError(f"task {self.name!r}: could not draw a {split} example")  # pragma: no cover
