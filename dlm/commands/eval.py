@@ -18,7 +18,7 @@ HELP = "compare pipeline configs on held-out prompts of the demo tasks"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="*", metavar="CONFIG", help="pipeline YAML files (default: built-in policies)")
     p.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
-    p.add_argument("-n", "--n", type=int, default=200, help="held-out prompts per task (default 200)")
+    p.add_argument("-n", "--n", type=int, default=1000, help="held-out prompts per task (default 1000: ±0.5 points near 97 %%)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     p.add_argument("--batch-size", type=int, default=100, help="prompts per generate call")
     p.add_argument("--out", type=Path, default=Path("eval-results"), help="directory for JSON, markdown and PNG")
