@@ -122,8 +122,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
             batch = next(data)
             noise_state = noise.get_state()
             try:
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                    loss = sft_loss(forward, batch, noise)
+                loss = _loss(forward, batch, noise, cfg.bf16)
             except Exception as err:  # noqa: BLE001 - only the first, compiling step may fall back
                 if forward is net or step > 0:
                     raise
@@ -131,8 +130,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
                               "(about 2.5x slower; pass --no-compile to skip the attempt)", stacklevel=2)
                 forward = net
                 noise.set_state(noise_state)
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-                    loss = sft_loss(forward, batch, noise)
+                loss = _loss(forward, batch, noise, cfg.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
@@ -149,6 +147,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
         return TrainResult(net.eval(), losses, len(losses), time.perf_counter() - t0, stopped)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _loss(forward: Callable[..., torch.Tensor], batch, noise: torch.Generator, bf16: bool) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return sft_loss(forward, batch, noise)
 
 
 def _compiled(net: Transformer) -> Callable[..., torch.Tensor]:
