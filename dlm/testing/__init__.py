@@ -1,6 +1,6 @@
 """Helpers for tests, benchmarks and plugin authors: tiny checkpoints in real on-disk layouts, and the
-contract test kit (:mod:`dlm.testing.contracts`, imported on first use) that checks a component against
-its interface."""
+contract test kit (the package :mod:`dlm.testing.contracts`, imported on first use) that checks a component
+against its interface."""
 
 from dlm.testing.checkpoints import CHARS, SPECIAL_TOKENS, make_llada_checkpoint, write_char_tokenizer
 

@@ -1,0 +1,100 @@
+"""Contract test kit: check a component against the contract of its interface, on tiny random checkpoints.
+
+The same checks run over every registered component in dlm's own suite (tests/test_contracts.py), and a
+plugin author calls them from the plugin's tests::
+
+    from dlm.testing.contracts import check_decoding_strategy, contract_test
+
+    def test_my_strategy_keeps_the_contract():
+        check_decoding_strategy(MyStrategy, {"gamma": 0.5})   # raises ContractViolation naming each failure
+
+    test_contract = contract_test("decoding", MyStrategy, {"gamma": 0.5})  # or: one pytest case per check
+
+What each kind must do (one named check each, see :data:`CHECKS`):
+
+- every kind: ``config`` — the ``Config`` is a frozen pydantic model; ``model_dump`` → ``model_validate``
+  gives an equal config (also through JSON, as YAML does) and an unknown field is rejected;
+  ``deterministic`` — the same seed gives the same result; ``batched`` — a left-padded batch gives what
+  each prompt gives alone (row r of a batch draws random numbers from stream ``seed + r``, see dlm.rng);
+- decoding: ``commits`` — on synthetic logits (MASK-favouring, flat, peaked, -inf entries, float32/64/bf16)
+  it commits at least one position per row that has an eligible one, only eligible positions, never MASK,
+  tokens inside the vocabulary; ``generation`` — it drives a real generation to the end;
+- cache: ``plans`` — plans stay within the canvas, name the window's rows, cover the window, and the
+  model's writes into the KV buffer stay inside the planned rows and columns; ``exact_at_refresh`` —
+  a refresh forward (and any uncached whole-canvas forward) gives the logits of a full no-cache forward;
+- iteration: ``windows`` — windows lie in the generation region, name rows that are not done, and only
+  masked positions are eligible; ``never_rewrites`` — prompt and committed tokens never change (a finished
+  row may only fill the columns after its first end token with end tokens); ``terminates``;
+- model: ``capabilities``; ``logits`` — shape [rows, W, vocab] and finite; ``kv_forward`` — a forward
+  through a KV buffer, and a block-only forward reading it, equal the plain forward.
+
+Everything runs in float64 on CPU with 2-layer d=32 LLaDA-layout checkpoints written by
+:func:`dlm.testing.make_llada_checkpoint` into a temporary directory, and 16-token generations.
+
+The kit is a package with one module per concern: :mod:`~dlm.testing.contracts.core` (violations,
+outcomes, reports, shared settings), :mod:`~dlm.testing.contracts.fixtures` (tiny checkpoints and models),
+:mod:`~dlm.testing.contracts.probes` (helpers shared by several kinds, and the ``config`` check),
+:mod:`~dlm.testing.contracts.decoding`, :mod:`~dlm.testing.contracts.cache`,
+:mod:`~dlm.testing.contracts.iteration`, :mod:`~dlm.testing.contracts.model` (the checks of each kind) and
+:mod:`~dlm.testing.contracts.registry` (:data:`CHECKS` and the entry points). Import from this package.
+"""
+
+from dlm.testing.contracts.core import (
+    ATOL,
+    CPU,
+    DTYPE,
+    PROMPTS,
+    RTOL,
+    SMALL_ITERATION,
+    ContractReport,
+    ContractViolation,
+    NotApplicable,
+    Outcome,
+)
+from dlm.testing.contracts.decoding import synthetic_windows
+from dlm.testing.contracts.fixtures import FAMILIES, model_config_for, model_for, tiny_checkpoint, tiny_model
+from dlm.testing.contracts.probes import check_config
+from dlm.testing.contracts.registry import (
+    BASES,
+    CHECKS,
+    Check,
+    check_cache_manager,
+    check_component,
+    check_decoding_strategy,
+    check_iteration_manager,
+    check_model_adapter,
+    contract_test,
+    default_config,
+    run_check,
+)
+
+__all__ = [
+    "ATOL",
+    "BASES",
+    "CHECKS",
+    "CPU",
+    "DTYPE",
+    "FAMILIES",
+    "PROMPTS",
+    "RTOL",
+    "SMALL_ITERATION",
+    "Check",
+    "ContractReport",
+    "ContractViolation",
+    "NotApplicable",
+    "Outcome",
+    "check_cache_manager",
+    "check_component",
+    "check_config",
+    "check_decoding_strategy",
+    "check_iteration_manager",
+    "check_model_adapter",
+    "contract_test",
+    "default_config",
+    "model_config_for",
+    "model_for",
+    "run_check",
+    "synthetic_windows",
+    "tiny_checkpoint",
+    "tiny_model",
+]

@@ -1,0 +1,153 @@
+"""Checks of a cache manager: ``plans`` (each plan stays within the canvas, names the window's rows,
+covers the window, and the model's KV writes stay inside it, checked by a model probe on every forward),
+``exact_at_refresh`` (refresh and uncached whole-canvas forwards equal a full no-cache forward),
+``deterministic`` and ``batched``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from dlm.cache.base import ForwardPlan
+from dlm.cache.none import NoCache, NoCacheConfig
+from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
+from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
+from dlm.rng import RowRNG
+from dlm.state import GenerationState, Window
+from dlm.testing.contracts.core import ATOL, RTOL, SMALL_ITERATION, _fail
+from dlm.testing.contracts.fixtures import model_for
+from dlm.testing.contracts.probes import (
+    _batched_vs_single,
+    _check_finished,
+    _config,
+    _generate,
+    _ModelProbe,
+    _same_outputs,
+)
+
+
+def _full_plan(state: GenerationState, plan: ForwardPlan) -> ForwardPlan:
+    return ForwardPlan(rows=plan.rows, all_rows=plan.all_rows, start=0, end=state.length, kv=None,
+                       key_end=state.length, refresh=False)
+
+
+def _kv_snapshot(plan: ForwardPlan) -> tuple[Tensor, Tensor] | None:
+    return None if plan.kv is None else (plan.kv.keys.clone(), plan.kv.values.clone())
+
+
+def _kv_changed(plan: ForwardPlan, snap: tuple[Tensor, Tensor]) -> Tensor:
+    """[B, L] bool: buffer slots whose keys or values differ from ``snap``."""
+    dk = (plan.kv.keys != snap[0]).any(-1).any(2).any(0)  # [layers, B, H, L, D] -> [B, L]
+    dv = (plan.kv.values != snap[1]).any(-1).any(2).any(0)
+    return dk | dv
+
+
+def _check_plan(state: GenerationState, plan: ForwardPlan, window: Window, shift: int) -> None:
+    where = f"block {state.block} step {window.step}"
+    if not (0 <= plan.start < plan.end <= state.length):
+        _fail(f"{where}: plan computes columns [{plan.start}, {plan.end}) outside the canvas [0, {state.length})")
+    if not torch.equal(plan.rows.cpu(), window.rows.cpu()):
+        _fail(f"{where}: plan rows {plan.rows.tolist()} are not the window's rows {window.rows.tolist()}")
+    if plan.all_rows != (len(plan.rows) == state.batch_size):
+        _fail(f"{where}: plan.all_rows={plan.all_rows} but it names {len(plan.rows)} of {state.batch_size} rows")
+    if plan.start > window.start - shift or plan.end < window.end - shift:
+        _fail(f"{where}: plan [{plan.start}, {plan.end}) does not cover the window [{window.start}, {window.end})")
+    if plan.kv is not None:
+        if not (plan.end <= plan.key_end <= state.length):
+            _fail(f"{where}: key_end {plan.key_end} is outside [{plan.end}, {state.length}]")
+        if plan.kv.keys.shape[1] != state.batch_size or plan.kv.length != state.length:
+            _fail(f"{where}: the KV buffer holds {plan.kv.keys.shape[1]} rows x {plan.kv.length} columns, the "
+                  f"canvas is {state.batch_size} x {state.length}")
+
+
+def _cache_probe(shift: int, exact: bool) -> Callable:
+    """A model probe checking plans, buffer writes and (``exact``) refresh logits."""
+    stats: dict[str, Any] = {"last": None, "exact_steps": True}
+
+    def on_forward(state, plan, window, forward):
+        _check_plan(state, plan, window, shift)
+        prev = stats["last"]
+        if prev is not None and plan.kv is not None and prev[0] is plan.kv:
+            between = _kv_changed(plan, prev[1])  # changes made outside any forward (e.g. in plan())
+            outside = between.clone()
+            outside[plan.rows] = False
+            if bool(outside.any()):
+                _fail(f"block {state.block} step {window.step}: the KV buffer changed between forwards in rows "
+                      f"{outside.any(1).nonzero()[:, 0].tolist()}, which this step does not run")
+        snap = _kv_snapshot(plan)
+        logits = forward(state, plan, window)
+        if snap is not None:
+            allowed = torch.zeros(state.batch_size, state.length, dtype=torch.bool, device=state.device)
+            allowed[plan.rows, plan.start : plan.end] = True
+            stray = _kv_changed(plan, snap) & ~allowed
+            if bool(stray.any()):
+                r, c = stray.nonzero()[0].tolist()
+                _fail(f"block {state.block} step {window.step}: the forward wrote KV slot (row {r}, column {c}) "
+                      f"outside the planned rows {plan.rows.tolist()} x columns [{plan.start}, {plan.end})")
+            stats["last"] = (plan.kv, _kv_snapshot(plan))
+        full_uncached = plan.kv is None and plan.start == 0 and plan.end == state.length
+        stats["exact_steps"] &= bool(plan.refresh or full_uncached)
+        if exact and (plan.refresh or full_uncached):
+            reference = forward(state, _full_plan(state, plan), window)
+            if not torch.allclose(logits, reference, rtol=RTOL, atol=ATOL):
+                err = (logits - reference).abs().max().item()
+                _fail(f"block {state.block} step {window.step}: a refresh forward gives logits that differ from a "
+                      f"full no-cache forward by {err:.3g}")
+        return logits
+
+    on_forward.stats = stats
+    return on_forward
+
+
+class _Staggered(LowConfidence):
+    """Odd rows commit their whole window at once, even rows follow the quota: rows leave windows early."""
+
+    def select(self, logits: Tensor, window: Window, generator: RowRNG):
+        commit = super().select(logits, window, generator)
+        odd = (window.rows % 2 == 1)[:, None]
+        return type(commit)(torch.where(odd, window.eligible, commit.select), commit.tokens)
+
+
+def _cache_runs(cls, config_dict, exact: bool):
+    model = model_for(cls(_config(cls, config_dict)))
+    for iteration, decoding in (
+        (BlockwiseConfig(**SMALL_ITERATION), LowConfidence(LowConfidenceConfig())),
+        (BlockwiseConfig(**SMALL_ITERATION), _Staggered(LowConfidenceConfig())),
+        (BlockwiseConfig(gen_length=16, block_length=4, steps=4), LowConfidence(LowConfidenceConfig())),
+    ):
+        on_forward = _cache_probe(model.capabilities.logit_shift, exact)
+        it = Blockwise(iteration)
+        out = _generate(_ModelProbe(model, on_forward), it, decoding, cls(_config(cls, config_dict)))
+        _check_finished(out, model.capabilities.mask_id)
+        if exact and on_forward.stats["exact_steps"]:  # e.g. every block completed in its refresh
+            reference = _generate(model, Blockwise(iteration), type(decoding)(LowConfidenceConfig()),
+                                  NoCache(NoCacheConfig()))
+            _same_outputs(out, reference, "every forward was exact (refresh or uncached), so tokens must equal the no-cache generation")
+
+
+def _cache_plans(cls, config_dict):
+    _cache_runs(cls, config_dict, exact=False)
+
+
+def _cache_exact(cls, config_dict):
+    _cache_runs(cls, config_dict, exact=True)
+
+
+def _cache_make(cls, config_dict):
+    model = model_for(cls(_config(cls, config_dict)))
+    return lambda: (model, Blockwise(BlockwiseConfig(**SMALL_ITERATION)), LowConfidence(LowConfidenceConfig()),
+                    cls(_config(cls, config_dict)))
+
+
+def _cache_deterministic(cls, config_dict):
+    make = _cache_make(cls, config_dict)
+    a, b = _generate(*make()), _generate(*make())
+    _same_outputs(a, b, "two generations with the same seed")
+    if a.nfe != b.nfe:
+        _fail(f"two generations with the same seed report NFE {a.nfe} and {b.nfe}")
+
+
+def _cache_batched(cls, config_dict):
+    _batched_vs_single(_cache_make(cls, config_dict), "blockwise/low_confidence")

@@ -1,0 +1,90 @@
+"""Tiny fixtures: random checkpoints written once into a temporary directory (removed at exit), the
+float64 CPU models loaded from them and shared between checks, and :func:`model_for`, which picks the first
+test model of :data:`FAMILIES` that a cache or iteration manager accepts."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from dlm.cache.base import CacheManager
+from dlm.iteration.base import IterationManager
+from dlm.models.base import ModelAdapter
+from dlm.registry import resolve
+from dlm.testing import checkpoints
+from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicable
+
+
+_TMP: list[Path] = []
+_CHECKPOINTS: dict[int, Path] = {}
+_MODELS: dict[tuple[str, int], ModelAdapter] = {}
+FAMILIES = ("llada", "fast_dllm_v2", "dream")  # test models tried, in order, for a cache or iteration manager
+
+
+def _tmp_root() -> Path:
+    if not _TMP:
+        _TMP.append(Path(tempfile.mkdtemp(prefix="dlm-contracts-")))
+        atexit.register(shutil.rmtree, _TMP[0], True)
+    return _TMP[0]
+
+
+def tiny_checkpoint(n_layers: int = 2) -> Path:
+    """A random LLaDA-layout checkpoint (d=32, 4 heads, 2 KV heads, char vocabulary), written once."""
+    if n_layers not in _CHECKPOINTS:
+        _CHECKPOINTS[n_layers] = checkpoints.make_llada_checkpoint(
+            _tmp_root() / f"llada-{n_layers}", n_layers=n_layers, n_kv_heads=2, seed=7
+        )
+    return _CHECKPOINTS[n_layers]
+
+
+def tiny_model(n_layers: int = 2, family: str = "llada") -> ModelAdapter:
+    """A tiny model of ``family`` (default: ``llada`` on :func:`tiny_checkpoint`), float64 on CPU; shared,
+    so do not mutate it."""
+    if (family, n_layers) not in _MODELS:
+        cls = resolve("model", family)
+        path = tiny_checkpoint(n_layers) if family == "llada" else model_config_for(family)["path"]
+        _MODELS[family, n_layers] = cls.load(cls.Config(path=path), dtype=DTYPE, device=CPU)
+    return _MODELS[family, n_layers]
+
+
+def model_for(component: CacheManager | IterationManager) -> ModelAdapter:
+    """The first tiny model of :data:`FAMILIES` that ``component`` accepts (its ``check`` passes)."""
+    reasons = []
+    for family in FAMILIES:
+        if family == "llada" or family in _checkpoint_writers():
+            model = tiny_model(family=family)
+            problem = component.check(model.capabilities)
+            if problem is None:
+                return model
+            reasons.append(f"{family}: {problem}")
+    raise NotApplicable("no tiny test model fits: " + "; ".join(reasons))
+
+
+def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
+    """Model name -> writer of a tiny random checkpoint in that family's layout."""
+    writers = {"llada": lambda d: checkpoints.make_llada_checkpoint(d, n_kv_heads=2, seed=7)}
+    try:
+        from dlm.testing.qwen2 import make_qwen2_checkpoint
+    except ImportError:
+        return writers
+    writers["dream"] = lambda d: make_qwen2_checkpoint(d, seed=7)
+    writers["fast_dllm_v2"] = lambda d: make_qwen2_checkpoint(d, bd_size=SMALL_ITERATION["block_length"], seed=7)
+    return writers
+
+
+def model_config_for(name: str) -> dict[str, Any]:
+    """``{"path": ...}`` of a tiny checkpoint for model ``name`` (a known family, or a writer found as
+    ``dlm.testing.checkpoints.make_<name>_checkpoint``)."""
+    writer = _checkpoint_writers().get(name) or getattr(checkpoints, f"make_{name}_checkpoint", None)
+    if writer is None:
+        raise NotApplicable(
+            f"no tiny checkpoint writer for model {name!r}; call check_model_adapter(cls, {{'path': ...}}) "
+            "with a checkpoint of your own"
+        )
+    directory = _tmp_root() / f"model-{name}"
+    if not (directory / "config.json").is_file():
+        writer(directory)
+    return {"path": str(directory)}

@@ -1,0 +1,98 @@
+"""Checks of a model adapter: ``capabilities`` (consistent declarations), ``logits`` (shape
+[rows, W, vocab], finite), ``kv_forward`` (forwards through a KV buffer equal the plain forward),
+``deterministic`` and ``batched`` (a left-padded batch gives each prompt's logits alone)."""
+
+from __future__ import annotations
+
+import torch
+
+from dlm.cache.base import ForwardPlan
+from dlm.cache.none import NoCache, NoCacheConfig
+from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
+from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
+from dlm.models.base import ModelAdapter
+from dlm.state import GenerationState, Window
+from dlm.testing.contracts.core import ATOL, CPU, DTYPE, PROMPTS, RTOL, SMALL_ITERATION, NotApplicable, _fail
+from dlm.testing.contracts.probes import _check_finished, _config, _generate, _same_outputs
+
+
+def _load_model(cls, config_dict) -> ModelAdapter:
+    return cls.load(_config(cls, config_dict), dtype=DTYPE, device=CPU)
+
+
+def _model_state(model: ModelAdapter, prompts=PROMPTS) -> tuple[GenerationState, Window]:
+    iteration = Blockwise(BlockwiseConfig(**SMALL_ITERATION))
+    state = iteration.start([torch.tensor(p) for p in prompts], model.capabilities, CPU)
+    return state, iteration.window(state)
+
+
+def _whole(state: GenerationState, window: Window, kv=None) -> ForwardPlan:
+    return ForwardPlan(rows=window.rows, all_rows=len(window.rows) == state.batch_size, start=0, end=state.length,
+                       kv=kv, key_end=state.length, refresh=kv is not None)
+
+
+def _model_capabilities(cls, config_dict):
+    caps = _load_model(cls, config_dict).capabilities
+    if not caps.eos_ids or caps.mask_id in caps.eos_ids:
+        _fail(f"eos_ids {caps.eos_ids} must be non-empty and must not contain mask_id {caps.mask_id}")
+    if caps.max_length < 1 or caps.logit_shift not in (0, 1):
+        _fail(f"max_length {caps.max_length} must be positive and logit_shift {caps.logit_shift} 0 or 1")
+    if caps.attention == "block_causal" and not caps.block_size:
+        _fail("a block-causal model must declare its block_size")
+
+
+def _model_logits(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    state, window = _model_state(model)
+    logits = model.forward(state, _whole(state, window), window)
+    vocab = logits.shape[-1] if logits.dim() == 3 else -1
+    if tuple(logits.shape) != (len(window.rows), window.width, vocab):
+        _fail(f"logits have shape {tuple(logits.shape)}, expected [rows={len(window.rows)}, W={window.width}, vocab]")
+    if not bool(torch.isfinite(logits).all()):
+        _fail("logits hold NaN or infinite values")
+    if not 0 <= model.capabilities.mask_id < vocab:
+        _fail(f"mask_id {model.capabilities.mask_id} is outside the vocabulary of {vocab} logits")
+
+
+def _model_kv_forward(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    if not model.capabilities.kv_cache:
+        raise NotApplicable("the model declares kv_cache=False")
+    state, window = _model_state(model)
+    plain = model.forward(state, _whole(state, window), window)
+    kv = model.new_kv(state.batch_size, state.length)
+    through = model.forward(state, _whole(state, window, kv), window)
+    if not torch.allclose(through, plain, rtol=RTOL, atol=ATOL):
+        _fail("a whole-canvas forward through a KV buffer differs from the plain forward")
+    shift = model.capabilities.logit_shift
+    block = ForwardPlan(rows=window.rows, all_rows=True, start=window.start - shift, end=window.end - shift, kv=kv,
+                        key_end=state.length, refresh=False)
+    cached = model.forward(state, block, window)
+    if not torch.allclose(cached, plain, rtol=RTOL, atol=ATOL):
+        _fail("a window-only forward reading the K/V it just wrote differs from the plain forward "
+              f"(max error {(cached - plain).abs().max().item():.3g})")
+
+
+def _model_deterministic(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    state, window = _model_state(model)
+    if not torch.equal(model.forward(state, _whole(state, window), window),
+                       model.forward(state, _whole(state, window), window)):
+        _fail("two identical forwards give different logits")
+    make = lambda: (model, Blockwise(BlockwiseConfig(**SMALL_ITERATION)), LowConfidence(LowConfidenceConfig()),
+                    NoCache(NoCacheConfig()))
+    out = _generate(*make())
+    _check_finished(out, model.capabilities.mask_id)
+    _same_outputs(out, _generate(*make()), "two generations with the same seed")
+
+
+def _model_batched(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    state, window = _model_state(model)
+    batched = model.forward(state, _whole(state, window), window)
+    for r, prompt in enumerate(PROMPTS):
+        s1, w1 = _model_state(model, [prompt])
+        alone = model.forward(s1, _whole(s1, w1), w1)
+        if not torch.allclose(batched[r], alone[0], rtol=RTOL, atol=ATOL):
+            _fail(f"prompt {r}: logits in a left-padded batch differ from its logits alone by "
+                  f"{(batched[r] - alone[0]).abs().max().item():.3g}")
