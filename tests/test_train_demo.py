@@ -48,13 +48,44 @@ def test_batches_are_left_padded_with_answers_at_fixed_columns():
 
 def test_masking_touches_answer_tokens_only():
     batch = make_batch([TASKS["add"].examples(1)[0]] * 64)
-    noised, masked, t = mask_answers(batch, torch.Generator().manual_seed(0))
+    noised, masked, t = mask_answers(batch, torch.Generator().manual_seed(0), masking="bernoulli")
     assert torch.equal(noised[:, : batch.answer_start], batch.ids[:, : batch.answer_start])
     assert torch.equal(noised[:, batch.answer_start :] == MASK_ID, masked)
     assert ((t > 0) & (t <= 1)).all() and masked.any() and not masked.all()
     # stratified: one t in each of 64 equal slices of [eps, 1)
     slices = ((t - 1e-3) / (1 - 1e-3) * 64).floor().long()
     assert sorted(slices.tolist()) == list(range(64))
+
+
+def test_count_masking_masks_exactly_k_answer_tokens_for_every_k_equally_often():
+    batch = make_batch(TASKS["rev"].examples(8 * ANSWER_LENGTH))
+    noised, masked, rate = mask_answers(batch, torch.Generator().manual_seed(3), masking="count")
+    assert torch.equal(noised[:, : batch.answer_start], batch.ids[:, : batch.answer_start])
+    assert torch.equal(noised[:, batch.answer_start :] == MASK_ID, masked)
+    k = masked.sum(dim=1)
+    assert torch.equal(rate * ANSWER_LENGTH, k.float())  # the weight is A/k
+    assert sorted(k.tolist()) == sorted(list(range(1, ANSWER_LENGTH + 1)) * 8)  # stratified: each k 8 times
+    assert len({tuple(row) for row in masked.tolist()}) > ANSWER_LENGTH  # which k columns is random
+
+
+def test_count_and_bernoulli_masking_estimate_the_same_loss_the_count_form_with_less_variance():
+    # LLaDA Eq. 5 (t ~ U, weight 1/t) and its exact-count form (k ~ U{1..A}, weight A/k) are one objective
+    from dlm.train.loop import build_model
+    from dlm.train.objective import sft_loss
+
+    net = build_model(TrainConfig(**TINY)).eval()
+    batch = make_batch(TASKS["add"].examples(8) + TASKS["perm"].examples(8))
+    draws = {}
+    with torch.no_grad():
+        for masking in ("count", "bernoulli"):
+            g = torch.Generator().manual_seed(11)
+            draws[masking] = torch.stack([sft_loss(net, batch, g, masking=masking) for _ in range(300)])
+    mean = {m: d.mean() for m, d in draws.items()}
+    stderr = (draws["count"].var() / 300 + draws["bernoulli"].var() / 300).sqrt()
+    assert abs(mean["count"] - mean["bernoulli"]) < 4 * stderr
+    assert draws["count"].var() < draws["bernoulli"].var() / 4
+    with pytest.raises(ValueError, match="masking must be 'count' or 'bernoulli'"):
+        mask_answers(batch, torch.Generator(), masking="uniform")
 
 
 def test_a_short_training_run_lowers_the_loss():

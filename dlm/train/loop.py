@@ -21,7 +21,7 @@ from dlm.models.layers import Transformer, TransformerSpec
 from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH
 from dlm.train.checkpoint import save_llada_checkpoint
 from dlm.train.data import VOCAB_SIZE, Mixture
-from dlm.train.objective import sft_loss
+from dlm.train.objective import Masking, sft_loss
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 
@@ -41,6 +41,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     clip: float = 1.0
     seed: int = 0
+    masking: Masking = "count"  # estimator of the SFT loss: "count" (k of A masked, weight A/k) or "bernoulli" (1/t)
     bf16: bool = True  # bf16 autocast (about 2x faster on CPU); weights and optimiser stay float32
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
     compile: bool = True  # torch.compile the model (~2.5x faster steps on CPU; falls back to eager on failure)
@@ -122,7 +123,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
             batch = next(data)
             noise_state = noise.get_state()
             try:
-                loss = _loss(forward, batch, noise, cfg.bf16)
+                loss = _loss(forward, batch, noise, cfg)
             except Exception as err:  # noqa: BLE001 - only the first, compiling step may fall back
                 if forward is net or step > 0:
                     raise
@@ -130,7 +131,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
                               "(about 2.5x slower; pass --no-compile to skip the attempt)", stacklevel=2)
                 forward = net
                 noise.set_state(noise_state)
-                loss = _loss(forward, batch, noise, cfg.bf16)
+                loss = _loss(forward, batch, noise, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip)
@@ -149,9 +150,9 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
         torch.set_num_threads(previous_threads)
 
 
-def _loss(forward: Callable[..., torch.Tensor], batch, noise: torch.Generator, bf16: bool) -> torch.Tensor:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        return sft_loss(forward, batch, noise)
+def _loss(forward: Callable[..., torch.Tensor], batch, noise: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+        return sft_loss(forward, batch, noise, masking=cfg.masking)
 
 
 def _compiled(net: Transformer) -> Callable[..., torch.Tensor]:
