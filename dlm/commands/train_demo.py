@@ -18,6 +18,7 @@ HELP = "train the embedded demo model on the synthetic tasks (CPU, minutes)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from dlm.train.loop import TrainConfig
+    from dlm.train.objective import MASKINGS
 
     d = TrainConfig()
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--masking", choices=("count", "bernoulli"), default=d.masking,
+    p.add_argument("--masking", choices=MASKINGS, default=d.masking,
                    help="estimator of the SFT loss: exactly k of A answer tokens masked, weight A/k (default), "
                    "or each masked with probability t, weight 1/t (LLaDA Eq. 5 literally)")
     p.add_argument("--dim", type=int, default=d.dim, help="model width")
@@ -52,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, args.steps), seed=args.seed,
-        masking=args.masking, bf16=not args.no_bf16, compile=not args.no_compile, threads=args.threads, max_minutes=args.minutes,
+        masking=args.masking, bf16=not args.no_bf16, compile=not args.no_compile, threads=args.threads,
+        max_minutes=args.minutes,
         init=None if args.init is None else str(args.init),
     )
     result = train_and_save(cfg, args.out, progress=not args.quiet)

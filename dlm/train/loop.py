@@ -21,7 +21,7 @@ from dlm.models.layers import Transformer, TransformerSpec
 from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH
 from dlm.train.checkpoint import save_llada_checkpoint
 from dlm.train.data import VOCAB_SIZE, Mixture
-from dlm.train.objective import Masking, sft_loss
+from dlm.train.objective import MASKINGS, Masking, sft_loss
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 
@@ -48,6 +48,11 @@ class TrainConfig:
     max_minutes: float | None = None  # stop early (with a warning) when this much time has passed
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     init: str | None = None  # continue from the weights of this LLaDA-layout checkpoint directory
+
+    def __post_init__(self) -> None:
+        # checked here, not at the first step, where the compile fallback would catch it and retry eagerly
+        if self.masking not in MASKINGS:
+            raise ValueError(f"masking must be 'count' or 'bernoulli', not {self.masking!r}")
 
     def spec(self) -> TransformerSpec:
         return TransformerSpec(

@@ -5,8 +5,8 @@ is replaced by MASK independently with probability t ~ U(eps, 1), one t per sequ
 cross-entropy on masked tokens weighted by 1/t, summed and divided by the number of answer tokens.
 
 The noise levels of a batch are drawn low-discrepancy (stratified): u_i = (u + i/B) mod 1 for one
-u ~ U(0, 1), mapped to t in [eps, 1) or to a mask count k in 1..A. Each u_i is still U(0, 1), so the loss is the same unbiased estimate, with less variance
-across batches (the sampler of Kingma et al., "Variational Diffusion Models", 2021, used for masked
+u ~ U(0, 1), mapped to t in [eps, 1) or to a mask count k in 1..A. Each u_i is still U(0, 1), so the loss
+is the same unbiased estimate, with less variance across batches (the sampler of Kingma et al., "Variational Diffusion Models", 2021, used for masked
 diffusion by Sahoo et al., "MDLM", 2024).
 
 Two estimators of that loss (``masking``):
@@ -17,8 +17,8 @@ Two estimators of that loss (``masking``):
   masked tokens, the form LLaDA itself uses to evaluate likelihoods (Nie et al. 2025, Eq. 6) because it has
   lower variance (Ou et al., "Your Absorbing Discrete Diffusion Secretly Models the Conditional
   Distributions of Clean Data", 2024). The Bernoulli form draws rows where t is small but one token is
-  masked anyway and weights it by 1/t (up to 1000): rare, large gradients that made the demo recipe's
-  runs vary from seed to seed; with exact counts no weight exceeds A.
+  masked anyway and weights it by 1/t (up to 1000): rare, large gradients, most likely why the demo
+  recipe's runs varied from seed to seed (docs/demo.md); with exact counts no weight exceeds A.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from dlm.models.layers import Transformer
 from dlm.train.data import MASK_ID, Batch
 
 Masking = Literal["count", "bernoulli"]
+MASKINGS: tuple[str, ...] = ("count", "bernoulli")
 
 
 def mask_answers(
