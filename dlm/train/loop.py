@@ -40,7 +40,7 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.01
     clip: float = 1.0
-    seed: int = 0
+    seed: int = 1  # seeds 0 and 1 compared in docs/demo.md (runs R1, R5); 1 is the shipped checkpoint
     masking: Masking = "count"  # estimator of the SFT loss: "count" (k of A masked, weight A/k) or "bernoulli" (1/t)
     bf16: bool = True  # bf16 autocast (about 2x faster on CPU); weights and optimiser stay float32
     threads: int | None = None  # torch CPU threads; None keeps torch's default (one per core)
