@@ -14,6 +14,7 @@ from dlm.pipeline import Pipeline
 from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, Example
 from dlm.train import TrainConfig, save_llada_checkpoint, train
 from dlm.train.data import EOS_ID, MASK_ID, VOCAB, encode, make_batch
+from dlm.train.loop import recipe_of
 from dlm.train.objective import mask_answers
 
 TINY = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, batch_size=32, warmup=5, lr=3e-3, bf16=False, compile=False)
@@ -179,6 +180,13 @@ def test_shipped_checkpoint_is_small_and_loads_through_the_normal_loader():
     assert sum(p.stat().st_size for p in directory.iterdir()) < 5_000_000
     model = LLaDAModel.load(LLaDAConfig(), dtype=torch.float32, device=torch.device("cpu"))
     assert model.capabilities.mask_id == MASK_ID and model.tokenizer is not None
+
+
+def test_train_demo_defaults_are_the_recipe_of_the_shipped_checkpoint():
+    # `dlm train-demo --out DIR` with no options must retrain the checkpoint the package ships
+    shipped = json.loads((embedded_demo_path() / "config.json").read_text())["dlm_demo"]
+    assert shipped["recipe"] == recipe_of(TrainConfig())
+    assert shipped["steps_done"] == TrainConfig().steps
 
 
 def test_generate_runs_the_shipped_model_with_the_default_pipeline(capsys):

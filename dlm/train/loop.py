@@ -166,10 +166,16 @@ def _compiled(net: Transformer) -> Callable[..., torch.Tensor]:
     return torch.compile(net, dynamic=False)
 
 
+def recipe_of(cfg: TrainConfig) -> dict:
+    """The fields of ``cfg`` that decide the trained weights (not threads, time limit or compiling), as
+    recorded under ``dlm_demo.recipe`` in a saved checkpoint's ``config.json``."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("threads", "max_minutes", "compile")}
+
+
 def train_and_save(cfg: TrainConfig, out: Path, *, progress: bool = True) -> TrainResult:
     """Train, then write the LLaDA-layout checkpoint (bf16 weights) and a record of the run to ``out``."""
     result = train(cfg, progress=progress)
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("threads", "max_minutes", "compile")}
+    recipe = recipe_of(cfg)
     extra = {
         "dlm_demo": {
             "recipe": recipe,
