@@ -21,7 +21,7 @@ from dlm.models.layers import Transformer, TransformerSpec
 from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH
 from dlm.train.checkpoint import save_llada_checkpoint
 from dlm.train.data import VOCAB_SIZE, Mixture
-from dlm.train.objective import MASKINGS, Masking, sft_loss
+from dlm.train.objective import Masking, check_masking, sft_loss
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 
@@ -51,8 +51,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # checked here, not at the first step, where the compile fallback would catch it and retry eagerly
-        if self.masking not in MASKINGS:
-            raise ValueError(f"masking must be 'count' or 'bernoulli', not {self.masking!r}")
+        check_masking(self.masking)
 
     def spec(self) -> TransformerSpec:
         return TransformerSpec(
@@ -104,8 +103,8 @@ def load_for_training(directory: Path) -> Transformer:
 def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train a fresh model with ``cfg`` and return it (float32, in eval mode)."""
     previous_threads = torch.get_num_threads()
-    previous_deterministic = (torch.are_deterministic_algorithms_enabled(),
-                              torch.is_deterministic_algorithms_warn_only_enabled())
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     # Inductor lowers the embedding's backward (an accumulating index_put) to parallel atomic adds, whose
@@ -159,7 +158,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
         return TrainResult(net.eval(), losses, len(losses), time.perf_counter() - t0, stopped)
     finally:
         torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_deterministic[0], warn_only=previous_deterministic[1])
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
 
 def _loss(forward: Callable[..., torch.Tensor], batch, noise: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
@@ -182,10 +181,9 @@ def recipe_of(cfg: TrainConfig) -> dict:
 def train_and_save(cfg: TrainConfig, out: Path, *, progress: bool = True) -> TrainResult:
     """Train, then write the LLaDA-layout checkpoint (bf16 weights) and a record of the run to ``out``."""
     result = train(cfg, progress=progress)
-    recipe = recipe_of(cfg)
     extra = {
         "dlm_demo": {
-            "recipe": recipe,
+            "recipe": recipe_of(cfg),
             "steps_done": result.steps,
             "train_seconds": round(result.seconds, 1),
             "final_loss": round(sum(result.losses[-100:]) / max(1, len(result.losses[-100:])), 5),

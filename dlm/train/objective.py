@@ -6,8 +6,8 @@ cross-entropy on masked tokens weighted by 1/t, summed and divided by the number
 
 The noise levels of a batch are drawn low-discrepancy (stratified): u_i = (u + i/B) mod 1 for one
 u ~ U(0, 1), mapped to t in [eps, 1) or to a mask count k in 1..A. Each u_i is still U(0, 1), so the loss
-is the same unbiased estimate, with less variance across batches (the sampler of Kingma et al., "Variational Diffusion Models", 2021, used for masked
-diffusion by Sahoo et al., "MDLM", 2024).
+is the same unbiased estimate, with less variance across batches (the sampler of Kingma et al.,
+"Variational Diffusion Models", 2021, used for masked diffusion by Sahoo et al., "MDLM", 2024).
 
 Two estimators of that loss (``masking``):
 
@@ -23,7 +23,7 @@ Two estimators of that loss (``masking``):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +33,13 @@ from dlm.models.layers import Transformer
 from dlm.train.data import MASK_ID, Batch
 
 Masking = Literal["count", "bernoulli"]
-MASKINGS: tuple[str, ...] = ("count", "bernoulli")
+MASKINGS: tuple[str, ...] = get_args(Masking)
+
+
+def check_masking(masking: str) -> None:
+    """Raise a ValueError naming the known estimators unless ``masking`` is one of them."""
+    if masking not in MASKINGS:
+        raise ValueError(f"masking must be {' or '.join(map(repr, MASKINGS))}, not {masking!r}")
 
 
 def mask_answers(
@@ -43,17 +49,16 @@ def mask_answers(
     forward-process draw: t for ``"bernoulli"``, k/A for ``"count"`` (weights are 1/rate either way)."""
     answers = batch.ids[:, batch.answer_start :]  # [B, A]
     b, a = answers.shape
+    check_masking(masking)
     u = (torch.rand(1, generator=generator) + torch.arange(b) / b) % 1.0  # stratified over the batch
     if masking == "count":
         k = 1 + (u * a).long().clamp(max=a - 1)  # [B] uniform in 1..A
         rank = torch.rand(b, a, generator=generator).argsort(dim=1).argsort(dim=1)  # random order of columns
         masked = rank < k[:, None]  # exactly k masked per row
         t = k.to(torch.float32) / a
-    elif masking == "bernoulli":
+    else:  # "bernoulli"
         t = eps + (1 - eps) * u  # [B]
         masked = torch.rand(b, a, generator=generator) < t[:, None]  # [B, A]
-    else:
-        raise ValueError(f"masking must be 'count' or 'bernoulli', not {masking!r}")
     noised = batch.ids.clone()
     noised[:, batch.answer_start :] = torch.where(masked, MASK_ID, answers)
     return noised, masked, t
