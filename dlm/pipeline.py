@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from dlm.cache.base import CacheManager
-from dlm.config import PipelineConfig, build_config, load_config
+from dlm.config import PipelineConfig, apply_threads, build_config, load_config
 from dlm.decoding.base import DecodingStrategy
 from dlm.errors import CompositionError, InputError
 from dlm.iteration.base import IterationManager
@@ -75,6 +75,7 @@ class Pipeline:
         """Build from a mapping shaped like the YAML file (or an already validated config)."""
         if not isinstance(config, PipelineConfig):
             config = build_config(config, source=source, overrides=overrides)
+        apply_threads(config.run.threads)
         device = torch.device(config.run.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CompositionError(f"{config.source}: device {config.run.device!r} requested but CUDA is not available")

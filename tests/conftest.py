@@ -6,11 +6,15 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 from dlm.testing import make_llada_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tiny models gain nothing from intra-op threads, and on a loaded machine extra threads cost far more than
+# they give (spin-waits): the suite runs single-threaded, as pipelines built from a config with threads: 1
+torch.set_num_threads(1)
 settings.register_profile(
     "dlm", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

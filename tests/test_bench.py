@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlm import benchmark as bm
+from dlm.tools import benchmark as bm
 from dlm.cli import main
 from dlm.errors import ConfigError
 from dlm.pipeline import Pipeline

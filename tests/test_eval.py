@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 
 from dlm.cli import main
-from dlm.evaluation import TaskResult, builtin_policies, load_policies, markdown_table, suite_summary
+from dlm.tools.evaluation import TaskResult, builtin_policies, load_policies, markdown_table, suite_summary
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "demo"
 

@@ -17,7 +17,7 @@ from dlm.iteration.base import left_padded_canvas
 from dlm.models.fast_dllm_v2 import FastDLLMv2Config, FastDLLMv2Model
 from dlm.pipeline import Pipeline
 from dlm.state import Window
-from dlm.testing.qwen2 import EOT_ID, MASK_ID, make_qwen2_checkpoint
+from dlm.tools.qwen2_checkpoints import EOT_ID, MASK_ID, make_qwen2_checkpoint
 
 CPU = torch.device("cpu")
 STOP = EOT_ID  # the tiny checkpoints' config.json eos_token_id, standing for <|im_end|>

@@ -7,7 +7,6 @@ The reference is tests/reference.py: an independent, loop-based statement of the
 from __future__ import annotations
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

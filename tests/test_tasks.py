@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, get_task, held_out, task_for_prompt
+from dlm.tools.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, get_task, held_out, task_for_prompt
 
 
 @pytest.mark.parametrize("name", list(TASKS))

@@ -11,18 +11,18 @@ from dlm.cli import main
 from dlm.models.llada import LLaDAConfig, LLaDAModel, embedded_demo_path
 from dlm.models.tokenizer import Tokenizer
 from dlm.pipeline import Pipeline
-from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, Example
-from dlm.train import TrainConfig, save_llada_checkpoint, train
-from dlm.train.data import EOS_ID, MASK_ID, VOCAB, encode, make_batch
-from dlm.train.loop import recipe_of
-from dlm.train.objective import mask_answers
+from dlm.tools.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, Example
+from dlm.tools.train import TrainConfig, save_llada_checkpoint, train
+from dlm.tools.train.data import EOS_ID, MASK_ID, VOCAB, encode, make_batch
+from dlm.tools.train.loop import recipe_of
+from dlm.tools.train.objective import mask_answers
 
 TINY = dict(dim=32, n_layers=2, n_heads=4, ffn_dim=64, batch_size=32, warmup=5, lr=3e-3, bf16=False, compile=False)
 
 
 @pytest.fixture(scope="module")
 def char_tokenizer(tmp_path_factory):
-    from dlm.testing.checkpoints import write_char_tokenizer
+    from dlm.tools.checkpoints import write_char_tokenizer
 
     directory = tmp_path_factory.mktemp("tok")
     write_char_tokenizer(directory, chat_template=None)
@@ -71,8 +71,8 @@ def test_count_masking_masks_exactly_k_answer_tokens_for_every_k_equally_often()
 
 def test_count_and_bernoulli_masking_estimate_the_same_loss_the_count_form_with_less_variance():
     # LLaDA Eq. 5 (t ~ U, weight 1/t) and its exact-count form (k ~ U{1..A}, weight A/k) are one objective
-    from dlm.train.loop import build_model
-    from dlm.train.objective import sft_loss
+    from dlm.tools.train.loop import build_model
+    from dlm.tools.train.objective import sft_loss
 
     net = build_model(TrainConfig(**TINY)).eval()
     batch = make_batch(TASKS["add"].examples(8) + TASKS["perm"].examples(8))
@@ -105,7 +105,7 @@ def test_training_mode_attention_equals_the_inference_attention():
     # training computes attention explicitly (faster backward on CPU); it must be the same function as SDPA
     torch.manual_seed(0)
     cfg = TrainConfig(**TINY)
-    from dlm.train.loop import build_model
+    from dlm.tools.train.loop import build_model
 
     net = build_model(cfg).double()
     batch = make_batch(TASKS["rev"].examples(6) + TASKS["add"].examples(6))
@@ -116,7 +116,7 @@ def test_training_mode_attention_equals_the_inference_attention():
 
 
 def test_a_failing_compile_falls_back_to_eager_training_with_the_same_result(monkeypatch):
-    import dlm.train.loop as loop
+    import dlm.tools.train.loop as loop
 
     def broken(net):
         def forward(*args, **kwargs):
@@ -160,7 +160,7 @@ def test_saved_checkpoint_loads_through_the_llada_loader_with_the_same_logits(tm
 
 
 def test_training_can_continue_from_a_saved_checkpoint(tmp_path):
-    from dlm.train.loop import build_model
+    from dlm.tools.train.loop import build_model
 
     net = train(TrainConfig(steps=2, **TINY), progress=False).net
     save_llada_checkpoint(net, tmp_path, dtype=torch.float32)
@@ -207,7 +207,7 @@ def test_shipped_model_adds_with_the_default_pipeline(capsys):
     assert main(["generate", "123+456="]) == 0
     assert capsys.readouterr().out.strip() == "579"
     prompts = ["7+5=", "99+1=", "250+750=", "314+159=", "808+92=", "1+999="]
-    from dlm.commands import default_config_path
+    from dlm.config import default_config_path
 
     out = Pipeline.from_yaml(default_config_path()).generate(prompts)
     assert out.texts == [str(sum(int(x) for x in p[:-1].split("+"))) for p in prompts]

@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from importlib import resources
-from pathlib import Path
 
-DEFAULT_CONFIG = "default.yaml"
-
-
-def default_config_path() -> Path:
-    """The pipeline config used when ``--config`` is not given: the embedded demo model."""
-    return Path(str(resources.files("dlm") / "configs" / DEFAULT_CONFIG))
-
+from dlm.config import default_config_path  # noqa: F401  (re-exported for the subcommands)
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
     parser.add_argument(

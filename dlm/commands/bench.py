@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     m.add_argument("--model-cache", metavar="DIR", help="where random checkpoints are kept "
                                                          "(default $DLM_CACHE or ~/.cache/dlm/random-models)")
-    m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    m.add_argument("--threads", type=int, help="torch CPU threads, the run setting `threads` of every config "
+                                                "(default: the configs' own, else half the cores)")
     t = p.add_argument_group("timing")
     t.add_argument("--repeats", type=int, default=3, help="timed interleaved passes per config (default 3)")
     t.add_argument("--warmup", type=int, default=1, help="untimed warm-up generations per config (default 1)")
@@ -50,16 +51,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
-    from dlm import benchmark as bm
+    from dlm.tools import benchmark as bm
     from dlm.errors import InputError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.labels and len(args.labels) != len(args.configs):
         raise InputError(f"--label given {len(args.labels)} times for {len(args.configs)} configs")
     overrides = list(args.overrides)
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
     model_spec = None
     if args.random_model is not None:
         model_spec = bm.parse_model_spec(args.random_model)

@@ -31,8 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dlm.errors import InputError
-    from dlm.evaluation import builtin_policies, evaluate, load_policies, markdown_table, write_report
-    from dlm.tasks import TASKS
+    from dlm.tools.evaluation import builtin_policies, evaluate, load_policies, markdown_table, write_report
+    from dlm.tools.tasks import TASKS
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(TASKS)
     unknown = [t for t in tasks if t not in TASKS]

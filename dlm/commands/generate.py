@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dlm.pipeline import Pipeline
-    from dlm.show import CanvasPrinter
+    from dlm.tools.show import CanvasPrinter
 
     pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)
     trace = CanvasPrinter(pipeline, sys.stdout) if args.show else None

@@ -3,7 +3,7 @@
 The objective is LLaDA's SFT loss (Nie et al., 2025): the prompt stays clean, answer tokens (EOS-padded to a
 fixed length) are masked with probability t ~ U(eps, 1), cross-entropy on masked tokens weighted by 1/t; by
 default it is estimated in its lower-variance exact-count form (k ~ U{1..A} tokens masked, weight A/k; see
-:mod:`dlm.train.objective`).
+:mod:`dlm.tools.train.objective`).
 The defaults reproduce the checkpoint shipped in ``dlm/assets/demo`` (see docs/demo.md).
 """
 
@@ -17,8 +17,8 @@ HELP = "train the embedded demo model on the synthetic tasks (CPU, minutes)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dlm.train.loop import TrainConfig
-    from dlm.train.objective import MASKINGS
+    from dlm.tools.train.loop import TrainConfig
+    from dlm.tools.train.objective import MASKINGS
 
     d = TrainConfig()
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
@@ -44,7 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dlm.errors import InputError
-    from dlm.train.loop import TrainConfig, train_and_save
+    from dlm.tools.train.loop import TrainConfig, train_and_save
 
     if args.dim % args.heads:
         raise InputError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")

@@ -7,7 +7,6 @@ iteration manager's quota for this step.
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 

@@ -6,7 +6,6 @@ ranked by a uniform random score instead of the model's confidence.
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 

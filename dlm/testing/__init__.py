@@ -2,7 +2,7 @@
 contract test kit (the package :mod:`dlm.testing.contracts`, imported on first use) that checks a component
 against its interface."""
 
-from dlm.testing.checkpoints import CHARS, SPECIAL_TOKENS, make_llada_checkpoint, write_char_tokenizer
+from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS, make_llada_checkpoint, write_char_tokenizer
 
 _CONTRACTS = (
     "CHECKS",

@@ -14,7 +14,7 @@ from dlm.cache.base import CacheManager
 from dlm.iteration.base import IterationManager
 from dlm.models.base import ModelAdapter
 from dlm.registry import resolve
-from dlm.testing import checkpoints
+from dlm.tools import checkpoints
 from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicable
 
 
@@ -67,7 +67,7 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     """Model name -> writer of a tiny random checkpoint in that family's layout."""
     writers = {"llada": lambda d: checkpoints.make_llada_checkpoint(d, n_kv_heads=2, seed=7)}
     try:
-        from dlm.testing.qwen2 import make_qwen2_checkpoint
+        from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
     except ImportError:
         return writers
     writers["dream"] = lambda d: make_qwen2_checkpoint(d, seed=7)
@@ -77,7 +77,7 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
 
 def model_config_for(name: str) -> dict[str, Any]:
     """``{"path": ...}`` of a tiny checkpoint for model ``name`` (a known family, or a writer found as
-    ``dlm.testing.checkpoints.make_<name>_checkpoint``)."""
+    ``dlm.tools.checkpoints.make_<name>_checkpoint``)."""
     writer = _checkpoint_writers().get(name) or getattr(checkpoints, f"make_{name}_checkpoint", None)
     if writer is None:
         raise NotApplicable(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import string
 
-from dlm.tasks.base import Example, Task, body
+from dlm.tools.tasks.base import Example, Task, body
 
 LETTERS = string.ascii_lowercase
 DIGITS = string.digits

@@ -1,4 +1,4 @@
-"""Synthetic tasks of the demo model: seeded generators with exact scorers (see :mod:`dlm.tasks.base`).
+"""Synthetic tasks of the demo model: seeded generators with exact scorers (see :mod:`dlm.tools.tasks.base`).
 
 Deterministic tasks (one valid answer): ``add``, ``rev``, ``sort``. Many-answers tasks, where parallel
 commits can break consistency: ``pair``, ``perm``.
@@ -6,9 +6,9 @@ commits can break consistency: ``pair``, ``perm``.
 
 from __future__ import annotations
 
-from dlm.tasks.arithmetic import Addition, PairSum
-from dlm.tasks.base import ANSWER_LENGTH, MAX_PROMPT_LENGTH, Example, Task, held_out
-from dlm.tasks.strings import Permutation, Reverse, Sort
+from dlm.tools.tasks.arithmetic import Addition, PairSum
+from dlm.tools.tasks.base import ANSWER_LENGTH, MAX_PROMPT_LENGTH, Example, Task, held_out
+from dlm.tools.tasks.strings import Permutation, Reverse, Sort
 
 TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Reverse(), Sort(), PairSum(), Permutation())}
 

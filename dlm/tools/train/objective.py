@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dlm.models.layers import Transformer
-from dlm.train.data import MASK_ID, Batch
+from dlm.tools.train.data import MASK_ID, Batch
 
 Masking = Literal["count", "bernoulli"]
 MASKINGS: tuple[str, ...] = get_args(Masking)

@@ -1,6 +1,6 @@
 """Batches of task examples as token ids, laid out as the pipeline lays out a canvas.
 
-The vocabulary is the character tokenizer of :func:`dlm.testing.checkpoints.write_char_tokenizer` (EOS 0,
+The vocabulary is the character tokenizer of :func:`dlm.tools.checkpoints.write_char_tokenizer` (EOS 0,
 EOT 1, MASK 2, then one id per character); :data:`VOCAB` mirrors it so batches are built without the
 tokenizer library (a test checks the two agree). A row is ``[EOS pad | prompt | answer + EOS…]``: left
 padding with the generation region at the same columns in every row, RoPE position ``column - pad`` and
@@ -16,8 +16,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, Example
-from dlm.testing.checkpoints import CHARS, EOS_ID, MASK_ID, SPECIAL_TOKENS
+from dlm.tools.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, Example
+from dlm.tools.checkpoints import CHARS, EOS_ID, MASK_ID, SPECIAL_TOKENS
 
 
 def _vocab() -> dict[str, int]:

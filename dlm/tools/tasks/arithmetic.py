@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 
-from dlm.tasks.base import Example, Task, body, operand
+from dlm.tools.tasks.base import Example, Task, body, operand
 
 NUMBER = re.compile(r"[0-9]+")
 

@@ -14,7 +14,7 @@ import torch
 
 from dlm.models.layers import Transformer, TransformerSpec
 from dlm.models.llada import llada_names
-from dlm.testing.checkpoints import EOS_ID, MASK_ID, llada_config, save_tensors, write_char_tokenizer
+from dlm.tools.checkpoints import EOS_ID, MASK_ID, llada_config, save_tensors, write_char_tokenizer
 
 
 def demo_config(spec: TransformerSpec, **extra) -> dict:

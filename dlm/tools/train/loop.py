@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from dlm.models.layers import Transformer, TransformerSpec
-from dlm.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH
-from dlm.train.checkpoint import save_llada_checkpoint
-from dlm.train.data import VOCAB_SIZE, Mixture
-from dlm.train.objective import Masking, check_masking, sft_loss
+from dlm.tools.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH
+from dlm.tools.train.checkpoint import save_llada_checkpoint
+from dlm.tools.train.data import VOCAB_SIZE, Mixture
+from dlm.tools.train.objective import Masking, check_masking, sft_loss
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 

@@ -108,7 +108,7 @@ def default_cache_dir() -> Path:
 
 def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
     """A random-weight LLaDA-layout checkpoint for ``spec``, written once and reused (keyed by its sizes)."""
-    from dlm.testing import make_llada_checkpoint
+    from dlm.tools.checkpoints import make_llada_checkpoint
 
     kwargs = parse_model_spec(spec)
     key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]

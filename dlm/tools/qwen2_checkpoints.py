@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dlm.testing.checkpoints import EOS_ID, EOT_ID, MASK_ID, save_tensors, write_char_tokenizer
+from dlm.tools.checkpoints import EOS_ID, EOT_ID, MASK_ID, save_tensors, write_char_tokenizer
 
 
 def qwen2_config(

@@ -1,6 +1,6 @@
 """Side-by-side evaluation of decoding policies on the synthetic tasks (the CPU testbed of the demo model).
 
-Each policy is a pipeline config; each task contributes seeded held-out prompts (see :mod:`dlm.tasks.base`:
+Each policy is a pipeline config; each task contributes seeded held-out prompts (see :mod:`dlm.tools.tasks.base`:
 prompts disjoint from training). For every (task, policy) the report gives exact-match accuracy under the
 task's scorer (every valid answer accepted), mean NFE per sequence, tokens committed per forward, and wall
 time, all measured in one run so ratios between policies are fair. Policies compared by default are
@@ -18,7 +18,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from dlm.config import PipelineConfig, build_config, load_config, load_yaml
-from dlm.tasks import TASKS, Task
+from dlm.tools.tasks import TASKS, Task
 
 BASELINE_OVERRIDES: dict[str, dict[str, Any]] = {
     "one-per-step": {},
@@ -50,7 +50,7 @@ class TaskResult:
 
 def builtin_policies(overrides=None) -> list[Policy]:
     """The default comparison on the embedded demo model (threshold only when that strategy is installed)."""
-    from dlm.commands import default_config_path
+    from dlm.config import default_config_path
     from dlm.registry import entries
 
     base = load_yaml(default_config_path())
