@@ -124,6 +124,14 @@ class GenerationState:
         per_row[window.rows] = counts
         self.tokens_per_step.append(per_row)
 
+    def cancel(self, rows: Tensor | list[int]) -> None:
+        """Take ``rows`` out of the generation now, leaving their canvas as it is (masks included).
+
+        For callers that stop a row from outside the loop (a trace hook whose client went away): the
+        iteration managers never give a done row a window again, so it costs no further compute.
+        """
+        self.done[torch.as_tensor(rows, dtype=torch.long, device=self.device)] = True
+
     def generated(self, row: int) -> Tensor:
         """The generation region of ``row``."""
         return self.canvas[row, self.gen_start :]
