@@ -11,10 +11,12 @@ import torch
 from torch import Tensor
 
 from dlm.cache.base import CacheManager
-from dlm.config import PipelineConfig, apply_threads, build_config, load_config
+from dlm.candidates import forward_candidates
+from dlm.config import PipelineConfig, apply_threads, build_config, default_config_path, load_config
 from dlm.decoding.base import DecodingStrategy
 from dlm.errors import CompositionError, InputError
 from dlm.iteration.base import IterationManager
+from dlm.messages import Commit, ForwardPlan, Window
 from dlm.models.base import ModelAdapter
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -54,6 +56,7 @@ class Pipeline:
     ) -> None:
         self.model, self.iteration, self.decoding, self.cache = model, iteration, decoding, cache
         self.seed = seed
+        self._candidates = None  # the current candidate step's forward, until its commit keeps one
         self.config = config
         names = config.to_dict() if config else {}
 
@@ -71,15 +74,32 @@ class Pipeline:
     # --- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any] | PipelineConfig, *, overrides=None, source: str = "<dict>"):
-        """Build from a mapping shaped like the YAML file (or an already validated config)."""
+    def from_config(
+        cls,
+        config: Mapping[str, Any] | PipelineConfig,
+        *,
+        overrides=None,
+        source: str = "<dict>",
+        model: ModelAdapter | None = None,
+    ) -> "Pipeline":
+        """Build from a mapping shaped like the YAML file (or an already validated config).
+
+        ``model``: an adapter already loaded (e.g. by another pipeline) to use instead of loading the config's
+        model section again; it must be an instance of the section's adapter class.
+        """
         if not isinstance(config, PipelineConfig):
             config = build_config(config, source=source, overrides=overrides)
         apply_threads(config.run.threads)
-        device = torch.device(config.run.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise CompositionError(f"{config.source}: device {config.run.device!r} requested but CUDA is not available")
-        model = config.model.cls.load(config.model.config, dtype=config.torch_dtype, device=device)
+        if model is None:
+            device = torch.device(config.run.device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                raise CompositionError(f"{config.source}: device {config.run.device!r} requested but CUDA is not available")
+            model = config.model.cls.load(config.model.config, dtype=config.torch_dtype, device=device)
+        elif not isinstance(model, config.model.cls):
+            raise CompositionError(
+                f"{config.source}: model= is a {type(model).__name__}, but the config's model section names "
+                f"{config.model.name!r} ({config.model.cls.__name__})"
+            )
         return cls(
             model,
             config.iteration.cls(config.iteration.config),
@@ -90,9 +110,14 @@ class Pipeline:
         )
 
     @classmethod
-    def from_yaml(cls, path: str | Path, *, overrides=None) -> "Pipeline":
+    def from_yaml(cls, path: str | Path, *, overrides=None, model: ModelAdapter | None = None) -> "Pipeline":
         """Build from a YAML file; ``overrides`` like ``["decoding.threshold=0.8"]`` or a dict."""
-        return cls.from_config(load_config(path, overrides))
+        return cls.from_config(load_config(path, overrides), model=model)
+
+    @classmethod
+    def default(cls, *, overrides=None) -> "Pipeline":
+        """The built-in default pipeline (the embedded demo model, ``dlm/configs/default.yaml``)."""
+        return cls.from_yaml(default_config_path(), overrides=overrides)
 
     # --- generation ----------------------------------------------------------------------------------
 
@@ -139,26 +164,41 @@ class Pipeline:
         generator = RowRNG(self.seed, state.batch_size, device)
         t0 = time.perf_counter()
         self.cache.start(state, self.model)
+        self.decoding.start(state)
         try:
             self._loop(state, generator, trace)
         finally:
+            self.decoding.finish()
             self.cache.finish()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return self._output(state, time.perf_counter() - t0)
 
     def _loop(self, state: GenerationState, generator: RowRNG, trace: Trace | None) -> None:
-        """The whole algorithm: plan, forward, select, commit, advance."""
+        """The whole algorithm: window, plan, forward, select, commit, advance."""
         while not self.iteration.done(state):
-            window = self.iteration.window(state)
+            window = self.decoding.prepare(state, self.iteration.window(state))
             plan = self.cache.plan(state, window)
-            logits = self.model.forward(state, plan, window)  # [b, W, V]
+            logits = self._forward(state, plan, window)  # [b, S, V] over the window's logits span
             state.count_forward(plan.rows)
             commit = self.decoding.select(logits, window, generator)
+            self._keep(commit)
             state.commit(window, commit)
             self.iteration.advance(state)
             if trace is not None:
                 trace(state)
+
+    def _forward(self, state: GenerationState, plan: ForwardPlan, window: Window):
+        if window.candidates is None:
+            return self.model.forward(state, plan, window)
+        self._candidates = forward_candidates(self.model, state, plan, window)
+        return self._candidates.logits  # [b, K, S, V]
+
+    def _keep(self, commit: Commit) -> None:
+        """After a candidate step: the kept candidate's K/V become its row's."""
+        if self._candidates is not None:
+            self._candidates.keep(commit)
+            self._candidates = None
 
     def _output(self, state: GenerationState, seconds: float) -> GenerationOutput:
         steps = torch.stack(state.tokens_per_step, dim=1).cpu() if state.tokens_per_step else None

@@ -8,46 +8,25 @@ generation region, which therefore starts at the same column ``gen_start`` in ev
 position of column ``c`` is ``c - pad[r]`` and padding columns are masked out as keys, so a row computes what
 it would compute alone. For ``blockwise`` the blocks are the same columns in every row; iteration managers
 whose blocks follow each row's own positions (``block_diffusion``) keep their per-row block bookkeeping
-themselves and use ``block_start``/``block_end`` for the span the current step covers.
+themselves. Each iteration manager keeps its per-run progress (block, step, schedule) in a typed object of
+its own in ``progress``, which no other component reads: they learn the geometry from the
+:class:`~dlm.messages.Window`.
+
+A position is *pending* while it holds MASK or a provisional (draft) token; committed tokens never change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from dlm.errors import DecodingError
+from dlm.messages import Commit, Window
 
-
-@dataclass(frozen=True)
-class Window:
-    """What the iteration manager asks to denoise in this step.
-
-    ``rows`` are the rows taking part (not done, still masked in the window); all row-shaped tensors here
-    are indexed like ``rows``. Columns ``[start, end)`` of the canvas are the window.
-    """
-
-    rows: Tensor  # [b] long, indices into the batch
-    start: int  # first canvas column of the window
-    end: int  # one past the last canvas column of the window
-    eligible: Tensor  # [b, end-start] bool: masked positions that may be committed now
-    quota: Tensor  # [b] long: tokens the schedule asks for in this step (top-k rules use it)
-    step: int  # index of this step inside the current block (0 = the block's first step)
-    mask_id: int  # the MASK token id, never a valid proposal
-
-    @property
-    def width(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class Commit:
-    """A decoding strategy's decision: which window positions to commit, with which tokens."""
-
-    select: Tensor  # [b, W] bool, rows as in the window
-    tokens: Tensor  # [b, W] long, meaningful where ``select``
+__all__ = ["GenerationState", "Window", "Commit"]
 
 
 @dataclass
@@ -64,12 +43,9 @@ class GenerationState:
     nfe: Tensor  # [B] long: forward passes each row took part in
     done: Tensor  # [B] bool: row finished (all blocks complete or stopped at EOS)
     tokens_per_step: list[Tensor] = field(default_factory=list)  # per step: [B] tokens committed
-    block: int = 0  # index of the current block
-    block_start: int = 0  # canvas columns of the current block
-    block_end: int = 0
-    step: int = 0  # step index inside the current block
-    tick: int = 0  # index into a timestep schedule (Dream's); unlike ``step``, ticks that commit nothing are skipped
-    schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of this block
+    provisional: Tensor | None = None  # [B, L] bool: positions holding a revisable draft token (None: none yet)
+    progress: Any = None  # the iteration manager's own typed per-run data; no other component reads it
+    last_window: Window | None = None  # the window of the step just taken (for traces)
 
     @property
     def batch_size(self) -> int:
@@ -96,33 +72,87 @@ class GenerationState:
         """Add one forward pass to the NFE of ``rows``."""
         self.nfe[rows] += 1
 
+    def pending(self) -> Tensor:
+        """[B, L] bool: positions not yet final (MASK or a provisional draft token)."""
+        masked = self.masked()
+        return masked if self.provisional is None else masked | self.provisional
+
+    @property
+    def block(self) -> int:
+        """Block index of the step just taken (0 before the first step)."""
+        return 0 if self.last_window is None else self.last_window.block
+
     def commit(self, window: Window, commit: Commit) -> None:
         """Write ``commit`` into the canvas, after checking the invariants every strategy must keep.
 
-        Only eligible (masked, in-window) positions may be committed, MASK is never a committed token, and
-        every row of the window with an eligible position commits at least one token.
+        Only eligible positions may be committed (or drafted), MASK is never written, and every row of the
+        window with an eligible position commits at least one token (or finishes). This is the only writer
+        of the canvas besides the iteration managers' own fill of ended rows (``stop_at_eos`` writes EOS
+        after a row's first end token, which no component may read as a decision).
         """
         select = commit.select
         if select.shape != window.eligible.shape:
             raise DecodingError(
                 f"commit has shape {tuple(select.shape)}, the window is {tuple(window.eligible.shape)}"
             )
-        if bool((select & ~window.eligible).any()):
+        written = select if commit.drafts is None else select | commit.drafts
+        if bool((written & ~window.eligible).any()):
             raise DecodingError("a decoding strategy committed a position that is not eligible")
-        if bool((select & (commit.tokens == self.mask_id)).any()):
+        if bool((written & (commit.tokens == self.mask_id)).any()):
             raise DecodingError("a decoding strategy committed the MASK token")
         counts = select.sum(dim=1)
-        if bool(((counts == 0) & window.eligible.any(dim=1)).any()):
+        starved = (counts == 0) & window.eligible.any(dim=1)
+        if commit.finish is not None:
+            starved &= ~commit.finish
+        if bool(starved.any()):
             raise DecodingError(
                 "a decoding strategy committed no token for a row that still has masked positions; "
                 "every step must commit at least one token per active row, or the loop would not end"
             )
-        region = self.canvas[window.rows, window.start : window.end]
-        region = torch.where(select, commit.tokens, region)
-        self.canvas[window.rows, window.start : window.end] = region
+        rows, cols = window.rows, slice(window.start, window.end)
+        region = self.canvas[rows, cols]
+        self.canvas[rows, cols] = torch.where(written, commit.tokens, region)
+        if commit.drafts is not None or self.provisional is not None:
+            self._mark_provisional(window, select, commit.drafts)
         per_row = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
-        per_row[window.rows] = counts
+        per_row[rows] = counts
+        if commit.finish is not None:
+            per_row[rows] += self._finish(window, commit)
         self.tokens_per_step.append(per_row)
+        self.last_window = window
+
+    def _mark_provisional(self, window: Window, select: Tensor, drafts: Tensor | None) -> None:
+        if self.provisional is None:
+            self.provisional = torch.zeros_like(self.canvas, dtype=torch.bool)
+        rows, cols = window.rows, slice(window.start, window.end)
+        region = self.provisional[rows, cols] & ~select
+        if drafts is not None:
+            region |= drafts & ~select
+        self.provisional[rows, cols] = region
+
+    def _finish(self, window: Window, commit: Commit) -> Tensor:
+        """Commit every pending position of the finishing rows from ``fill``; end them. [b] tokens written."""
+        finish = commit.finish
+        if commit.fill is None or finish.shape != window.rows.shape:
+            raise DecodingError("a commit that finishes rows needs finish [b] and fill [b, span] tokens")
+        lo, hi = window.logits_start, window.logits_end
+        pending = self.pending()[window.rows] & finish[:, None]  # [b, L]
+        outside = pending.clone()
+        outside[:, lo:hi] = False
+        if bool(outside.any()):
+            raise DecodingError(
+                f"a decoding strategy finished a row with pending positions outside its logits span [{lo}, {hi}); "
+                "widen the window to the whole generation region to finish rows"
+            )
+        span = pending[:, lo:hi]
+        if bool((span & (commit.fill == self.mask_id)).any()):
+            raise DecodingError("a decoding strategy finished a row with the MASK token")
+        rows = window.rows
+        self.canvas[rows, lo:hi] = torch.where(span, commit.fill, self.canvas[rows, lo:hi])
+        if self.provisional is not None:
+            self.provisional[rows, lo:hi] &= ~span
+        self.done[rows[finish]] = True
+        return span.sum(dim=1)
 
     def cancel(self, rows: Tensor | list[int]) -> None:
         """Take ``rows`` out of the generation now, leaving their canvas as it is (masks included).

@@ -127,7 +127,7 @@ def test_dual_cache_writes_only_the_current_block_of_its_rows(tiny_ckpt, prompts
 
     def plan(state, window):
         p = orig_plan(state, window)
-        blocks.append((p, state.block_start, state.block_end, window.rows.clone()))
+        blocks.append((p, window.block_start, window.block_end, window.rows.clone()))
         return p
 
     pipe.cache.plan = plan

@@ -19,7 +19,7 @@ from dlm.decoding.low_confidence import LowConfidence
 from dlm.iteration.blockwise import Blockwise
 from dlm.models.llada import LLaDAModel
 from dlm.registry import GROUPS, entries
-from dlm.state import Commit
+from dlm.messages import Commit
 from dlm.testing.contracts import (
     CHECKS,
     ContractViolation,

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dlm.decoding.factor import factor_select
 from dlm.decoding.proposal import propose, top_k_select
-from dlm.decoding.threshold import threshold_select
+from dlm.decoding import threshold_select
 from dlm.iteration.blockwise import BlockwiseConfig, transfer_schedule
 from dlm.rng import RowRNG
 

@@ -19,7 +19,7 @@ from dlm.iteration.base import left_padded_canvas
 from dlm.iteration.dream import dream_quota, dream_timesteps
 from dlm.models.dream import DreamConfig, DreamModel
 from dlm.pipeline import Pipeline
-from dlm.state import Window
+from dlm.messages import Window
 from dlm.tools.qwen2_checkpoints import MASK_ID, make_qwen2_checkpoint
 
 CPU = torch.device("cpu")

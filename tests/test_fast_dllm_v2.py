@@ -16,7 +16,7 @@ from dlm.errors import CompositionError
 from dlm.iteration.base import left_padded_canvas
 from dlm.models.fast_dllm_v2 import FastDLLMv2Config, FastDLLMv2Model
 from dlm.pipeline import Pipeline
-from dlm.state import Window
+from dlm.messages import Window
 from dlm.tools.qwen2_checkpoints import EOT_ID, MASK_ID, make_qwen2_checkpoint
 
 CPU = torch.device("cpu")
@@ -228,7 +228,7 @@ def test_sub_block_cache_exact_for_one_layer(v2_one_layer, prompts, gen_length, 
     it = {"name": "block_diffusion", "gen_length": gen_length, "sub_block_size": 2}
     dec = {"name": "strict_threshold", "threshold": tau}
     ref = run(v2_one_layer, prompts, it, dec, {"name": "none"})
-    assert run(v2_one_layer, prompts, it, dec, {"name": "block", "sub_block_cache": True, "sub_block_size": 2})[0] == ref[0]
+    assert run(v2_one_layer, prompts, it, dec, {"name": "block", "sub_block_cache": True})[0] == ref[0]
 
 
 def test_sub_block_cache_with_whole_block_sub_blocks_equals_no_cache(v2_ckpt):
@@ -236,7 +236,7 @@ def test_sub_block_cache_with_whole_block_sub_blocks_equals_no_cache(v2_ckpt):
     dec = {"name": "strict_threshold", "threshold": 0.2}
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15], [30, 31]]
     ref = run(v2_ckpt, prompts, it, dec, {"name": "none"})
-    assert run(v2_ckpt, prompts, it, dec, {"name": "block", "sub_block_cache": True, "sub_block_size": 4})[0] == ref[0]
+    assert run(v2_ckpt, prompts, it, dec, {"name": "block", "sub_block_cache": True})[0] == ref[0]
 
 
 def test_sub_block_cache_skips_compute_and_stays_close(v2_ckpt):
@@ -244,7 +244,7 @@ def test_sub_block_cache_skips_compute_and_stays_close(v2_ckpt):
     it = {"name": "block_diffusion", "gen_length": 12, "sub_block_size": 2, "early_stop": False}
     dec = {"name": "strict_threshold", "threshold": 1.0}
     seen = []
-    pipe = pipeline(v2_ckpt, it, dec, {"name": "block", "sub_block_cache": True, "sub_block_size": 2})
+    pipe = pipeline(v2_ckpt, it, dec, {"name": "block", "sub_block_cache": True})
     original = pipe.cache.plan
 
     def spy(state, window):

@@ -13,7 +13,7 @@ from dlm.cache.base import ForwardPlan
 from dlm.errors import CheckpointError
 from dlm.iteration.base import left_padded_canvas
 from dlm.models.llada import LLaDAConfig, LLaDAModel
-from dlm.state import Window
+from dlm.messages import Window
 
 
 def load(path, dtype=torch.float64):

@@ -1,0 +1,21 @@
+"""KV-cache managers: what each forward computes and what it reuses.
+
+The public API for plugin authors:
+
+- :class:`CacheManager`: the interface (``start``, ``plan``, ``finish``, ``check``);
+- the messages :class:`ForwardPlan` (a column range or per-row column sets, the KV store, ``key_end``,
+  ``refresh``), :class:`Window` (block bounds, sub-blocks, step, logits span) and :class:`KVStore`;
+- :class:`PrefixCache`, a base class that allocates the buffer, checks the model and handles shifted logits
+  (``cached_start``): a new block-wise policy overrides only ``plan`` (see docs/writing-plugins.md);
+  :class:`DualCache` adds ``cached_end``; :func:`block_cache_problem` is their composition check.
+"""
+
+from dlm.cache.base import CacheManager
+from dlm.cache.dual import DualCache
+from dlm.cache.fast_dllm import block_cache_problem
+from dlm.cache.none import NoCache
+from dlm.cache.prefix import PrefixCache
+from dlm.messages import ForwardPlan, KVStore, Window
+
+__all__ = ["CacheManager", "ForwardPlan", "Window", "KVStore", "PrefixCache", "DualCache", "NoCache",
+           "block_cache_problem"]

@@ -4,38 +4,25 @@ The cache manager decides, the model executes: for each step the manager returns
 naming the rows and the canvas columns to compute and whether to go through the preallocated
 :class:`~dlm.models.kv.KVBuffer`. With a buffer, the model writes the fresh K/V of the computed columns
 into their slots and attends to slots ``[0, key_end)``: columns it did not compute are read as cached.
+
+A plan must compute every column whose output the window's logits need: ``[logits_start − shift,
+logits_end − shift)`` for a model with logit shift ``shift`` (the window's columns unless a decoding strategy
+widened the span). Everything about the schedule (block bounds, sub-blocks, step) comes from the
+:class:`~dlm.messages.Window`; a cache never reads the iteration manager's progress off the state.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar
 
 from pydantic import BaseModel
-from torch import Tensor
 
-from dlm.models.base import ModelAdapter, ModelCapabilities
-from dlm.models.kv import KVBuffer
-from dlm.state import GenerationState, Window
+from dlm.messages import ForwardPlan, ModelCapabilities, Window
+from dlm.models.base import ModelAdapter
+from dlm.state import GenerationState
 
-
-@dataclass(frozen=True)
-class ForwardPlan:
-    """What one forward pass computes and what it reuses."""
-
-    rows: Tensor  # [b] long: batch rows to run
-    all_rows: bool  # rows is every row of the batch (lets the model slice instead of gather)
-    start: int  # first canvas column computed
-    end: int  # one past the last canvas column computed
-    kv: KVBuffer | None  # None: attend among the computed columns only, nothing cached
-    key_end: int  # with kv: attend to slots [0, key_end)
-    refresh: bool  # this forward (re)writes the cache for every column it will later read
-
-    @property
-    def buffer_rows(self) -> Tensor | None:
-        """Row index for the KV buffer (None means all rows, a cheap slice)."""
-        return None if self.all_rows else self.rows
+__all__ = ["CacheManager", "ForwardPlan"]
 
 
 class CacheManager(ABC):
@@ -56,7 +43,7 @@ class CacheManager(ABC):
 
     @abstractmethod
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
-        """The forward to run for ``window``."""
+        """The forward to run for ``window`` (covering its logits span)."""
 
     def finish(self) -> None:
         """Release what ``start`` allocated."""

@@ -16,7 +16,8 @@ full forward, computes only its sub-block and attends to the rest of the block a
 forward (stale for the other sub-blocks, like Fast-dLLM's dual cache). A step refreshes (full block) when
 the sub-block's first position is still masked, or the block has had no full forward yet. The first
 position's own shifted logit is never needed, since that position is committed. Exact for a 1-layer model
-and when ``sub_block_size`` equals the block size. In a batch the cached forward computes the union of the
+and when the iteration's ``sub_block_size`` equals the block size. The sub-blocks are the iteration
+manager's, read from the window (``Window.sub_start``/``sub_end``), so the two cannot disagree. In a batch the cached forward computes the union of the
 rows' sub-blocks, and it runs only when every row of the step may use the cache; a row may therefore get
 fresher K/V than alone (never staler), so batched sub-block-cache runs can differ from single ones.
 """
@@ -26,22 +27,23 @@ from __future__ import annotations
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlm.cache.base import CacheManager, ForwardPlan
-from dlm.models.base import ModelAdapter, ModelCapabilities
-from dlm.models.kv import KVBuffer
-from dlm.state import GenerationState, Window
+from dlm.cache.base import CacheManager
+from dlm.messages import ForwardPlan, KVStore, ModelCapabilities, Window
+from dlm.models.base import ModelAdapter
+from dlm.state import GenerationState
 
 
 class BlockCacheConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sub_block_cache: bool = Field(False, description="also reuse the current block's K/V between sub-block steps")
-    sub_block_size: int = Field(8, gt=0, description="sub-block size of the sub-block cache (as the iteration's)")
+    sub_block_cache: bool = Field(
+        False, description="also reuse the current block's K/V between sub-block steps (sub-blocks: the window's)"
+    )
 
 
 class BlockCache(CacheManager):
     Config = BlockCacheConfig
-    kv: KVBuffer | None = None
+    kv: KVStore | None = None
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if not capabilities.kv_cache:
@@ -69,7 +71,7 @@ class BlockCache(CacheManager):
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         rows, length = window.rows, state.length
         pad = state.pad[rows]
-        need_lo, need_hi = window.start - self.shift, window.end - self.shift  # outputs the window reads
+        need_lo, need_hi = window.logits_start - self.shift, window.logits_end - self.shift  # outputs the logits read
         if self.config.sub_block_cache:
             cached = self._sub_block_plan(state, window, rows, pad, need_lo, need_hi)
             if cached is not None:
@@ -95,8 +97,9 @@ class BlockCache(CacheManager):
     def _sub_block_plan(self, state, window, rows, pad, need_lo, need_hi) -> ForwardPlan | None:
         first = window.start + window.eligible.int().argmax(dim=1)  # first eligible column per row
         block_start = self._block_floor(first, pad)
-        sbs = self.config.sub_block_size
-        sub_start = block_start + torch.div(first - block_start, sbs, rounding_mode="floor") * sbs
+        if window.sub_start is None:  # the iteration manager has no sub-blocks: the sub-block is the block
+            return None
+        sub_start, sub_end = window.sub_start, window.sub_end  # [b] each row's sub-block (the iteration's)
         ok = (
             (first > block_start)
             & (state.canvas[rows, sub_start] != state.mask_id)
@@ -107,7 +110,7 @@ class BlockCache(CacheManager):
             return None
         length = state.length
         start = min(int(sub_start.min()), need_lo)
-        end = max(int(torch.clamp(torch.minimum(sub_start + sbs, block_start + self.bs), max=length).max()), need_hi)
+        end = max(int(torch.clamp(torch.minimum(sub_end, block_start + self.bs), max=length).max()), need_hi)
         key_end = max(end, min(length, int((block_start + self.bs).max())))
         return ForwardPlan(
             rows=rows, all_rows=len(rows) == state.batch_size, start=start, end=end, kv=self.kv, key_end=key_end,

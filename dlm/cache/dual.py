@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from dlm.cache.base import ForwardPlan
 from dlm.cache.prefix import PrefixCache
-from dlm.state import GenerationState, Window
+from dlm.messages import ForwardPlan, Window
+from dlm.state import GenerationState
 
 
 class DualCacheConfig(BaseModel):
@@ -24,13 +24,17 @@ class DualCacheConfig(BaseModel):
 class DualCache(PrefixCache):
     Config = DualCacheConfig
 
+    def cached_end(self, window: Window) -> int:
+        """One past the last column a cached step computes: the block's end, or what the logits need."""
+        return max(window.block_end, window.logits_end - self.shift)
+
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
-        refresh = window.step == 0
+        refresh = window.first_step
         return ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else self.cached_start(state, window),
-            end=state.length if refresh else state.block_end,
+            start=0 if refresh else self.cached_start(window),
+            end=state.length if refresh else self.cached_end(window),
             kv=self.kv,
             key_end=state.length,
             refresh=refresh,

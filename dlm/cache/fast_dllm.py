@@ -6,7 +6,7 @@ window needs it (see :meth:`dlm.cache.prefix.PrefixCache.cached_start`).
 
 from __future__ import annotations
 
-from dlm.models.base import ModelCapabilities
+from dlm.messages import ModelCapabilities
 
 
 def block_cache_problem(capabilities: ModelCapabilities) -> str | None:

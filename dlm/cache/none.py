@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from dlm.cache.base import CacheManager, ForwardPlan
+from dlm.cache.base import CacheManager
+from dlm.messages import ForwardPlan, Window
 from dlm.models.base import ModelAdapter
-from dlm.state import GenerationState, Window
+from dlm.state import GenerationState
 
 
 class NoCacheConfig(BaseModel):

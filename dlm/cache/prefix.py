@@ -1,4 +1,4 @@
-"""``prefix``: Fast-dLLM's prefix KV cache (Wu et al., 2025, arXiv 2505.22618, §3.2; reference notes §2).
+"""``prefix``: Fast-dLLM's prefix KV cache (Wu et al., 2025, arXiv 2505.22618, §3.2; §3.2).
 
 Each block starts with a full forward over the whole canvas (the refresh, also decoding step 0 of the
 block), which writes every column's K/V into the buffer. Later steps of the block compute the current block
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from dlm.cache.base import CacheManager, ForwardPlan
+from dlm.cache.base import CacheManager
 from dlm.cache.fast_dllm import block_cache_problem
-from dlm.models.base import ModelAdapter, ModelCapabilities
-from dlm.models.kv import KVBuffer
-from dlm.state import GenerationState, Window
+from dlm.messages import ForwardPlan, KVStore, ModelCapabilities, Window
+from dlm.models.base import ModelAdapter
+from dlm.state import GenerationState
 
 
 class PrefixCacheConfig(BaseModel):
@@ -32,7 +32,7 @@ class PrefixCacheConfig(BaseModel):
 
 class PrefixCache(CacheManager):
     Config = PrefixCacheConfig
-    kv: KVBuffer | None = None
+    kv: KVStore | None = None
     shift: int = 0  # the model's logit shift, read at start()
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
@@ -42,19 +42,19 @@ class PrefixCache(CacheManager):
         self.kv = model.new_kv(state.batch_size, state.length)
         self.shift = model.capabilities.logit_shift
 
-    def cached_start(self, state: GenerationState, window: Window) -> int:
-        """First column a cached (non-refresh) step computes: the block, or the column the window needs."""
-        return min(state.block_start, window.start - self.shift)
+    def cached_start(self, window: Window) -> int:
+        """First column a cached (non-refresh) step computes: the block, or the first column the logits need."""
+        return min(window.block_start, window.logits_start - self.shift)
 
     def finish(self) -> None:
         self.kv = None
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
-        refresh = window.step == 0
+        refresh = window.first_step
         return ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else self.cached_start(state, window),
+            start=0 if refresh else self.cached_start(window),
             end=state.length,
             kv=self.kv,
             key_end=state.length,

@@ -29,7 +29,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import gumbel_noise, top_k_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
-from dlm.state import Commit, Window
+from dlm.messages import Commit, Window
 
 
 class DreamDecodingConfig(BaseModel):

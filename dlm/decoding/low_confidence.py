@@ -13,7 +13,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
 from dlm.rng import RowRNG
-from dlm.state import Commit, Window
+from dlm.messages import Commit, Window
 
 
 class LowConfidenceConfig(BaseModel):

@@ -1,6 +1,6 @@
-"""Token proposals and their confidence, shared by the strategies.
+"""Token proposals and their confidence, and the selection rules the strategies share.
 
-Follows LLaDA / Fast-dLLM (§1 of the reference notes): the proposal is the argmax of the logits, with
+Follows LLaDA (Nie et al., 2025) and Fast-dLLM (Wu et al., 2025, arXiv 2505.22618): the proposal is the argmax of the logits, with
 float64 Gumbel noise of scale ``temperature`` added when sampling (Gumbel-max draws from
 softmax(logits / T)); the confidence is the float64 softmax probability of the proposed token under the
 un-noised logits. Unlike the reference, MASK is never proposed: a proposed MASK would leave the position
@@ -48,4 +48,18 @@ def top_k_select(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
     idx = score.topk(k_max, dim=1).indices  # [b, k_max]
     ranks = torch.arange(k_max, device=score.device)[None, :]
     select.scatter_(1, idx, ranks < k[:, None])
+    return select & eligible
+
+
+def threshold_select(confidence: Tensor, eligible: Tensor, tau: float, *, strict: bool = False) -> Tensor:
+    """[b, W] bool: eligible positions with confidence ≥ ``tau`` (``> tau`` when ``strict``), plus each row's
+    most confident eligible position, so every row with an eligible position commits at least one.
+
+    Fast-dLLM's rule is ``≥`` (``threshold``); Fast-dLLM v2's and Dream's are strict (``strict_threshold``).
+    The first maximum wins a tie for the always-committed position, as ``argmax`` does.
+    """
+    score = confidence.masked_fill(~eligible, -torch.inf)
+    select = eligible & ((confidence > tau) if strict else (confidence >= tau))
+    best = score.argmax(dim=1)
+    select[torch.arange(len(best), device=best.device), best] = True
     return select & eligible

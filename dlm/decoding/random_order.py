@@ -12,7 +12,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
 from dlm.rng import RowRNG
-from dlm.state import Commit, Window
+from dlm.messages import Commit, Window
 
 
 class RandomConfig(BaseModel):

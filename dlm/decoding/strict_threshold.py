@@ -10,14 +10,14 @@ step; the paper's evaluation uses 0.9.
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
+from dlm.decoding.proposal import threshold_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
-from dlm.state import Commit, Window
+from dlm.messages import Commit, Window
 
 
 class StrictThresholdConfig(BaseModel):
@@ -26,15 +26,6 @@ class StrictThresholdConfig(BaseModel):
     threshold: float = Field(0.9, ge=0.0, le=1.0, description="commit positions with confidence > threshold")
     temperature: float = Field(0.0, ge=0.0, description="sampling temperature; 0 = greedy")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="nucleus filter when sampling (v2 uses 0.95)")
-
-
-def strict_threshold_select(confidence: Tensor, eligible: Tensor, tau: float) -> Tensor:
-    """[b, W] bool: eligible positions with confidence > ``tau``, plus each row's most confident one."""
-    score = confidence.masked_fill(~eligible, -torch.inf)
-    select = eligible & (confidence > tau)
-    best = score.argmax(dim=1)
-    select[torch.arange(len(best), device=best.device), best] = True
-    return select & eligible
 
 
 class StrictThreshold(DecodingStrategy):
@@ -47,4 +38,4 @@ class StrictThreshold(DecodingStrategy):
         tokens, confidence = draw(
             probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator, rows=window.rows
         )
-        return Commit(strict_threshold_select(confidence, window.eligible, c.threshold), tokens)
+        return Commit(threshold_select(confidence, window.eligible, c.threshold, strict=True), tokens)

@@ -7,14 +7,13 @@ Default τ = 0.9 (the paper's setting).
 
 from __future__ import annotations
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
+from dlm.decoding.proposal import propose, threshold_select
 from dlm.rng import RowRNG
-from dlm.state import Commit, Window
+from dlm.messages import Commit, Window
 
 
 class ThresholdConfig(BaseModel):
@@ -22,15 +21,6 @@ class ThresholdConfig(BaseModel):
 
     threshold: float = Field(0.9, ge=0.0, le=1.0, description="commit positions with confidence >= threshold")
     temperature: float = Field(0.0, ge=0.0, description="Gumbel-max sampling temperature; 0 = greedy")
-
-
-def threshold_select(confidence: Tensor, eligible: Tensor, tau: float) -> Tensor:
-    """[b, W] bool: eligible positions with confidence ≥ ``tau``, plus each row's most confident one."""
-    score = confidence.masked_fill(~eligible, -torch.inf)
-    select = eligible & (confidence >= tau)
-    best = score.argmax(dim=1)
-    select[torch.arange(len(best), device=best.device), best] = True
-    return select & eligible
 
 
 class Threshold(DecodingStrategy):

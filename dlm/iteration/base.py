@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -10,8 +11,20 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from dlm.errors import InputError
-from dlm.models.base import ModelCapabilities
-from dlm.state import GenerationState, Window
+from dlm.messages import ModelCapabilities, Window
+from dlm.state import GenerationState
+
+
+@dataclass
+class BlockProgress:
+    """Per-run progress of a block schedule, kept in ``state.progress`` by the manager that owns it."""
+
+    block: int = 0  # index of the current block
+    start: int = 0  # canvas columns of the current block
+    end: int = 0
+    step: int = 0  # step index inside the current block
+    tick: int = 0  # index into a timestep schedule (Dream's); unlike ``step``, ticks that commit nothing are skipped
+    schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of this block
 
 
 class IterationManager(ABC):
@@ -28,7 +41,9 @@ class IterationManager(ABC):
 
     @abstractmethod
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
-        """A fresh state for ``prompts`` (1-D LongTensors of different lengths)."""
+        """A fresh state for ``prompts`` (1-D LongTensors of different lengths). The manager keeps its own
+        per-run progress in ``state.progress`` (a typed object of its own), never on the manager itself, so one
+        manager can drive several generations."""
 
     @abstractmethod
     def window(self, state: GenerationState) -> Window:

@@ -1,5 +1,5 @@
 """``block_diffusion``: Fast-dLLM v2's block-diffusion decoding (Wu et al., 2025, arXiv 2509.26328, §3;
-the ``generate`` of the released modeling code; reference notes §6.3).
+the ``generate`` of the released modeling code).
 
 Blocks are counted in each row's own positions: block ``j`` of a row is positions ``[j·bs, (j+1)·bs)``
 (``bs`` = the model's ``bd_size``, attention blocks and decoding blocks coincide). For a row with prompt
@@ -37,14 +37,28 @@ Differences from the reference, on purpose:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from dlm.errors import DecodingError
 from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
-from dlm.models.base import ModelCapabilities
-from dlm.state import GenerationState, Window
+from dlm.messages import ModelCapabilities, Window
+from dlm.state import GenerationState
+
+
+@dataclass
+class DiffusionProgress:
+    """Per-run progress of ``block_diffusion``, kept in ``state.progress``."""
+
+    block_size: int  # decoding block size (the model's attention block size)
+    ar: bool  # shifted logits: each block starts with an AR step for its first position
+    block: int = 0  # block index, counted from each row's first generated position's block
+    step: int = 0  # step inside the block
+    start: int = 0  # canvas columns spanned by the live rows' current blocks
+    end: int = 0
 
 
 class BlockDiffusionConfig(BaseModel):
@@ -82,9 +96,8 @@ class BlockDiffusion(IterationManager):
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        self._bs = int(self.config.block_length or capabilities.block_size)
-        self._ar = capabilities.logit_shift == 1
-        state.block, state.step = 0, 0
+        bs = int(self.config.block_length or capabilities.block_size)
+        state.progress = DiffusionProgress(block_size=bs, ar=capabilities.logit_shift == 1)
         self._settle(state)
         return state
 
@@ -94,46 +107,57 @@ class BlockDiffusion(IterationManager):
 
     def _block_starts(self, state: GenerationState) -> Tensor:
         """[B] position of each row's current block start."""
-        return (state.prompt_lengths // self._bs + state.block) * self._bs
+        p: DiffusionProgress = state.progress
+        return (state.prompt_lengths // p.block_size + p.block) * p.block_size
 
-    def eligible(self, state: GenerationState) -> Tensor:
-        """[B, L] bool: what each live row may commit in the next step."""
+    def _sub_blocks(self, state: GenerationState) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, L] bool eligible positions, and [B] canvas columns of each row's current sub-block."""
+        p: DiffusionProgress = state.progress
         pos = self._positions(state)
         first = self._block_starts(state)[:, None]
-        in_block = (pos >= first) & (pos < first + self._bs)
+        in_block = (pos >= first) & (pos < first + p.block_size)
         masked = state.masked()
         live = ~state.done[:, None]
         at_first = masked & (pos == first)
         masked_block = masked & in_block
-        if self._ar:
-            ar = at_first.any(dim=1, keepdim=True)
-        else:
-            ar = torch.zeros_like(live)
-        sub = torch.div(pos - first, self.config.sub_block_size, rounding_mode="floor")
+        ar = at_first.any(dim=1, keepdim=True) if p.ar else torch.zeros_like(live)
+        sbs = self.config.sub_block_size
+        sub = torch.div(pos - first, sbs, rounding_mode="floor")
         current = sub.masked_fill(~masked_block, torch.iinfo(torch.long).max).min(dim=1, keepdim=True).values
         denoise = masked_block & (sub == current)
-        return torch.where(ar, at_first, denoise) & live
+        eligible = torch.where(ar, at_first, denoise) & live
+        block_col = first[:, 0] + state.pad  # [B] canvas column of each row's block start
+        sub_start = block_col + current[:, 0].clamp(max=p.block_size // sbs) * sbs
+        sub_end = torch.minimum(sub_start + sbs, block_col + p.block_size).clamp(max=state.length)
+        return eligible, sub_start, sub_end
+
+    def eligible(self, state: GenerationState) -> Tensor:
+        """[B, L] bool: what each live row may commit in the next step."""
+        return self._sub_blocks(state)[0]
 
     def _union(self, state: GenerationState) -> None:
-        """state.block_start/end: columns spanned by the live rows' current blocks (for traces, caches)."""
+        """Progress start/end: columns spanned by the live rows' current blocks (for the window)."""
+        p: DiffusionProgress = state.progress
         live = ~state.done
         starts = (self._block_starts(state) + state.pad)[live]
         if len(starts):
-            state.block_start = int(starts.min())
-            state.block_end = min(state.length, int(starts.max()) + self._bs)
+            p.start = int(starts.min())
+            p.end = min(state.length, int(starts.max()) + p.block_size)
 
     def _settle(self, state: GenerationState) -> None:
         """Mark complete rows done; move to the next block once no live row has anything left in this one."""
+        p: DiffusionProgress = state.progress
         state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
         while not bool(state.done.all()) and not bool(self.eligible(state).any()):
-            state.block += 1
-            state.step = 0
-            if state.block > self.config.gen_length // self._bs + 1:
+            p.block += 1
+            p.step = 0
+            if p.block > self.config.gen_length // p.block_size + 1:
                 raise DecodingError("block_diffusion ran past the last block with masks left")
         self._union(state)
 
     def window(self, state: GenerationState) -> Window:
-        elig = self.eligible(state)
+        p: DiffusionProgress = state.progress
+        elig, sub_start, sub_end = self._sub_blocks(state)
         rows = elig.any(dim=1).nonzero()[:, 0]
         cols = elig.any(dim=0).nonzero()[:, 0]
         start, end = int(cols[0]), int(cols[-1]) + 1
@@ -143,14 +167,20 @@ class BlockDiffusion(IterationManager):
             end=end,
             eligible=elig[rows, start:end],
             quota=torch.ones(len(rows), dtype=torch.long, device=state.device),
-            step=state.step,
+            step=p.step,
             mask_id=state.mask_id,
+            block=p.block,
+            block_start=min(p.start, start),
+            block_end=max(p.end, end),
+            sub_start=sub_start[rows],
+            sub_end=sub_end[rows],
         )
 
     def advance(self, state: GenerationState) -> None:
-        state.step += 1
-        if state.step > self._bs + 1:
-            raise DecodingError(f"block {state.block} still has masks after {state.step} steps")
+        p: DiffusionProgress = state.progress
+        p.step += 1
+        if p.step > p.block_size + 1:
+            raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
         if self.config.early_stop:
             stop_at_eos(state)
         self._settle(state)

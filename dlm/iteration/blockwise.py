@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from dlm.errors import DecodingError
-from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
-from dlm.models.base import ModelCapabilities
-from dlm.state import GenerationState, Window
+from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
+from dlm.messages import ModelCapabilities, Window
+from dlm.state import GenerationState
 
 
 class BlockwiseConfig(BaseModel):
@@ -63,12 +63,24 @@ def transfer_schedule(masked: Tensor, steps: int) -> Tensor:
     return base[:, None] + (torch.arange(steps, device=masked.device)[None, :] < rem[:, None]).long()
 
 
-def enter_block(state: GenerationState, block: int, block_length: int) -> None:
-    """Point the state at block ``block`` of the generation region and reset the step counter."""
-    state.block = block
-    state.block_start = state.gen_start + block * block_length
-    state.block_end = state.block_start + block_length
-    state.step = 0
+def enter_block(state: GenerationState, block: int, block_length: int) -> BlockProgress:
+    """Point the state's progress at block ``block`` of the generation region (step 0); return it."""
+    progress = state.progress if isinstance(state.progress, BlockProgress) else BlockProgress()
+    progress.block = block
+    progress.start = state.gen_start + block * block_length
+    progress.end = progress.start + block_length
+    progress.step = 0
+    state.progress = progress
+    return progress
+
+
+def block_window(state: GenerationState, rows: Tensor, start: int, end: int, eligible: Tensor, quota: Tensor) -> Window:
+    """The window of ``rows`` over columns ``[start, end)`` inside the current block of ``state.progress``."""
+    p: BlockProgress = state.progress
+    return Window(
+        rows=rows, start=start, end=end, eligible=eligible, quota=quota, step=p.step, mask_id=state.mask_id,
+        block=p.block, block_start=p.start, block_end=p.end,
+    )
 
 
 class Blockwise(IterationManager):
@@ -80,41 +92,36 @@ class Blockwise(IterationManager):
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
-        enter_block(state, block, self.config.block_length)
-        masked = state.masked()[:, state.block_start : state.block_end].sum(dim=1)
-        state.schedule = transfer_schedule(masked, self.config.steps_per_block)
+        p = enter_block(state, block, self.config.block_length)
+        masked = state.masked()[:, p.start : p.end].sum(dim=1)
+        p.schedule = transfer_schedule(masked, self.config.steps_per_block)
 
     def _active(self, state: GenerationState) -> Tensor:
         """[B] bool: rows still generating that have masks in the current block."""
-        return ~state.done & state.masked()[:, state.block_start : state.block_end].any(dim=1)
+        p: BlockProgress = state.progress
+        return ~state.done & state.masked()[:, p.start : p.end].any(dim=1)
 
     def window(self, state: GenerationState) -> Window:
+        p: BlockProgress = state.progress
         rows = self._active(state).nonzero()[:, 0]
-        eligible = state.masked()[rows, state.block_start : state.block_end]
-        if state.step < self.config.steps_per_block:
-            quota = state.schedule[rows, state.step]
+        eligible = state.masked()[rows, p.start : p.end]
+        if p.step < self.config.steps_per_block:
+            quota = p.schedule[rows, p.step]
         else:
             quota = eligible.sum(dim=1)
-        return Window(
-            rows=rows,
-            start=state.block_start,
-            end=state.block_end,
-            eligible=eligible,
-            quota=quota,
-            step=state.step,
-            mask_id=state.mask_id,
-        )
+        return block_window(state, rows, p.start, p.end, eligible, quota)
 
     def advance(self, state: GenerationState) -> None:
-        state.step += 1
+        p: BlockProgress = state.progress
+        p.step += 1
         if self.config.early_stop:
             stop_at_eos(state)
         if bool(self._active(state).any()):
-            if state.step > self.config.block_length:
-                raise DecodingError(f"block {state.block} still has masks after {state.step} steps")
+            if p.step > self.config.block_length:
+                raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
             return
-        if state.block + 1 < self.config.num_blocks:
-            self._begin_block(state, state.block + 1)
+        if p.block + 1 < self.config.num_blocks:
+            self._begin_block(state, p.block + 1)
             if not bool(self._active(state).any()):  # every remaining row stopped early
                 state.done[:] = True
         else:

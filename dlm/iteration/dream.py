@@ -13,7 +13,7 @@ fewer forwards. Strategies that ignore the quota (``threshold``) simply continue
 quota of "all remaining" until the region is complete.
 
 ``dream_blockwise`` is Fast-dLLM's block/cache path for Dream (Wu et al., 2025, arXiv 2505.22618,
-``generation_utils_block.py``; reference notes §5.2): blocks of ``block_length`` left to right; the first
+``generation_utils_block.py`` of their released code): blocks of ``block_length`` left to right; the first
 step of a block (the refresh forward under ``prefix``/``dual``) makes only the block's first column
 eligible, so it is committed unconditionally. This is needed because of the logit shift: a cached step
 computes columns from the block start, and the block-start column's own prediction would need the output
@@ -29,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.errors import DecodingError
-from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
-from dlm.iteration.blockwise import BlockwiseConfig, enter_block
-from dlm.models.base import ModelCapabilities
-from dlm.state import GenerationState, Window
+from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
+from dlm.iteration.blockwise import BlockwiseConfig, block_window, enter_block
+from dlm.messages import ModelCapabilities, Window
+from dlm.state import GenerationState
 
 
 def dream_timesteps(steps: int, eps: float, device=None) -> Tensor:
@@ -60,7 +60,7 @@ class DreamIterationConfig(BaseModel):
 class DreamIteration(IterationManager):
     """``dream``: Dream's whole-region schedule.
 
-    The schedule index is ``state.tick``, not ``state.step``: skipped zero-quota ticks take no forward.
+    The schedule index is the progress' ``tick``, not its ``step``: skipped zero-quota ticks take no forward.
     """
 
     Config = DreamIterationConfig
@@ -76,7 +76,7 @@ class DreamIteration(IterationManager):
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        state.block, state.block_start, state.block_end, state.step = 0, state.gen_start, state.length, 0
+        state.progress = BlockProgress(block=0, start=state.gen_start, end=state.length)  # one block: the region
         self._settle(state)
         return state
 
@@ -85,35 +85,29 @@ class DreamIteration(IterationManager):
 
     def _quota(self, state: GenerationState) -> Tensor:
         masked = self._masked(state)
-        quota = dream_quota(masked.cpu(), state.tick, self.config.steps, self._timesteps).to(state.device)
+        quota = dream_quota(masked.cpu(), state.progress.tick, self.config.steps, self._timesteps).to(state.device)
         return torch.where(state.done, 0, quota)
 
     def _settle(self, state: GenerationState) -> None:
         """Skip schedule ticks in which no row would commit anything; mark complete rows done."""
         state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
         while not bool(state.done.all()) and not bool((self._quota(state) > 0).any()):
-            state.tick += 1
+            state.progress.tick += 1
 
     def window(self, state: GenerationState) -> Window:
         quota = self._quota(state)
         rows = (quota > 0).nonzero()[:, 0]
-        return Window(
-            rows=rows,
-            start=state.gen_start,
-            end=state.length,
-            eligible=state.masked()[rows, state.gen_start :],
-            quota=quota[rows],
-            step=state.step,
-            mask_id=state.mask_id,
-        )
+        eligible = state.masked()[rows, state.gen_start :]
+        return block_window(state, rows, state.gen_start, state.length, eligible, quota[rows])
 
     def advance(self, state: GenerationState) -> None:
-        state.step += 1
-        state.tick += 1
+        p: BlockProgress = state.progress
+        p.step += 1
+        p.tick += 1
         if self.config.early_stop:
             stop_at_eos(state)
-        if state.step > self.config.steps + self.config.gen_length:
-            raise DecodingError(f"the generation region still has masks after {state.step} steps")
+        if p.step > self.config.steps + self.config.gen_length:
+            raise DecodingError(f"the generation region still has masks after {p.step} steps")
         self._settle(state)
 
 
@@ -138,19 +132,19 @@ class DreamBlockwise(IterationManager):
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
-        enter_block(state, block, self.config.block_length)
-        state.tick = 0
+        enter_block(state, block, self.config.block_length).tick = 0
 
     def _first_pending(self, state: GenerationState) -> Tensor:
         """[B] bool: rows whose block-start column is still masked (the first step is theirs)."""
-        return ~state.done & (state.canvas[:, state.block_start] == state.mask_id)
+        return ~state.done & (state.canvas[:, state.progress.start] == state.mask_id)
 
     def _rest_masked(self, state: GenerationState) -> Tensor:
-        return state.masked()[:, state.block_start + 1 : state.block_end]
+        p: BlockProgress = state.progress
+        return state.masked()[:, p.start + 1 : p.end]
 
     def _quota(self, state: GenerationState) -> Tensor:
         masked = self._rest_masked(state).sum(dim=1)
-        quota = dream_quota(masked.cpu(), state.tick, self.config.steps_per_block, self._timesteps)
+        quota = dream_quota(masked.cpu(), state.progress.tick, self.config.steps_per_block, self._timesteps)
         return torch.where(state.done, 0, quota.to(state.device))
 
     def _settle(self, state: GenerationState) -> None:
@@ -158,45 +152,35 @@ class DreamBlockwise(IterationManager):
         while bool((~state.done & self._rest_masked(state).any(dim=1)).any()) and not bool(
             (self._quota(state) > 0).any()
         ):
-            state.tick += 1
+            state.progress.tick += 1
 
     def window(self, state: GenerationState) -> Window:
+        p: BlockProgress = state.progress
         first = self._first_pending(state)
         if bool(first.any()):
             rows = first.nonzero()[:, 0]
-            s = state.block_start
-            return Window(
-                rows=rows, start=s, end=s + 1, eligible=torch.ones(len(rows), 1, dtype=torch.bool, device=state.device),
-                quota=torch.ones(len(rows), dtype=torch.long, device=state.device), step=state.step,
-                mask_id=state.mask_id,
-            )
+            ones = torch.ones(len(rows), 1, dtype=torch.bool, device=state.device)
+            return block_window(state, rows, p.start, p.start + 1, ones, ones[:, 0].long())
         quota = self._quota(state)
         rows = (quota > 0).nonzero()[:, 0]
-        return Window(
-            rows=rows,
-            start=state.block_start + 1,
-            end=state.block_end,
-            eligible=self._rest_masked(state)[rows],
-            quota=quota[rows],
-            step=state.step,
-            mask_id=state.mask_id,
-        )
+        return block_window(state, rows, p.start + 1, p.end, self._rest_masked(state)[rows], quota[rows])
 
     def advance(self, state: GenerationState) -> None:
-        state.step += 1
+        p: BlockProgress = state.progress
+        p.step += 1
         if self.config.early_stop:
             stop_at_eos(state)
-        if state.step > 1:
-            state.tick += 1
+        if p.step > 1:
+            p.tick += 1
         elif not bool(self._first_pending(state).any()):
-            state.tick = 1  # tick 0 of the block's schedule was the first-column (refresh) step
-        active = ~state.done & state.masked()[:, state.block_start : state.block_end].any(dim=1)
+            p.tick = 1  # tick 0 of the block's schedule was the first-column (refresh) step
+        active = ~state.done & state.masked()[:, p.start : p.end].any(dim=1)
         if bool(active.any()):
-            if state.step > self.config.block_length + self.config.steps_per_block:
-                raise DecodingError(f"block {state.block} still has masks after {state.step} steps")
+            if p.step > self.config.block_length + self.config.steps_per_block:
+                raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
             self._settle(state)
             return
-        if state.block + 1 < self.config.num_blocks and not bool(state.done.all()):
-            self._begin_block(state, state.block + 1)
+        if p.block + 1 < self.config.num_blocks and not bool(state.done.all()):
+            self._begin_block(state, p.block + 1)
         else:
             state.done[:] = True

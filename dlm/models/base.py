@@ -1,41 +1,23 @@
-"""Model adapter interface: token ids become logits, given the cache manager's forward plan."""
+"""Model adapter interface: token ids become logits, given the cache manager's forward plan.
+
+The interface alone; the adapters built on dlm's own transformer share :mod:`dlm.models.transformer`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from pydantic import BaseModel
 from torch import Tensor
 
 from dlm.errors import InputError
-from dlm.models.kv import KVBuffer
-from dlm.models.layers import Transformer
+from dlm.messages import ForwardPlan, KVStore, ModelCapabilities, Window
 from dlm.models.tokenizer import Tokenizer
-from dlm.state import GenerationState, Window
+from dlm.state import GenerationState
 
-if TYPE_CHECKING:
-    from dlm.cache.base import ForwardPlan
-
-
-@dataclass(frozen=True)
-class ModelCapabilities:
-    """What the pipeline must know of a model to compose it with the other components."""
-
-    mask_id: int
-    eos_ids: tuple[int, ...]  # EOS first, then other end tokens (e.g. LLaDA's <|eot_id|>)
-    max_length: int  # context length in tokens
-    vocab_size: int | None = None  # input ids must lie in [0, vocab_size); None: not checked
-    logit_shift: int = 0  # 1: the prediction for column i is read at output i-1 (Dream, Fast-dLLM v2)
-    attention: Literal["bidirectional", "block_causal"] = "bidirectional"
-    kv_cache: bool = True  # can write to / attend through a KVBuffer
-    block_size: int | None = None  # block-causal models: attention block size
-
-    @property
-    def eos_id(self) -> int:
-        return self.eos_ids[0]
+__all__ = ["ModelAdapter", "ModelCapabilities"]
 
 
 class ModelAdapter(ABC):
@@ -51,12 +33,13 @@ class ModelAdapter(ABC):
         """Build the adapter from its validated config (reads the checkpoint)."""
 
     @abstractmethod
-    def forward(self, state: GenerationState, plan: "ForwardPlan", window: Window) -> Tensor:
-        """Run ``plan``; return logits aligned to the window's columns: [len(plan.rows), W, vocab]."""
+    def forward(self, state: GenerationState, plan: ForwardPlan, window: Window) -> Tensor:
+        """Run ``plan``; return logits of the window's logits span (the window unless widened):
+        [len(plan.rows), window.logits_end - window.logits_start, vocab]."""
 
     @abstractmethod
-    def new_kv(self, batch: int, length: int) -> KVBuffer:
-        """A zeroed KV buffer for ``batch`` rows of ``length`` columns."""
+    def new_kv(self, batch: int, length: int) -> KVStore:
+        """A zeroed KV store for ``batch`` rows of ``length`` columns."""
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if self.tokenizer is None:
@@ -64,57 +47,3 @@ class ModelAdapter(ABC):
         return self.tokenizer.encode(text, chat=chat)
 
 
-class TransformerAdapter(ModelAdapter):
-    """Shared forward of the adapters built on :class:`~dlm.models.layers.Transformer`."""
-
-    net: Transformer
-    dtype: torch.dtype
-    device: torch.device
-
-    def new_kv(self, batch: int, length: int) -> KVBuffer:
-        s = self.net.spec
-        return KVBuffer(s.n_layers, batch, s.n_kv_heads, length, s.head_dim, dtype=self.dtype, device=self.device)
-
-    def attention_mask(self, state: GenerationState, plan: "ForwardPlan") -> Tensor | None:
-        """Bool mask [b, 1, q|1, keys] (True = attend) for the planned forward, or None when unrestricted."""
-        key_start = 0 if plan.kv is not None else plan.start
-        key_end = plan.key_end if plan.kv is not None else plan.end
-        mask = None
-        if state.padded:
-            cols = torch.arange(key_start, key_end, device=state.device)
-            mask = (cols[None, :] >= state.pad[plan.rows, None])[:, None, None, :]  # [b, 1, 1, K]
-        if self.capabilities.attention == "block_causal":
-            # blocks are counted in each row's own positions (column - pad), so a left-padded row sees the
-            # blocks it would see alone; padding columns count as position 0 (as keys they are masked out
-            # above, as queries they then attend to block 0 instead of nothing, which would give NaNs)
-            bs = self.capabilities.block_size
-            pad = state.pad[plan.rows, None]
-            q_blk = (torch.arange(plan.start, plan.end, device=state.device)[None, :] - pad).clamp(min=0) // bs
-            k_blk = (torch.arange(key_start, key_end, device=state.device)[None, :] - pad).clamp(min=0) // bs
-            causal = (q_blk[:, :, None] >= k_blk[:, None, :])[:, None]  # [b, 1, q, K]
-            mask = causal if mask is None else mask & causal
-        return mask
-
-    @torch.inference_mode()
-    def forward(self, state: GenerationState, plan: "ForwardPlan", window: Window) -> Tensor:
-        ids = state.canvas[plan.rows, plan.start : plan.end]  # [b, q]
-        cols = torch.arange(plan.start, plan.end, device=state.device)
-        positions = (cols[None, :] - state.pad[plan.rows, None]).clamp_(min=0)  # [b, q]
-        shift = self.capabilities.logit_shift
-        lo, hi = window.start - shift - plan.start, window.end - shift - plan.start
-        if lo < 0 or hi > plan.end - plan.start:
-            raise ValueError(
-                f"forward plan computes columns [{plan.start}, {plan.end}) but logits of the window "
-                f"[{window.start}, {window.end}) need outputs [{window.start - shift}, {window.end - shift})"
-            )
-        return self.net(
-            ids,
-            positions,
-            self.attention_mask(state, plan),
-            kv=plan.kv,
-            rows=plan.buffer_rows,
-            start=plan.start,
-            key_end=plan.key_end,
-            logits_from=lo,
-            logits_to=hi,
-        )

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from dlm.errors import CheckpointError
-from dlm.models.base import ModelCapabilities
+from dlm.messages import ModelCapabilities
 from dlm.models.layers import TransformerSpec
 from dlm.models.qwen2 import Qwen2Family, Qwen2FamilyConfig
 

@@ -44,6 +44,13 @@ class KVBuffer:
             self.keys[layer, rows, :, start:end] = k
             self.values[layer, rows, :, start:end] = v
 
+    def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor) -> None:
+        """Store ``k``/``v`` ([b, H, q, D]) into the slots ``columns`` ([b, q], per row) of ``rows``."""
+        r = torch.arange(k.shape[0], device=columns.device)[:, None] if rows is None else rows[:, None]  # [b, 1]
+        # advanced indices at dims 0 and 2 (split by the head slice) put [b, q] first: [b, q, H, D]
+        self.keys[layer][r, :, columns] = k.transpose(1, 2)
+        self.values[layer][r, :, columns] = v.transpose(1, 2)
+
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
         """Keys and values of slots ``[0, key_end)`` for ``rows``: two [b, H, key_end, D] tensors."""
         if rows is None:

@@ -103,6 +103,7 @@ class Attention(nn.Module):
         rows: Tensor | None,
         start: int,
         key_end: int,
+        columns: Tensor | None = None,  # [b, q]: per-row canvas columns of the queries (None: a range)
     ) -> Tensor:
         b, q_len, _ = x.shape
         q = self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2)
@@ -110,7 +111,10 @@ class Attention(nn.Module):
         v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
-            kv.write(layer, rows, start, k, v)
+            if columns is None:
+                kv.write(layer, rows, start, k, v)
+            else:
+                kv.write_columns(layer, rows, columns, k, v)
             k, v = kv.read(layer, rows, key_end)
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
@@ -141,8 +145,8 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(spec.dim, spec.norm_eps)
         self.ffn = SwiGLU(spec)
 
-    def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, kv, layer, rows, start, key_end)
+    def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end, columns=None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, kv, layer, rows, start, key_end, columns)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -175,16 +179,23 @@ class Transformer(nn.Module):
         key_end: int | None = None,
         logits_from: int = 0,
         logits_to: int | None = None,
+        columns: Tensor | None = None,
+        logits_index: Tensor | None = None,
     ) -> Tensor:
-        """Run the query tokens ``ids`` (canvas columns ``[start, start+q)``); return logits of query
-        offsets ``[logits_from, logits_to)`` as [b, n, vocab_out]."""
+        """Run the query tokens ``ids`` (canvas columns ``[start, start+q)``, or ``columns`` [b, q] per row);
+        return logits of query offsets ``[logits_from, logits_to)``, or of the offsets ``logits_index``
+        [b, n], as [b, n, vocab_out]."""
         cos_t, sin_t = self.rope(ids.device)
         dtype = self.embed.weight.dtype
         cos, sin = cos_t[positions].to(dtype), sin_t[positions].to(dtype)
         key_end = start + ids.shape[1] if key_end is None else key_end
         x = self.embed(ids)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, kv, i, rows, start, key_end)
-        x = self.norm(x[:, logits_from:logits_to])
+            x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns)
+        if logits_index is None:
+            x = x[:, logits_from:logits_to]
+        else:
+            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
+        x = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
         return F.linear(x, weight)

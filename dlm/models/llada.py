@@ -14,10 +14,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlm.errors import CheckpointError
-from dlm.models.base import ModelCapabilities, TransformerAdapter
-from dlm.models.checkpoint import load_tensors, read_config
+from dlm.messages import ModelCapabilities
+from dlm.models.checkpoint import read_config
 from dlm.models.layers import Transformer, TransformerSpec
 from dlm.models.tokenizer import Tokenizer
+from dlm.models.transformer import TransformerAdapter, load_transformer
 
 LLADA_MASK_ID = 126336
 LLADA_EOS_ID = 126081
@@ -100,18 +101,6 @@ def llada_names(spec: TransformerSpec) -> dict[str, str]:
             pairs.update({f"attn.{p}.bias": f"{p}_proj.bias" for p in "qkv"})
         names.update({own + a: theirs + b for a, b in pairs.items()})
     return names
-
-
-def load_transformer(
-    directory: Path, spec: TransformerSpec, names: dict[str, str], *, dtype: torch.dtype, device: torch.device
-) -> Transformer:
-    """Build a :class:`Transformer` without random init and fill it from the checkpoint (names: own -> file)."""
-    with torch.device("meta"):
-        net = Transformer(spec)
-    shapes = {names[k]: tuple(p.shape) for k, p in net.state_dict().items()}
-    tensors = load_tensors(directory, shapes, dtype=dtype, device=device)
-    net.load_state_dict({own: tensors[theirs] for own, theirs in names.items()}, strict=True, assign=True)
-    return net.eval().requires_grad_(False)
 
 
 class LLaDAModel(TransformerAdapter):

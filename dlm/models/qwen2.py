@@ -17,11 +17,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from dlm.errors import CheckpointError
-from dlm.models.base import ModelCapabilities, TransformerAdapter
+from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import read_config
 from dlm.models.layers import Transformer, TransformerSpec
-from dlm.models.llada import load_transformer
 from dlm.models.tokenizer import Tokenizer
+from dlm.models.transformer import TransformerAdapter, load_transformer
 
 PREFIX = "model."
 

@@ -11,7 +11,7 @@ from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
 from dlm.rng import RowRNG
-from dlm.state import Window
+from dlm.messages import Window
 from dlm.testing.contracts.core import CPU, SMALL_ITERATION, _fail
 from dlm.testing.contracts.fixtures import tiny_model
 from dlm.testing.contracts.probes import _batched_vs_single, _check_finished, _config, _generate, _same_outputs

@@ -93,7 +93,8 @@ def build_model(cfg: TrainConfig) -> Transformer:
 
 def load_for_training(directory: Path) -> Transformer:
     from dlm.models.checkpoint import read_config
-    from dlm.models.llada import llada_names, llada_spec, load_transformer
+    from dlm.models.llada import llada_names, llada_spec
+    from dlm.models.transformer import load_transformer
 
     spec = llada_spec(read_config(directory), directory)
     net = load_transformer(directory, spec, llada_names(spec), dtype=torch.float32, device=torch.device("cpu"))

@@ -28,10 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
-from dlm.rng import RowRNG
-from dlm.state import Commit, Window
+from dlm.decoding import Commit, DecodingStrategy, RowRNG, Window, propose
 
 
 class EBSamplerConfig(BaseModel):

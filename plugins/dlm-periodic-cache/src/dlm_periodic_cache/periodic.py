@@ -25,9 +25,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlm.cache.base import ForwardPlan
-from dlm.cache.prefix import PrefixCache
-from dlm.state import GenerationState, Window
+from dlm.cache import ForwardPlan, PrefixCache, Window
+from dlm.state import GenerationState
 
 
 class PeriodicCacheConfig(BaseModel):
@@ -51,8 +50,8 @@ class PeriodicCache(PrefixCache):
         return ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else window.start - self.shift,
-            end=state.length if refresh else window.end,
+            start=0 if refresh else window.logits_start - self.shift,
+            end=state.length if refresh else window.logits_end,
             kv=self.kv,
             key_end=state.length,
             refresh=refresh,

@@ -1,0 +1,120 @@
+"""The adapter half shared by every family built on dlm's own :class:`~dlm.models.layers.Transformer`.
+
+:class:`TransformerAdapter` turns a :class:`~dlm.messages.ForwardPlan` into a call of the network: it picks
+the query tokens (a column range, or per-row column sets), their RoPE positions (column minus the row's left
+padding), the attention mask the model's attention kind needs, and which outputs become logits (the window's
+logits span, moved by the model's logit shift). :func:`load_transformer` fills a network from a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from dlm.messages import ForwardPlan, Window
+from dlm.models.base import ModelAdapter
+from dlm.models.checkpoint import load_tensors
+from dlm.models.kv import KVBuffer
+from dlm.models.layers import Transformer, TransformerSpec
+from dlm.state import GenerationState
+
+
+def load_transformer(
+    directory: Path, spec: TransformerSpec, names: dict[str, str], *, dtype: torch.dtype, device: torch.device
+) -> Transformer:
+    """Build a :class:`Transformer` without random init and fill it from the checkpoint (names: own -> file)."""
+    with torch.device("meta"):
+        net = Transformer(spec)
+    shapes = {names[k]: tuple(p.shape) for k, p in net.state_dict().items()}
+    tensors = load_tensors(directory, shapes, dtype=dtype, device=device)
+    net.load_state_dict({own: tensors[theirs] for own, theirs in names.items()}, strict=True, assign=True)
+    return net.eval().requires_grad_(False)
+
+
+class TransformerAdapter(ModelAdapter):
+    """Shared forward of the adapters built on :class:`~dlm.models.layers.Transformer`."""
+
+    net: Transformer
+    dtype: torch.dtype
+    device: torch.device
+
+    def new_kv(self, batch: int, length: int) -> KVBuffer:
+        s = self.net.spec
+        return KVBuffer(s.n_layers, batch, s.n_kv_heads, length, s.head_dim, dtype=self.dtype, device=self.device)
+
+    def attention_mask(self, state: GenerationState, rows: Tensor, q_cols: Tensor, k_cols: Tensor) -> Tensor | None:
+        """Bool mask [b, 1, q|1, keys] (True = attend) for queries at canvas columns ``q_cols`` and keys at
+        ``k_cols`` ([1 or b, n] each), or None when unrestricted.
+
+        Padding columns are never keys. Block-causal and causal attention compare each row's own positions
+        (column − pad), so a left-padded row sees what it sees alone; padding columns count as position 0
+        (as keys they are masked out, as queries they then attend to position 0 instead of nothing, which
+        would give NaNs).
+        """
+        mask = None
+        pad = state.pad[rows, None]  # [b, 1]
+        if state.padded:
+            mask = (k_cols >= pad)[:, None, None, :]  # [b, 1, 1, K]
+        kind = self.capabilities.attention
+        if kind != "bidirectional":
+            q_pos, k_pos = (q_cols - pad).clamp(min=0), (k_cols - pad).clamp(min=0)
+            if kind == "block_causal":
+                bs = self.capabilities.block_size
+                q_pos, k_pos = q_pos // bs, k_pos // bs
+            allowed = (q_pos[:, :, None] >= k_pos[:, None, :])[:, None]  # [b, 1, q, K]
+            mask = allowed if mask is None else mask & allowed
+        return mask
+
+    @torch.inference_mode()
+    def forward(self, state: GenerationState, plan: ForwardPlan, window: Window) -> Tensor:
+        shift = self.capabilities.logit_shift
+        lo, hi = window.logits_start - shift, window.logits_end - shift  # outputs the logits are read at
+        if plan.columns is not None:
+            return self._forward_columns(state, plan, lo, hi)
+        if lo < plan.start or hi > plan.end:
+            raise ValueError(
+                f"forward plan computes columns [{plan.start}, {plan.end}) but logits of "
+                f"[{window.logits_start}, {window.logits_end}) need outputs [{lo}, {hi})"
+            )
+        ids = state.canvas[plan.rows, plan.start : plan.end]  # [b, q]
+        cols = torch.arange(plan.start, plan.end, device=state.device)[None, :]  # [1, q]
+        positions = (cols - state.pad[plan.rows, None]).clamp_(min=0)  # [b, q]
+        keys = torch.arange(0 if plan.kv is not None else plan.start, plan.key_end if plan.kv is not None else plan.end,
+                            device=state.device)[None, :]
+        return self.net(
+            ids,
+            positions,
+            self.attention_mask(state, plan.rows, cols, keys),
+            kv=plan.kv,
+            rows=plan.buffer_rows,
+            start=plan.start,
+            key_end=plan.key_end,
+            logits_from=lo - plan.start,
+            logits_to=hi - plan.start,
+        )
+
+    def _forward_columns(self, state: GenerationState, plan: ForwardPlan, lo: int, hi: int) -> Tensor:
+        """A plan naming per-row column sets: gather their tokens, scatter their K/V into their slots."""
+        cols = plan.columns  # [b, q]
+        rows = plan.rows
+        ids = state.canvas[rows[:, None], cols]  # [b, q]
+        positions = (cols - state.pad[rows, None]).clamp(min=0)
+        keys = torch.arange(plan.key_end, device=state.device)[None, :] if plan.kv is not None else cols
+        where = torch.full((len(rows), state.length), -1, dtype=torch.long, device=state.device)
+        where.scatter_(1, cols, torch.arange(cols.shape[1], device=state.device).expand_as(cols))
+        index = where[:, lo:hi]  # [b, n]: query offset of each needed output
+        if bool((index < 0).any()):
+            raise ValueError(f"forward plan's column sets do not hold every output the logits need, [{lo}, {hi})")
+        return self.net(
+            ids,
+            positions,
+            self.attention_mask(state, rows, cols, keys),
+            kv=plan.kv,
+            rows=plan.buffer_rows,
+            columns=cols,
+            key_end=plan.key_end,
+            logits_index=index,
+        )
+
