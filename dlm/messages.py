@@ -167,7 +167,9 @@ class ForwardPlan:
     Columns computed: the range ``[start, end)``, or, when ``columns`` is given, exactly those columns of
     each row (any set, any order; a row may repeat one of its columns to match the others' count, which
     rewrites the same K/V). With a KV store the model writes the computed columns' K/V into their slots and
-    attends to slots ``[0, key_end)``: columns it did not compute are read as cached.
+    attends to slots ``[0, key_end)``: columns it did not compute are read as cached. A range plan may store
+    only part of what it computes (``write_start``/``write_end``): a cache asked for logits beyond its own
+    columns computes them as a peek, leaving its K/V (and so its approximation) as they would be without it.
     """
 
     rows: Tensor  # [b] long: batch rows to run
@@ -178,6 +180,18 @@ class ForwardPlan:
     key_end: int  # with kv: attend to slots [0, key_end)
     refresh: bool  # this forward (re)writes the cache for every column it will later read
     columns: Tensor | None = None  # [b, q] long: the columns each row computes (None: the range)
+    write_start: int | None = None  # range plans: only columns [write_start, write_end) store their fresh
+    write_end: int | None = None  # K/V (None: every computed column); the others are computed for logits only
+
+    def __post_init__(self) -> None:
+        if self.write_start is None:
+            object.__setattr__(self, "write_start", self.start)
+        if self.write_end is None:
+            object.__setattr__(self, "write_end", self.end)
+
+    @property
+    def writes_all(self) -> bool:
+        return self.write_start == self.start and self.write_end == self.end
 
     @property
     def buffer_rows(self) -> Tensor | None:

@@ -24,18 +24,15 @@ class DualCacheConfig(BaseModel):
 class DualCache(PrefixCache):
     Config = DualCacheConfig
 
-    def cached_end(self, window: Window) -> int:
-        """One past the last column a cached step computes: the block's end, or what the logits need."""
-        return max(window.block_end, window.logits_end - self.shift)
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         refresh = window.first_step
-        return ForwardPlan(
+        return self.peek(ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
             start=0 if refresh else self.cached_start(window),
-            end=state.length if refresh else self.cached_end(window),
+            end=state.length if refresh else window.block_end,
             kv=self.kv,
             key_end=state.length,
             refresh=refresh,
-        )
+        ), window)

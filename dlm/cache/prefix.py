@@ -17,6 +17,8 @@ block path; with plain ``blockwise`` it is one column earlier, recomputed in pla
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pydantic import BaseModel, ConfigDict
 
 from dlm.cache.base import CacheManager
@@ -43,20 +45,30 @@ class PrefixCache(CacheManager):
         self.shift = model.capabilities.logit_shift
 
     def cached_start(self, window: Window) -> int:
-        """First column a cached (non-refresh) step computes: the block, or the first column the logits need."""
-        return min(window.block_start, window.logits_start - self.shift)
+        """First column a cached (non-refresh) step stores: the block, or the column the window needs."""
+        return min(window.block_start, window.start - self.shift)
 
     def finish(self) -> None:
         self.kv = None
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         refresh = window.first_step
-        return ForwardPlan(
+        start = 0 if refresh else self.cached_start(window)
+        return self.peek(ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else self.cached_start(window),
+            start=start,
             end=state.length,
             kv=self.kv,
             key_end=state.length,
             refresh=refresh,
-        )
+        ), window)
+
+    def peek(self, plan: ForwardPlan, window: Window) -> ForwardPlan:
+        """``plan``, also computing what a widened logits span needs, without storing those columns' K/V (so
+        a strategy that reads logits beyond the window leaves the cache's approximation unchanged)."""
+        lo, hi = window.logits_start - self.shift, window.logits_end - self.shift
+        if lo >= plan.start and hi <= plan.end:
+            return plan
+        return replace(plan, start=min(plan.start, lo), end=max(plan.end, hi), write_start=plan.start,
+                       write_end=plan.end)

@@ -5,7 +5,8 @@ generation region is cut into ``gen_length / block_length`` blocks, denoised lef
 split evenly over the blocks; in a block with ``m`` masked positions and ``s`` steps, step ``i`` has quota
 ``m // s`` plus one for the first ``m % s`` steps. Only masked positions of the current block are eligible,
 and a block is denoised until it holds no mask (the reference's "until done" loop), so strategies that
-ignore the quota (threshold, factor) simply take as many steps as they need.
+ignore the quota (threshold, factor) simply take as many steps as they need. Positions holding a provisional
+(draft) token count as not yet committed: they stay eligible until a step commits them.
 """
 
 from __future__ import annotations
@@ -93,18 +94,18 @@ class Blockwise(IterationManager):
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
         p = enter_block(state, block, self.config.block_length)
-        masked = state.masked()[:, p.start : p.end].sum(dim=1)
-        p.schedule = transfer_schedule(masked, self.config.steps_per_block)
+        pending = state.pending()[:, p.start : p.end].sum(dim=1)
+        p.schedule = transfer_schedule(pending, self.config.steps_per_block)
 
     def _active(self, state: GenerationState) -> Tensor:
-        """[B] bool: rows still generating that have masks in the current block."""
+        """[B] bool: rows still generating that have pending positions (masks, drafts) in the current block."""
         p: BlockProgress = state.progress
-        return ~state.done & state.masked()[:, p.start : p.end].any(dim=1)
+        return ~state.done & state.pending()[:, p.start : p.end].any(dim=1)
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
         rows = self._active(state).nonzero()[:, 0]
-        eligible = state.masked()[rows, p.start : p.end]
+        eligible = state.pending()[rows, p.start : p.end]
         if p.step < self.config.steps_per_block:
             quota = p.schedule[rows, p.step]
         else:

@@ -56,3 +56,23 @@ class KVBuffer:
         if rows is None:
             return self.keys[layer, :, :, :key_end], self.values[layer, :, :, :key_end]
         return self.keys[layer, rows, :, :key_end], self.values[layer, rows, :, :key_end]
+
+
+class WriteWindow:
+    """A view of a KV store that stores only columns ``[lo, hi)`` of each write (reads pass through)."""
+
+    def __init__(self, kv: KVBuffer, lo: int, hi: int) -> None:
+        self.kv, self.lo, self.hi = kv, lo, hi
+        self.keys, self.values = kv.keys, kv.values
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor) -> None:
+        a, b = max(self.lo, start), min(self.hi, start + k.shape[2])
+        if a < b:
+            self.kv.write(layer, rows, a, k[:, :, a - start : b - start], v[:, :, a - start : b - start])
+
+    def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
+        return self.kv.read(layer, rows, key_end)

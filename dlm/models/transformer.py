@@ -16,7 +16,7 @@ from torch import Tensor
 from dlm.messages import ForwardPlan, Window
 from dlm.models.base import ModelAdapter
 from dlm.models.checkpoint import load_tensors
-from dlm.models.kv import KVBuffer
+from dlm.models.kv import KVBuffer, WriteWindow
 from dlm.models.layers import Transformer, TransformerSpec
 from dlm.state import GenerationState
 
@@ -83,11 +83,12 @@ class TransformerAdapter(ModelAdapter):
         positions = (cols - state.pad[plan.rows, None]).clamp_(min=0)  # [b, q]
         keys = torch.arange(0 if plan.kv is not None else plan.start, plan.key_end if plan.kv is not None else plan.end,
                             device=state.device)[None, :]
+        kv = plan.kv if plan.kv is None or plan.writes_all else WriteWindow(plan.kv, plan.write_start, plan.write_end)
         return self.net(
             ids,
             positions,
             self.attention_mask(state, plan.rows, cols, keys),
-            kv=plan.kv,
+            kv=kv,
             rows=plan.buffer_rows,
             start=plan.start,
             key_end=plan.key_end,

@@ -18,9 +18,13 @@ What each kind must do (one named check each, see :data:`CHECKS`):
   each prompt gives alone (row r of a batch draws random numbers from stream ``seed + r``, see dlm.rng);
 - decoding: ``commits`` — on synthetic logits (MASK-favouring, flat, peaked, -inf entries, float32/64/bf16)
   it commits at least one position per row that has an eligible one, only eligible positions, never MASK,
-  tokens inside the vocabulary; ``generation`` — it drives a real generation to the end;
-- cache: ``plans`` — plans stay within the canvas, name the window's rows, cover the window, and the
-  model's writes into the KV buffer stay inside the planned rows and columns; ``exact_at_refresh`` —
+  tokens inside the vocabulary (a strategy that widens its logits span gets logits for the span);
+  ``memory`` — per-generation memory is gone after a generation (the next one gives what a fresh strategy
+  gives), and ``batched`` also proves a row's memory never influences another row; ``generation`` — it
+  drives a real generation to the end;
+- cache: ``plans`` — plans stay within the canvas, name the window's rows, compute every output the
+  window's logits span needs (a column range or per-row column sets), and the model's writes into the KV
+  buffer stay inside the planned rows and columns; ``exact_at_refresh`` —
   a refresh forward (and any uncached whole-canvas forward) gives the logits of a full no-cache forward;
 - iteration: ``windows`` — windows lie in the generation region, name rows that are not done, and only
   masked positions are eligible; ``never_rewrites`` — prompt and committed tokens never change (a finished

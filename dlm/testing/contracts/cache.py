@@ -44,16 +44,39 @@ def _kv_changed(plan: ForwardPlan, snap: tuple[Tensor, Tensor]) -> Tensor:
     return dk | dv
 
 
+def _planned(state: GenerationState, plan: ForwardPlan) -> Tensor:
+    """[B, L] bool: the (row, column) pairs the plan computes."""
+    allowed = torch.zeros(state.batch_size, state.length, dtype=torch.bool, device=state.device)
+    if plan.columns is None:
+        allowed[plan.rows, plan.start : plan.end] = True
+    else:
+        allowed[plan.rows[:, None], plan.columns] = True
+    return allowed
+
+
 def _check_plan(state: GenerationState, plan: ForwardPlan, window: Window, shift: int) -> None:
-    where = f"block {state.block} step {window.step}"
+    where = f"block {window.block} step {window.step}"
+    if plan.columns is not None:
+        cols = plan.columns
+        if cols.dim() != 2 or cols.shape[0] != len(plan.rows) or cols.dtype != torch.long:
+            _fail(f"{where}: plan.columns must be a long tensor [rows, q], got {cols.dtype} {tuple(cols.shape)}")
+        if bool(((cols < 0) | (cols >= state.length)).any()):
+            _fail(f"{where}: plan.columns names columns outside the canvas [0, {state.length})")
+        if int(cols.min()) != plan.start or int(cols.max()) + 1 != plan.end:
+            _fail(f"{where}: plan.start/end [{plan.start}, {plan.end}) are not the column sets' bounds")
+        planned = _planned(state, plan)[plan.rows, window.logits_start - shift : window.logits_end - shift]
+        if not bool(planned.all()):
+            _fail(f"{where}: the column sets miss outputs the logits span [{window.logits_start}, "
+                  f"{window.logits_end}) needs")
     if not (0 <= plan.start < plan.end <= state.length):
         _fail(f"{where}: plan computes columns [{plan.start}, {plan.end}) outside the canvas [0, {state.length})")
     if not torch.equal(plan.rows.cpu(), window.rows.cpu()):
         _fail(f"{where}: plan rows {plan.rows.tolist()} are not the window's rows {window.rows.tolist()}")
     if plan.all_rows != (len(plan.rows) == state.batch_size):
         _fail(f"{where}: plan.all_rows={plan.all_rows} but it names {len(plan.rows)} of {state.batch_size} rows")
-    if plan.start > window.start - shift or plan.end < window.end - shift:
-        _fail(f"{where}: plan [{plan.start}, {plan.end}) does not cover the window [{window.start}, {window.end})")
+    if plan.start > window.logits_start - shift or plan.end < window.logits_end - shift:
+        _fail(f"{where}: plan [{plan.start}, {plan.end}) does not cover the logits span [{window.logits_start}, "
+              f"{window.logits_end})")
     if plan.kv is not None:
         if not (plan.end <= plan.key_end <= state.length):
             _fail(f"{where}: key_end {plan.key_end} is outside [{plan.end}, {state.length}]")
@@ -74,26 +97,24 @@ def _cache_probe(shift: int, exact: bool) -> Callable:
             outside = between.clone()
             outside[plan.rows] = False
             if bool(outside.any()):
-                _fail(f"block {state.block} step {window.step}: the KV buffer changed between forwards in rows "
+                _fail(f"block {window.block} step {window.step}: the KV buffer changed between forwards in rows "
                       f"{outside.any(1).nonzero()[:, 0].tolist()}, which this step does not run")
         snap = _kv_snapshot(plan)
         logits = forward(state, plan, window)
         if snap is not None:
-            allowed = torch.zeros(state.batch_size, state.length, dtype=torch.bool, device=state.device)
-            allowed[plan.rows, plan.start : plan.end] = True
-            stray = _kv_changed(plan, snap) & ~allowed
+            stray = _kv_changed(plan, snap) & ~_planned(state, plan)
             if bool(stray.any()):
                 r, c = stray.nonzero()[0].tolist()
-                _fail(f"block {state.block} step {window.step}: the forward wrote KV slot (row {r}, column {c}) "
-                      f"outside the planned rows {plan.rows.tolist()} x columns [{plan.start}, {plan.end})")
+                _fail(f"block {window.block} step {window.step}: the forward wrote KV slot (row {r}, column {c}) "
+                      f"outside the planned rows {plan.rows.tolist()} and columns")
             stats["last"] = (plan.kv, _kv_snapshot(plan))
-        full_uncached = plan.kv is None and plan.start == 0 and plan.end == state.length
+        full_uncached = plan.kv is None and plan.columns is None and plan.start == 0 and plan.end == state.length
         stats["exact_steps"] &= bool(plan.refresh or full_uncached)
         if exact and (plan.refresh or full_uncached):
             reference = forward(state, _full_plan(state, plan), window)
             if not torch.allclose(logits, reference, rtol=RTOL, atol=ATOL):
                 err = (logits - reference).abs().max().item()
-                _fail(f"block {state.block} step {window.step}: a refresh forward gives logits that differ from a "
+                _fail(f"block {window.block} step {window.step}: a refresh forward gives logits that differ from a "
                       f"full no-cache forward by {err:.3g}")
         return logits
 

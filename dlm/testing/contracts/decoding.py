@@ -1,6 +1,12 @@
 """Checks of a decoding strategy: ``commits`` on :func:`synthetic_windows` (logits and windows that
-stress a strategy), ``deterministic`` and ``batched`` (per-row random streams, on synthetic windows and in a
-real generation), and ``generation`` (it drives a tiny-model generation to the end)."""
+stress a strategy), ``deterministic`` and ``batched`` (per-row random streams and per-row memory, on synthetic
+windows and in a real generation), ``memory`` (a generation leaves nothing behind for the next one) and
+``generation`` (it drives a tiny-model generation to the end).
+
+On synthetic windows the kit drives a strategy as the pipeline does: ``start`` on a canvas holding the
+window (eligible positions masked, the rest committed), ``prepare`` (a widened logits span gets random
+logits around the window's), ``select``, ``finish``. A strategy that attaches candidates is checked in real
+generations only."""
 
 from __future__ import annotations
 
@@ -10,9 +16,10 @@ from torch import Tensor
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
+from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
-from dlm.messages import Window
-from dlm.testing.contracts.core import CPU, SMALL_ITERATION, _fail
+from dlm.state import GenerationState
+from dlm.testing.contracts.core import CPU, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
 from dlm.testing.contracts.fixtures import tiny_model
 from dlm.testing.contracts.probes import _batched_vs_single, _check_finished, _config, _generate, _same_outputs
 
@@ -51,8 +58,43 @@ def _rng(seed: int, window: Window) -> RowRNG:
     return RowRNG(seed, int(window.rows.max()) + 1, CPU)
 
 
+def _synthetic_state(window: Window, batch: int) -> GenerationState:
+    """A canvas around ``window``: its eligible positions masked, every other position committed."""
+    length = window.end + 4
+    canvas = torch.full((batch, length), 5, dtype=torch.long)
+    region = canvas[window.rows, window.start : window.end]
+    canvas[window.rows, window.start : window.end] = region.masked_fill(window.eligible, window.mask_id)
+    zeros = torch.zeros(batch, dtype=torch.long)
+    return GenerationState(canvas=canvas, pad=zeros, prompt_lengths=zeros + 1, gen_start=1, gen_length=length - 1,
+                           mask_id=window.mask_id, eos_ids=(0,), nfe=zeros.clone(),
+                           done=torch.zeros(batch, dtype=torch.bool))
+
+
+def _select(strategy: DecodingStrategy, logits: Tensor, window: Window, generator: RowRNG) -> tuple[Commit, Window]:
+    """One step as the pipeline runs it on a fresh generation holding ``window``."""
+    state = _synthetic_state(window, int(window.rows.max()) + 1)
+    strategy.start(state)
+    try:
+        step = strategy.prepare(state, window)
+        if step.candidates is not None:
+            raise NotApplicable("the strategy attaches candidates; it is checked in real generations")
+        if step.widened:
+            if step.logits_start < 0 or step.logits_end > state.length:
+                _fail(f"prepare widened the logits span to [{step.logits_start}, {step.logits_end}), outside the "
+                      f"canvas [0, {state.length})")
+            g = torch.Generator().manual_seed(int(window.start))
+            span = torch.randn(logits.shape[0], step.logits_end - step.logits_start, logits.shape[-1], generator=g)
+            span = span.to(logits.dtype)
+            lo = window.start - step.logits_start
+            span[:, lo : lo + window.width] = logits
+            logits = span
+        return strategy.select(logits, step, generator), step
+    finally:
+        strategy.finish()
+
+
 def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, generator: RowRNG, case: int):
-    commit = strategy.select(logits, window, generator)
+    commit, window = _select(strategy, logits, window, generator)
     select, tokens = commit.select, commit.tokens
     where = f"synthetic case {case} (logits {tuple(logits.shape)} {logits.dtype})"
     if select.shape != window.eligible.shape or select.dtype != torch.bool:
@@ -68,6 +110,8 @@ def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, ge
     if bool(((chosen < 0) | (chosen >= logits.shape[-1])).any()):
         _fail(f"{where}: committed a token id outside the vocabulary [0, {logits.shape[-1]})")
     starved = (select.sum(dim=1) == 0) & window.eligible.any(dim=1)
+    if commit.finish is not None:
+        starved &= ~commit.finish
     if bool(starved.any()):
         _fail(f"{where}: committed nothing for rows {starved.nonzero()[:, 0].tolist()} that have eligible positions")
     return commit
@@ -81,8 +125,8 @@ def _decoding_commits(cls, config_dict):
 
 def _decoding_deterministic(cls, config_dict):
     for i, (logits, window) in enumerate(synthetic_windows(seed=1)):
-        a = cls(_config(cls, config_dict)).select(logits, window, _rng(3, window))
-        b = cls(_config(cls, config_dict)).select(logits, window, _rng(3, window))
+        a = _select(cls(_config(cls, config_dict)), logits, window, _rng(3, window))[0]
+        b = _select(cls(_config(cls, config_dict)), logits, window, _rng(3, window))[0]
         if not (torch.equal(a.select, b.select) and torch.equal(a.tokens[a.select], b.tokens[b.select])):
             _fail(f"synthetic case {i}: two calls with the same seed commit different positions or tokens")
     make = lambda: (tiny_model(), Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
@@ -94,12 +138,12 @@ def _decoding_batched(cls, config_dict):
     """Row r of a batch, drawing from stream seed + r, commits what it commits alone with that seed."""
     strategy = cls(_config(cls, config_dict))
     for i, (logits, window) in enumerate(synthetic_windows(seed=2)):
-        batched = strategy.select(logits, window, _rng(i, window))
+        batched = _select(strategy, logits, window, _rng(i, window))[0]
         for r in range(len(window.rows)):
             row = int(window.rows[r])
             one = Window(torch.zeros(1, dtype=torch.long), window.start, window.end, window.eligible[r : r + 1],
                          window.quota[r : r + 1], window.step, window.mask_id)
-            alone = strategy.select(logits[r : r + 1], one, RowRNG(i + row, 1, CPU))
+            alone = _select(strategy, logits[r : r + 1], one, RowRNG(i + row, 1, CPU))[0]
             sel = batched.select[r]
             if not (torch.equal(sel, alone.select[0]) and torch.equal(batched.tokens[r][sel], alone.tokens[0][sel])):
                 _fail(f"synthetic case {i}: row {r} commits differently in a batch than alone")
@@ -117,3 +161,21 @@ def _decoding_generation(cls, config_dict):
         for r, steps in enumerate(out.tokens_per_step):
             if sum(steps) != iteration.gen_length:
                 _fail(f"row {r} committed {sum(steps)} tokens in all, not gen_length={iteration.gen_length}")
+
+
+OTHER_PROMPTS = ([20, 21, 22, 23], [24, 25, 26, 27, 28, 29], [30, 31])
+
+
+def _decoding_memory(cls, config_dict):
+    """Per-generation memory is gone after the generation: a strategy object that already ran one
+    generation gives, in the next, exactly what a fresh one gives."""
+    model = tiny_model()
+    one_block = BlockwiseConfig(gen_length=8, block_length=8, steps=8)  # both generations end and start in block 0
+    make = lambda strategy: (model, Blockwise(one_block), strategy, NoCache(NoCacheConfig()))
+    used = cls(_config(cls, config_dict))
+    _generate(*make(used), prompts=PROMPTS, seed=3)
+    second = _generate(*make(used), prompts=OTHER_PROMPTS, seed=4)
+    fresh = _generate(*make(cls(_config(cls, config_dict))), prompts=OTHER_PROMPTS, seed=4)
+    _same_outputs(second, fresh, "a generation after another one, with the same strategy object, vs a fresh one")
+    if second.nfe != fresh.nfe:
+        _fail(f"a generation after another one takes NFE {second.nfe}, a fresh one {fresh.nfe}")

@@ -23,6 +23,7 @@ from dlm.testing.contracts.decoding import (
     _decoding_commits,
     _decoding_deterministic,
     _decoding_generation,
+    _decoding_memory,
 )
 from dlm.testing.contracts.fixtures import model_config_for
 from dlm.testing.contracts.iteration import (
@@ -45,7 +46,7 @@ from dlm.testing.contracts.probes import check_config
 Check = Callable[[type, Mapping[str, Any] | None], None]
 CHECKS: dict[str, dict[str, Check]] = {
     "decoding": {"config": check_config, "commits": _decoding_commits, "deterministic": _decoding_deterministic,
-                 "batched": _decoding_batched, "generation": _decoding_generation},
+                 "batched": _decoding_batched, "memory": _decoding_memory, "generation": _decoding_generation},
     "cache": {"config": check_config, "plans": _cache_plans, "exact_at_refresh": _cache_exact,
               "deterministic": _cache_deterministic, "batched": _cache_batched},
     "iteration": {"config": check_config, "windows": _iteration_windows, "never_rewrites": _iteration_never_rewrites,

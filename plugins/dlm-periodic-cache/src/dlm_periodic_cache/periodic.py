@@ -47,12 +47,12 @@ class PeriodicCache(PrefixCache):
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         refresh = window.step % self.config.refresh_every == 0
-        return ForwardPlan(
+        return self.peek(ForwardPlan(
             rows=window.rows,
             all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else window.logits_start - self.shift,
-            end=state.length if refresh else window.logits_end,
+            start=0 if refresh else window.start - self.shift,
+            end=state.length if refresh else window.end,
             kv=self.kv,
             key_end=state.length,
             refresh=refresh,
-        )
+        ), window)
