@@ -1,4 +1,4 @@
-"""A slow, obviously-correct statement of Fast-dLLM's LLaDA generators, written from the reference notes.
+"""A slow, obviously-correct statement of Fast-dLLM's LLaDA generators, written from the paper (Wu et al., 2025, arXiv 2505.22618) and the released code as docs/fidelity.md describes.
 
 Independent of dlm's model, KV buffer, plans and selection code: it reads the checkpoint tensors itself,
 runs one prompt at a time like the original, recomputes everything with plain loops, and emulates the

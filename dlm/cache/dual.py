@@ -1,4 +1,4 @@
-"""``dual``: Fast-dLLM's dual KV cache (Wu et al., 2025, arXiv 2505.22618, §3.2; reference notes §3).
+"""``dual``: Fast-dLLM's dual KV cache (Wu et al., 2025, arXiv 2505.22618, §3.2).
 
 Each block starts with a full forward over the whole canvas (the refresh, also decoding step 0), which
 writes every column's K/V. Later steps compute only the current block: its fresh K/V overwrite the block's

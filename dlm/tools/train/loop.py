@@ -1,6 +1,6 @@
 """Training loop of the demo model: AdamW, linear warm-up then cosine decay, bf16 autocast on CPU.
 
-Recipe measured in ``research/models-env.md`` §5 (a pre-norm RMSNorm/SwiGLU transformer trained with the
+Recipe in docs/demo.md (a pre-norm RMSNorm/SwiGLU transformer trained with the
 LLaDA SFT objective reaches exact answers on small algorithmic tasks within minutes on two CPU cores).
 Reproducible: the weights' initialisation, the data stream and the masking noise all derive from ``seed``.
 """
