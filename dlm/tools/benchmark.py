@@ -190,16 +190,8 @@ def build_entries(
     for name, cfg in zip(names, configs):
         key = _model_key(cfg)
         if key not in models:
-            models[key] = Pipeline.from_config(cfg).model
-        model = models[key]
-        pipe = Pipeline(
-            model,
-            cfg.iteration.cls(cfg.iteration.config),
-            cfg.decoding.cls(cfg.decoding.config),
-            cfg.cache.cls(cfg.cache.config),
-            seed=cfg.run.seed,
-            config=cfg,
-        )
+            models[key] = Pipeline.from_config(cfg).model  # configs on the same checkpoint share it
+        pipe = Pipeline.from_config(cfg, model=models[key])
         entries.append(BenchEntry(label=name, config=cfg, pipeline=pipe))
     return entries
 
