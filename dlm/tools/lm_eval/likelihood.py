@@ -6,7 +6,7 @@ LLaDA and Dream evaluations estimate by Monte Carlo and report as the log-likeli
 
 * **LLaDA** (Nie et al. 2025, "Large Language Diffusion Models", Eq. 6; Ou et al. 2024): draw ``k`` uniform
   in ``1..T``, mask ``k`` of the ``T`` target positions uniformly, weight the masked cross-entropy by ``T/k``.
-  The ``b`` rows of a batch use stratified counts ``k_i = ((round(k + i*T/b) - 1) mod T) + 1``, each still
+  The ``b`` rows of a batch use stratified counts ``k_i = ((k + floor(i*T/b) - 1) mod T) + 1``, each still
   uniform in ``1..T``, so the estimate stays unbiased and varies less.
 * **Dream** (Ye et al. 2025, Dream 7B; its lm-eval harness): each target token is masked independently with
   ``p = (1 - eps) t + eps``, ``t`` stratified over the batch (``t_i = (u + i/b) mod 1``, Kingma et al. 2021),
@@ -84,7 +84,7 @@ def target_logprobs(model: ModelAdapter, prompt: Tensor, noisy: Tensor, target: 
 
 def llada_counts(k: int, b: int, length: int) -> Tensor:
     """Stratified mask counts [b] in ``1..length`` starting from ``k`` (LLaDA's evaluation)."""
-    offsets = torch.round(torch.arange(b, dtype=torch.float64) * length / b).long()
+    offsets = torch.arange(b) * length // b  # floor; LLaDA's code rounds half to even, which repeats some counts
     return (k - 1 + offsets) % length + 1
 
 

@@ -11,7 +11,8 @@ registers it) builds the pipeline once and answers lm-eval's three request types
   so that results do not depend on batching or on how documents are split across processes.
 
 Each request's forwards (NFE) and seconds are appended to its arguments as ``{"dlm": {"nfe": [...],
-"seconds": [...]}}`` (one entry per repeat), which ``--log_samples`` writes out. Under ``torchrun`` each
+"seconds": [...], "rank": r}}`` (one entry per repeat; a generation batch's time is shared equally by its
+rows), which ``--log_samples`` writes out. Under ``torchrun`` each
 process evaluates a stride of the documents and lm-eval merges the metrics through :meth:`all_gather`,
 :meth:`gather_object` and :meth:`barrier` (gloo on CPU, NCCL on CUDA).
 """
@@ -38,13 +39,14 @@ from dlm.tools.lm_eval.options import parse_model_args
 STATS_KEY = "dlm"
 
 
-def record_stats(instance, nfe: int, seconds: float) -> None:
-    """Append this request's NFE and seconds to its arguments (what ``--log_samples`` writes)."""
+def record_stats(instance, nfe: int, seconds: float, rank: int = 0) -> None:
+    """Append this request's NFE and seconds to its arguments (what ``--log_samples`` writes), with the rank
+    of the process that ran it."""
     args = tuple(instance.arguments)
     if args and isinstance(args[-1], dict) and set(args[-1]) == {STATS_KEY}:
         stats = args[-1][STATS_KEY]
     else:
-        stats = {"nfe": [], "seconds": []}
+        stats = {"nfe": [], "seconds": [], "rank": rank}
         instance.arguments = (*args, {STATS_KEY: stats})
     stats["nfe"].append(int(nfe))
     stats["seconds"].append(round(float(seconds), 6))
@@ -141,7 +143,7 @@ class DlmLM(LM):
 
     def _annotate(self, instance, nfe: int, seconds: float) -> None:
         if self.cache_hook.dbdict is None:  # --use_cache keys its entries by the arguments: leave them alone
-            record_stats(instance, nfe, seconds)
+            record_stats(instance, nfe, seconds, self.rank)
 
     # --- generate_until --------------------------------------------------------------------------------
 

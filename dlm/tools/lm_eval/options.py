@@ -96,10 +96,12 @@ def parse_model_args(kwargs: dict[str, Any]) -> ModelArgs:
         options = EvalOptions.model_validate(own)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "model_args"
+        where = "".join(f"{p}: " for p in first["loc"])
         got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
-        raise ConfigError(f"model_args: {where}: {first['msg'].removeprefix('Value error, ')}{got}") from None
+        raise ConfigError(f"model_args: {where}{first['msg'].removeprefix('Value error, ')}{got}") from None
     path = options.config if options.config is not None else default_config_path()
+    if not path.is_file():
+        raise ConfigError(f"model_args: config={path}: no such file; give the path of a pipeline YAML file")
     raw = load_yaml(path)
     source = str(path)
     pipeline = build_config(raw, source=source, overrides=overrides)
