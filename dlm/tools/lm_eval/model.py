@@ -263,7 +263,7 @@ class DlmLM(LM):
         for req in tqdm(requests, desc="dlm loglikelihood_rolling", disable=disable_tqdm or self.rank != 0):
             t0 = time.perf_counter()
             (string,) = req.args[:1]
-            estimate = self._nll([], self._encode(string), self._seed(string))
+            estimate = self._nll([], self._encode(string), self._seed("", string))
             out.append(-estimate.nll)
             self._cache("loglikelihood_rolling", req.args[:1], -estimate.nll)
             self._annotate(req, estimate.forwards, time.perf_counter() - t0)
