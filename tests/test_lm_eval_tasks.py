@@ -94,6 +94,6 @@ def test_gsm8k_template_scores_local_jsonl_offline_with_five_shots(gsm8k_dir):
     answers = {"What is 4 plus 40?\nAnswer:": " 4 + 40 = 44\n#### 44", "What is 5 plus 6?\nAnswer:": " 5 + 6 is 12"}
     oracle = Oracle(answers)
     result = run(oracle, "gsm8k_local", gsm8k_dir, limit=2)
-    assert all(c.count("Question:") == 6 and "#### 20" in c for c in oracle.contexts)  # 5 shots from train
+    assert all(c.count("Question:") == 6 and c.startswith("Question: What is 12 plus 7?") for c in oracle.contexts)  # 5 shots from train
     assert result["exact_match,strict-match"] == 0.5  # the second answer has no "#### n" and is wrong anyway
     assert result["exact_match,flexible-extract"] == 0.5
