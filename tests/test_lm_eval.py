@@ -18,6 +18,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from dlm import cli  # noqa: E402
 from dlm.errors import ConfigError  # noqa: E402
+from dlm.tools.lm_eval.generation import GenSettings, gen_settings, variant_config  # noqa: E402
 from dlm.tools.lm_eval.model import DlmLM  # noqa: E402
 from dlm.tools.lm_eval.options import parse_model_args  # noqa: E402
 from dlm.tools.tasks import TASKS  # noqa: E402
@@ -152,6 +153,21 @@ def test_max_gen_toks_rounds_up_to_whole_blocks(demo_lm):
     assert reqs[0].arguments[2]["dlm"]["nfe"] == [8]
     iteration = next(p for s, p in demo_lm._variants.items() if s.max_gen_toks == 3).config.iteration.config
     assert (iteration.gen_length, iteration.block_length, iteration.steps) == (8, 8, 8)
+
+
+def test_longer_generations_keep_the_steps_per_block(demo_lm):
+    cfg = variant_config(demo_lm.config, GenSettings(max_gen_toks=20, temperature=0.0), demo_lm.pipe.model.capabilities)
+    assert (cfg.iteration.config.gen_length, cfg.iteration.config.steps) == (24, 24)
+
+
+def test_greedy_unless_the_task_samples():
+    assert gen_settings({"until": "\n", "do_sample": False, "temperature": 0.7}) == (GenSettings(None, 0.0), ("\n",))
+    assert gen_settings({"do_sample": True, "temperature": 0.7})[0].temperature == 0.7
+
+
+def test_a_sampling_task_sets_the_decoding_temperature(demo_lm):
+    cfg = variant_config(demo_lm.config, GenSettings(max_gen_toks=None, temperature=0.7), demo_lm.pipe.model.capabilities)
+    assert cfg.decoding.config.temperature == 0.7 and cfg.iteration.config.gen_length == 8
 
 
 def test_chat_history_rendered_by_lm_eval_is_not_wrapped_again(tiny_ckpt):

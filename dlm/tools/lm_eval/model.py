@@ -20,6 +20,7 @@ process evaluates a stride of the documents and lm-eval merges the metrics throu
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import time
 import zlib
@@ -37,6 +38,7 @@ from dlm.tools.lm_eval.generation import GenSettings, USED_KEYS, cut_at_stop, ge
 from dlm.tools.lm_eval.options import parse_model_args
 
 STATS_KEY = "dlm"
+log = logging.getLogger(__name__)
 
 
 def record_stats(instance, nfe: int, seconds: float, rank: int = 0) -> None:
@@ -168,8 +170,6 @@ class DlmLM(LM):
         return torch.tensor(ids[-room:], dtype=torch.long)  # left truncation, as lm-eval's models do
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        import logging
-
         groups: dict[GenSettings, list[int]] = {}
         stops: list[tuple[str, ...]] = []
         ignored: set[str] = set()
@@ -179,7 +179,7 @@ class DlmLM(LM):
             groups.setdefault(settings, []).append(i)
             stops.append(until)
         if ignored:
-            logging.getLogger(__name__).warning("dlm ignores the generation settings %s", ", ".join(sorted(ignored)))
+            log.warning("dlm ignores the generation settings %s", ", ".join(sorted(ignored)))
         out: list[str | None] = [None] * len(requests)
         bar = self._bar(len(requests), "dlm generate_until", disable_tqdm)
         for settings, indices in groups.items():
