@@ -9,7 +9,8 @@ import sys
 
 from dlm.errors import DlmError
 
-# subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
+# subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int``; a module with
+# ``PASSTHROUGH = True`` gets every argument after its name, unparsed, as ``args.passthrough``
 COMMANDS = {
     "generate": "dlm.commands.generate",
     "list": "dlm.commands.list_components",
@@ -17,6 +18,7 @@ COMMANDS = {
     "bench": "dlm.commands.bench",
     "train-demo": "dlm.commands.train_demo",
     "eval": "dlm.commands.eval",
+    "lm-eval": "dlm.commands.lm_eval",
 }
 
 
@@ -25,15 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__)
+        passthrough = getattr(module, "PASSTHROUGH", False)
+        p = sub.add_parser(name, help=module.HELP, description=module.__doc__, add_help=not passthrough)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_run=module.run, _passthrough=passthrough)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "_passthrough", False):
+        args.passthrough = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -37,14 +37,15 @@ class Tokenizer:
         tid = self._tok.convert_tokens_to_ids(token)
         return None if tid is None or tid == self._tok.unk_token_id and token != self._tok.unk_token else tid
 
+    def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """``messages`` ([{"role": ..., "content": ...}, ...]) as text, through the checkpoint's chat template."""
+        if not self.has_chat_template:
+            raise InputError("a chat template was asked for, but this checkpoint's tokenizer has none")
+        return self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if chat:
-            if not self.has_chat_template:
-                raise InputError("chat_template is on, but this checkpoint's tokenizer has no chat template")
-            text = self._tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+            text = self.render_chat([{"role": "user", "content": text}])
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
