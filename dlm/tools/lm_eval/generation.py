@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from dlm.config import PipelineConfig, build_config
 from dlm.errors import ConfigError
-from dlm.models.base import ModelCapabilities
+from dlm.messages import ModelCapabilities
 
 USED_KEYS = {"until", "max_gen_toks", "do_sample", "temperature"}
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dlm.cache.base import ForwardPlan
+from dlm.messages import ForwardPlan, Window
 from dlm.models.base import ModelAdapter
-from dlm.state import GenerationState, Window
+from dlm.state import GenerationState
 
 
 @dataclass(frozen=True)
