@@ -39,12 +39,15 @@ class Tokenizer:
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if chat:
-            if not self.has_chat_template:
-                raise InputError("chat_template is on, but this checkpoint's tokenizer has no chat template")
-            text = self._tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-            return list(self._tok(text, add_special_tokens=False)["input_ids"])
+            return self.encode_chat([{"role": "user", "content": text}])
+        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Ids of a conversation (``[{"role": ..., "content": ...}, ...]``) in the chat template, ready for the
+        assistant's answer."""
+        if not self.has_chat_template:
+            raise InputError("chat_template is on, but this checkpoint's tokenizer has no chat template")
+        text = self._tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
