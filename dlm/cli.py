@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "dlm.commands.bench",
     "train-demo": "dlm.commands.train_demo",
     "eval": "dlm.commands.eval",
+    "serve": "dlm.commands.serve",
 }
 
 
