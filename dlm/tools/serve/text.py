@@ -64,6 +64,7 @@ class RowText:
         if self.complete:
             return ""
         prefix, ended = committed_prefix(generated, self.mask_id, self.end_ids)
+        ended = ended and len(prefix) <= self.max_tokens  # an end token past the cut does not count
         at_limit = len(prefix) >= self.max_tokens
         prefix = prefix[: self.max_tokens]
         self.tokens = len(prefix)
