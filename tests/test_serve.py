@@ -82,6 +82,19 @@ def test_models_lists_the_served_model_with_its_limits(client):
     assert card.model_extra["dlm"]["block_length"] == 8
 
 
+def test_retrieving_an_unknown_model_is_404(client):
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+
+
+def test_serve_command_refuses_a_missing_config_in_one_line(capsys):
+    from dlm.cli import main
+
+    assert main(["serve", "--config", "no-such.yaml", "--port", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "dlm serve: error: config file no-such.yaml does not exist"
+
+
 def test_non_streamed_text_equals_pipeline_generate(client, reference):
     expected = reference.generate(PROMPTS).texts
     got = [client.completions.create(model=MODEL, prompt=p).choices[0].text for p in PROMPTS]

@@ -1,6 +1,6 @@
 """The FastAPI application: OpenAI-compatible completions and chat completions over one batching worker.
 
-Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /health`` and
+Endpoints: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /health`` and
 ``GET /`` (a page that shows the canvas denoising). Streams are server-sent events of standard chunks whose
 ``delta`` carries the committed left-to-right prefix; with ``"dlm_stream": "steps"`` every denoising step
 also sends a chunk with a top-level ``dlm`` object (step, NFE, block, canvas, committed positions).
@@ -80,6 +80,13 @@ def create_app(
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [api.model_card()]}
+
+    @app.get("/v1/models/{model}")
+    async def model(model: str) -> dict:
+        if model != api.name:
+            raise ServeError(404, f"The model {model!r} does not exist; this server serves {api.name!r}",
+                             param="model", code="model_not_found")
+        return api.model_card()
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
