@@ -102,6 +102,17 @@ def test_non_streamed_text_equals_pipeline_generate(client, reference):
     assert expected[0] == "579"
 
 
+def test_a_list_of_prompts_is_one_batch_with_a_choice_per_prompt(client, reference):
+    out = client.completions.create(model=MODEL, prompt=PROMPTS[:3])
+    assert [c.index for c in out.choices] == [0, 1, 2]
+    assert [c.text for c in out.choices] == reference.generate(PROMPTS[:3]).texts
+
+
+def test_token_id_prompts_are_accepted(client, reference):
+    ids = reference.model.tokenizer.encode("123+456=")
+    assert client.completions.create(model=MODEL, prompt=ids).choices[0].text == "579"
+
+
 def test_streamed_deltas_concatenate_to_the_generated_text(client, reference):
     for prompt, expected in zip(PROMPTS[:4], reference.generate(PROMPTS[:4]).texts):
         text, _, finish = streamed(client, prompt=prompt)

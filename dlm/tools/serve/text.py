@@ -54,21 +54,33 @@ class RowText:
         self.sent = ""  # text already handed out; always a prefix of the final text
         self.tokens = 0  # committed prefix tokens counted towards max_tokens
         self.finish_reason: str | None = None  # "stop" or "length" once the text is complete
+        self.ids: list[int] = []  # the committed prefix so far (before the first MASK or end token)
+        self.ended = False  # the prefix is followed by an end token
+        self._decoded: str | None = None
 
     @property
     def complete(self) -> bool:
         return self.finish_reason is not None
 
     def update(self, generated: Sequence[int], *, final: bool = False) -> str:
-        """New text after a step, given the row's generation region (``final``: the row takes no more steps)."""
+        """New text after a step, given the row's generation region (``final``: the row takes no more steps).
+
+        Committed tokens never change, so the scan resumes where the prefix ended and the text is decoded
+        again only when the prefix grew.
+        """
         if self.complete:
             return ""
-        prefix, ended = committed_prefix(generated, self.mask_id, self.end_ids)
-        ended = ended and len(prefix) <= self.max_tokens  # an end token past the cut does not count
-        at_limit = len(prefix) >= self.max_tokens
-        prefix = prefix[: self.max_tokens]
+        grown, _ = committed_prefix(generated[len(self.ids) :], self.mask_id, self.end_ids)
+        self.ids += grown
+        nxt = len(self.ids)
+        self.ended = nxt < len(generated) and generated[nxt] in self.end_ids
+        if not grown and not final and not self.ended and self._decoded is not None:
+            return ""
+        ended = self.ended and len(self.ids) <= self.max_tokens  # an end token past the cut does not count
+        at_limit = len(self.ids) >= self.max_tokens
+        prefix = self.ids[: self.max_tokens]
         self.tokens = len(prefix)
-        text = self.decoder.decode(prefix)
+        text = self._decoded = self.decoder.decode(prefix)
         reason = "stop" if ended else "length" if (at_limit or final) else None
         hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
         if hits:

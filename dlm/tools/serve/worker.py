@@ -257,11 +257,13 @@ class StepTrace:
     def finish_jobs(self, state, *, force: bool = False) -> None:
         """Send :class:`Finished` to every job whose choices are all complete (all jobs when ``force``), so
         a client gets its end as soon as its own rows end, not when the whole batch does."""
+        jobs = [j for j in dict.fromkeys(j for j, _ in self.rows)
+                if not j.finished and (force or all(t.complete for t in j.texts))]
+        if not jobs:
+            return
         nfe = state.nfe.tolist()
         committed = torch.stack(state.tokens_per_step, dim=1).sum(dim=1).tolist() if state.tokens_per_step else None
-        for job in dict.fromkeys(job for job, _ in self.rows):
-            if job.finished or not (force or all(t.complete for t in job.texts)):
-                continue
+        for job in jobs:
             idx = [r for r, (j, _) in enumerate(self.rows) if j is job]
             job.finished = True
             job.push(Finished(
