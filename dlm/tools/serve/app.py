@@ -296,7 +296,7 @@ async def stream(job: Job, shape: Shape, include_usage: bool) -> AsyncIterator[s
 
 async def collect(request: Request, job: Job, shape: Shape) -> Response:
     """Wait for the whole answer (a non-streamed request); a client that leaves cancels its rows."""
-    texts, reasons = [""] * shape.choices, [None] * shape.choices
+    reasons: list[str | None] = [None] * shape.choices
     while True:
         try:
             item = await asyncio.wait_for(job.queue.get(), timeout=0.5)
@@ -307,10 +307,9 @@ async def collect(request: Request, job: Job, shape: Shape) -> Response:
             continue
         if isinstance(item, list):
             for u in item:
-                texts[u.index] += u.delta
                 reasons[u.index] = u.finish_reason or reasons[u.index]
         elif isinstance(item, Finished):
             dlm = {"nfe": item.nfe, "tokens_per_forward": item.tokens_per_forward}
-            return JSONResponse(shape.response(texts, reasons, usage_of(item), dlm))
+            return JSONResponse(shape.response(item.texts, reasons, usage_of(item), dlm))
         elif isinstance(item, Failed):
             raise ServeError(500, item.message, type="server_error")

@@ -51,7 +51,8 @@ class RowText:
         self.mask_id, self.end_ids = mask_id, tuple(end_ids)
         self.max_tokens = max_tokens
         self.stop = tuple(s for s in stop if s)
-        self.sent = ""  # text already handed out; always a prefix of the final text
+        self.sent = ""  # text already handed out; a prefix of the final text
+        self.text = ""  # the final text, once complete (equal to ``sent`` unless decoding rewrote earlier text)
         self.tokens = 0  # committed prefix tokens counted towards max_tokens
         self.finish_reason: str | None = None  # "stop" or "length" once the text is complete
         self.ids: list[int] = []  # the committed prefix so far (before the first MASK or end token)
@@ -91,4 +92,6 @@ class RowText:
         delta = text[len(self.sent) :] if text.startswith(self.sent) else ""
         self.sent += delta
         self.finish_reason = reason
+        if reason is not None:
+            self.text = text
         return delta

@@ -59,6 +59,7 @@ class Finished:
     completion_tokens: int
     nfe: list[int]
     tokens_per_forward: list[float]
+    texts: list[str]  # the final text of each choice
 
 
 @dataclass
@@ -271,6 +272,7 @@ class StepTrace:
                 completion_tokens=sum(t.tokens for t in job.texts),
                 nfe=[nfe[r] for r in idx],
                 tokens_per_forward=[round(committed[r] / max(nfe[r], 1), 3) if committed else 0.0 for r in idx],
+                texts=[t.text for t in job.texts],
             ))
 
     def _view(self, state, now: list[int], committed: list[int], nfe: int) -> dict[str, Any]:
