@@ -130,6 +130,10 @@ class BatchWorker(threading.Thread):
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def close(self, timeout: float = 10.0) -> None:
         """Stop after the running step: running rows are cancelled, queued jobs fail."""
         with self._cond:
@@ -233,7 +237,7 @@ class StepTrace:
             text = job.texts[i]
             if text.complete or r in self.gone:
                 continue
-            if job.cancelled or self.worker._stopping:
+            if job.cancelled or self.worker.stopping:
                 gone.append(r)
                 continue
             now, before = generated[r], self.previous[r]
