@@ -275,8 +275,8 @@ def test_chat_completion_applies_the_template_and_streams_the_same_text(chat_ser
 
 @pytest.fixture
 def endless_pipeline(tmp_path) -> Pipeline:
-    """A random model whose head never proposes an end token, generating 960 tokens one per step in blocks of 8: a request
-    that keeps the worker busy until its client leaves."""
+    """A random model whose head never proposes an end token, generating 960 tokens one per step in blocks
+    of 8: a request that keeps the worker busy until its client leaves."""
     ckpt = make_llada_checkpoint(tmp_path / "endless", max_sequence_length=1024, seed=5)
     tensors = load_file(str(ckpt / "model.safetensors"))
     tensors["model.transformer.ff_out.weight"][[0, 1]] = 0.0  # EOS and EOT logits stay 0, below the argmax

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
 
         from dlm.tools.serve.app import create_app, default_model_name
     except ImportError as err:
-        raise DlmError(f"dlm serve needs FastAPI and uvicorn ({err.name} is missing): pip install 'dlm[serve]'") from err
+        missing = f"{err.name} is missing"
+        raise DlmError(f"dlm serve needs FastAPI and uvicorn ({missing}): pip install 'dlm[serve]'") from err
     from dlm.pipeline import Pipeline
 
     pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)

@@ -1,20 +1,17 @@
 """The FastAPI application: OpenAI-compatible completions and chat completions over one batching worker.
 
-Endpoints: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /health`` and
-``GET /`` (a page that shows the canvas denoising). Streams are server-sent events of standard chunks whose
-``delta`` carries the committed left-to-right prefix; with ``"dlm_stream": "steps"`` every denoising step
-also sends a chunk with a top-level ``dlm`` object (step, NFE, block, canvas, committed positions).
+Endpoints: ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions``,
+``POST /v1/chat/completions``, ``GET /health`` and ``GET /`` (a page that shows the canvas denoising). Requests
+are checked here, before they reach the worker, so a bad one is refused with a 400 naming the field and never
+fails a batch; the answers are shaped in :mod:`dlm.tools.serve.responses`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -23,9 +20,10 @@ from starlette.exceptions import HTTPException
 
 from dlm.errors import ConfigError
 from dlm.pipeline import Pipeline
+from dlm.tools.serve.responses import Shape, collect, stream
 from dlm.tools.serve.schemas import ChatRequest, CompletionRequest, ServeError, request_error
 from dlm.tools.serve.variants import Variants
-from dlm.tools.serve.worker import BatchWorker, Failed, Finished, Job, QueueFull, Unavailable
+from dlm.tools.serve.worker import BatchWorker, Job, QueueFull, Unavailable
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -224,92 +222,3 @@ class Api:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         return await collect(request, job, shape)
-
-
-class Shape:
-    """Builds the OpenAI response objects of one request (completion or chat, plain or chunk)."""
-
-    def __init__(self, model: str, chat: bool, choices: int) -> None:
-        self.model, self.chat, self.choices = model, chat, choices
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
-        self.created = int(time.time())
-
-    def _wrap(self, obj: str, choices: list[dict], **extra) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices,
-                **extra}
-
-    def chunk(self, index: int, delta: str | None, finish: str | None, *, role: bool = False, **extra) -> dict:
-        if self.chat:
-            d = {"role": "assistant", "content": ""} if role else ({} if delta is None else {"content": delta})
-            choice = {"index": index, "delta": d, "logprobs": None, "finish_reason": finish}
-            return self._wrap("chat.completion.chunk", [choice], **extra)
-        choice = {"index": index, "text": delta or "", "logprobs": None, "finish_reason": finish}
-        return self._wrap("text_completion", [choice], **extra)
-
-    def usage_chunk(self, usage: dict) -> dict:
-        return self._wrap("chat.completion.chunk" if self.chat else "text_completion", [], usage=usage)
-
-    def response(self, texts: list[str], reasons: list[str | None], usage: dict, dlm: dict) -> dict:
-        if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": t}, "logprobs": None,
-                        "finish_reason": r} for i, (t, r) in enumerate(zip(texts, reasons))]
-            return self._wrap("chat.completion", choices, usage=usage, dlm=dlm)
-        choices = [{"index": i, "text": t, "logprobs": None, "finish_reason": r}
-                   for i, (t, r) in enumerate(zip(texts, reasons))]
-        return self._wrap("text_completion", choices, usage=usage, dlm=dlm)
-
-
-def usage_of(done: Finished) -> dict:
-    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-            "total_tokens": done.prompt_tokens + done.completion_tokens}
-
-
-def sse(obj: dict | str) -> str:
-    return f"data: {obj if isinstance(obj, str) else json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
-async def stream(job: Job, shape: Shape, include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events of one request; leaving early (client gone) cancels its rows."""
-    try:
-        if shape.chat:
-            for i in range(shape.choices):
-                yield sse(shape.chunk(i, None, None, role=True))
-        while True:
-            item = await job.queue.get()
-            if isinstance(item, list):
-                for u in item:
-                    if u.view is not None:
-                        yield sse(shape.chunk(u.index, u.delta, u.finish_reason, dlm={"index": u.index, **u.view}))
-                    elif u.delta or u.finish_reason:
-                        yield sse(shape.chunk(u.index, u.delta, u.finish_reason))
-            elif isinstance(item, Finished):
-                if include_usage:
-                    yield sse(shape.usage_chunk(usage_of(item)))
-                break
-            elif isinstance(item, Failed):
-                yield sse({"error": {"message": item.message, "type": "server_error", "param": None, "code": None}})
-                break
-        yield sse("[DONE]")
-    finally:
-        job.cancel()
-
-
-async def collect(request: Request, job: Job, shape: Shape) -> Response:
-    """Wait for the whole answer (a non-streamed request); a client that leaves cancels its rows."""
-    reasons: list[str | None] = [None] * shape.choices
-    while True:
-        try:
-            item = await asyncio.wait_for(job.queue.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancel()
-                return Response(status_code=499)
-            continue
-        if isinstance(item, list):
-            for u in item:
-                reasons[u.index] = u.finish_reason or reasons[u.index]
-        elif isinstance(item, Finished):
-            dlm = {"nfe": item.nfe, "tokens_per_forward": item.tokens_per_forward}
-            return JSONResponse(shape.response(item.texts, reasons, usage_of(item), dlm))
-        elif isinstance(item, Failed):
-            raise ServeError(500, item.message, type="server_error")
