@@ -316,3 +316,29 @@ def test_stopped_worker_answers_503_with_retry_after(endless_pipeline):
         status, err, headers = post(f"{server.url}/v1/completions", {"model": "m", "prompt": "ab"})
     assert status == 503
     assert "Retry-After" in headers
+
+
+def test_a_failing_generation_answers_an_error_and_the_worker_serves_the_next_request():
+    """A generation that raises (here: every sampled one) fails its own request, not the server."""
+    app = create_app(demo(), model_name="m")
+    variants = app.state.api.variants
+    build = variants.pipeline
+
+    def pipeline(key):
+        pipe = build(key)
+        if key[1] is not None:  # sampled requests: a pipeline whose generation breaks
+            def broken(*args, **kwargs):
+                raise RuntimeError("out of memory")
+            pipe.generate = broken
+        return pipe
+
+    variants.pipeline = pipeline
+    with ServerThread(app) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        status, err, _ = post(f"{server.url}/v1/completions", {"model": "m", "prompt": "1+1=", "temperature": 1.0})
+        assert (status, err["error"]["type"]) == (500, "server_error")
+        assert "out of memory" in err["error"]["message"]
+        with pytest.raises(openai.APIError, match="out of memory"):
+            list(client.completions.create(model="m", prompt="1+1=", temperature=1.0, stream=True))
+        assert client.completions.create(model="m", prompt="123+456=").choices[0].text == "579"
+        assert health(server)["failed_batches"] == 2
