@@ -19,6 +19,7 @@ COMMANDS = {
     "train-demo": "dlm.commands.train_demo",
     "eval": "dlm.commands.eval",
     "lm-eval": "dlm.commands.lm_eval",
+    "serve": "dlm.commands.serve",
 }
 
 

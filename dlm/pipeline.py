@@ -152,16 +152,19 @@ class Pipeline:
         *,
         input_ids: Tensor | Sequence[Sequence[int]] | None = None,
         trace: Trace | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> GenerationOutput:
         """Generate for a batch of prompts of any lengths; each row gives what it gives alone.
 
-        Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r``, so a batch
-        row reproduces a single-prompt call made with seed ``seed + r``.
+        Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r`` (or
+        ``seeds[r]``), so a batch row reproduces a single-prompt call made with that seed.
         """
         rows = self._as_rows(prompts, input_ids)
+        if seeds is not None and len(seeds) != len(rows):
+            raise InputError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
         device = self.model.device
         state = self.iteration.start(rows, self.model.capabilities, device)
-        generator = RowRNG(self.seed, state.batch_size, device)
+        generator = RowRNG(self.seed if seeds is None else seeds, state.batch_size, device)
         t0 = time.perf_counter()
         self.cache.start(state, self.model)
         self.decoding.start(state)

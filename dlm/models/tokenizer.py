@@ -40,12 +40,18 @@ class Tokenizer:
     def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
         """``messages`` ([{"role": ..., "content": ...}, ...]) as text, through the checkpoint's chat template."""
         if not self.has_chat_template:
-            raise InputError("a chat template was asked for, but this checkpoint's tokenizer has none")
+            raise InputError("a chat template was asked for, but this checkpoint's tokenizer has no chat template")
         return self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if chat:
-            text = self.render_chat([{"role": "user", "content": text}])
+            return self.encode_chat([{"role": "user", "content": text}])
+        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Ids of a conversation (``[{"role": ..., "content": ...}, ...]``) in the chat template, ready for the
+        assistant's answer."""
+        text = self.render_chat(messages)
         return list(self._tok(text, add_special_tokens=False)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
