@@ -1,4 +1,10 @@
-"""The ``dlm`` console script. Each subcommand lives in its own module under :mod:`dlm.commands`."""
+"""The ``dlm`` console script. Each subcommand lives in its own module under :mod:`dlm.commands`.
+
+Exit codes: 0 success; 2 bad input (a :class:`~dlm.errors.DlmError`, or a command line argparse refuses),
+each problem printed as one line ``dlm COMMAND: error: ...`` on stderr, no traceback; 1 an operating-system
+error (disk full, permission denied), also one line; 130 interrupted. Anything else is a bug and keeps its
+traceback (docs/errors.md).
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report(command: str, err: DlmError) -> None:
+    """Print each line of ``err`` (a config error may list several problems) as ``dlm CMD: error: ...``."""
+    for line in str(err).splitlines() or [type(err).__name__]:
+        print(f"dlm {command}: error: {line}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -40,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except DlmError as err:
-        print(f"dlm {args.command}: error: {err}", file=sys.stderr)
+        report(args.command, err)
+        return 2
+    except OSError as err:  # the environment, not the input: disk full, permission denied, ...
+        if isinstance(err, BrokenPipeError):
+            sys.stdout = open(os.devnull, "w")
+            return 0
+        where = f": {err.filename}" if err.filename else ""
+        print(f"dlm {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
-        sys.stdout = open(os.devnull, "w")
-        return 0
     except KeyboardInterrupt:
         print(f"dlm {args.command}: interrupted", file=sys.stderr)
         return 130
