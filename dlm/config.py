@@ -381,8 +381,11 @@ def parse_yaml(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
-        detail = " ".join(str(err).split())
-        raise ConfigError(f"{source}: not valid YAML: {detail}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        detail = " ".join(str(getattr(err, "problem", None) or err).split())
+        context = getattr(err, "context", None)
+        raise ConfigError(f"{source}: not valid YAML: {where}{detail}" + (f" ({context})" if context else "")) from None
 
 
 def load_yaml(path: str | Path) -> Any:

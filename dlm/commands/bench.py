@@ -52,9 +52,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from dlm.tools import benchmark as bm
+    from dlm.commands import check_output, check_positive
     from dlm.errors import InputError
+    from dlm.tools import benchmark as bm
 
+    check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size})
+    for flag, path in (("--json-out", args.json_out), ("--md-out", args.md_out)):
+        if path:
+            check_output(path, flag, directory=False)
+    if args.model_cache:
+        check_output(args.model_cache, "--model-cache", directory=True)
     if args.labels and len(args.labels) != len(args.configs):
         raise InputError(f"--label given {len(args.labels)} times for {len(args.configs)} configs")
     overrides = list(args.overrides)

@@ -145,9 +145,15 @@ def random_prompts(count: int, length: int, vocab: int, avoid: Sequence[int], se
 def read_prompts_file(path: str | Path) -> list[str]:
     """Non-empty lines of a text file (``\\n`` escapes allowed inside a line)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise InputError(f"prompts file {path} is a directory; give a text file, one prompt per line")
+    if not path.exists():
         raise InputError(f"prompts file {path} does not exist")
-    lines = [ln.replace("\\n", "\n") for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"prompts file {path} is not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
+    lines = [ln.replace("\\n", "\n") for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise InputError(f"prompts file {path} has no prompt (one per non-empty line)")
     return lines
