@@ -171,6 +171,13 @@ def _bool_misuse(annotation: Any, value: Any) -> bool:
     return False
 
 
+def _non_finite(value: Any) -> bool:
+    """A NaN or infinity (YAML .nan / .inf), alone or in a list: never a meaningful setting."""
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return isinstance(value, float) and (value != value or value in (float("inf"), float("-inf")))
+
+
 def _describe(err: dict[str, Any], loc: str, allowed: list[str]) -> str:
     """One line for one pydantic error: field, what is wrong, the value given and what is allowed."""
     if err["type"] == "extra_forbidden":
@@ -340,6 +347,10 @@ def _validate(model: type[BaseModel], params: dict, section: str | None, where, 
     for key in booleans:
         problems.add(where(*prefix, key), f"{'.'.join((*prefix, key))}: expected a number, got a boolean "
                                           f"({str(params[key]).lower()})")
+    for key, value in params.items():
+        if key not in booleans and _non_finite(value):
+            booleans.append(key)  # refused like a boolean: reported here, left out of pydantic's checks
+            problems.add(where(*prefix, key), f"{'.'.join((*prefix, key))}: expected a finite number, got {value}")
     try:
         config = model.model_validate({k: v for k, v in params.items() if k not in booleans})
     except ValidationError as err:

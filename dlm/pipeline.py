@@ -118,8 +118,12 @@ class Pipeline:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | PipelineConfig, *, overrides=None, source: str = "<dict>"):
-        """Build from a mapping shaped like the YAML file (or an already validated config)."""
-        if not isinstance(config, PipelineConfig):
+        """Build from a mapping shaped like the YAML file (or an already validated config, which ``overrides``
+        then change: it is validated again with them)."""
+        if isinstance(config, PipelineConfig):
+            if overrides:
+                config = build_config(config.to_dict(), source=config.source, overrides=overrides)
+        else:
             config = build_config(config, source=source, overrides=overrides)
         apply_threads(config.run.threads)
         device = torch.device(config.run.device)  # a cpu/cuda device string, checked by the config

@@ -41,9 +41,9 @@ def check_output(path, flag: str, *, directory: bool) -> None:
 
 
 def check_positive(**values) -> None:
-    """Refuse a command-line number below 1: ``check_positive(**{"--steps": args.steps})``."""
+    """Refuse a command-line number that is not positive and finite: ``check_positive(**{"--steps": 0})``."""
     from dlm.errors import InputError
 
     for flag, value in values.items():
-        if value is not None and not value > 0:
-            raise InputError(f"{flag} must be positive, got {value}")
+        if value is not None and not (value > 0 and value != float("inf")):
+            raise InputError(f"{flag} must be a positive finite number, got {value}")

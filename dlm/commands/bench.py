@@ -56,7 +56,9 @@ def run(args: argparse.Namespace) -> int:
     from dlm.errors import InputError
     from dlm.tools import benchmark as bm
 
-    check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size})
+    check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size, "--repeats": args.repeats})
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     for flag, path in (("--json-out", args.json_out), ("--md-out", args.md_out)):
         if path:
             check_output(path, flag, directory=False)

@@ -46,7 +46,7 @@ class LLaDAConfig(BaseModel):
     path: Path | None = Field(None, description="checkpoint directory; omitted: the embedded demo model")
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     eos_token_ids: tuple[int, ...] | None = Field(
-        None, description="end tokens; default: config eos_token_id plus <|eot_id|> when the tokenizer has it"
+        None, min_length=1, description="end tokens; default: config eos_token_id plus <|eot_id|> when the tokenizer has it"
     )
 
     @field_validator("path", mode="before")
@@ -56,10 +56,10 @@ class LLaDAConfig(BaseModel):
 
 
 def nonempty_path(value):
-    """Refuse an empty ``path`` (which would silently mean the current directory)."""
+    """Refuse an empty ``path`` (which would silently mean the current directory); expand ``~``."""
     if isinstance(value, str) and not value.strip():
         raise ValueError("is empty; give a checkpoint directory (or leave path out for the embedded demo model)")
-    return value
+    return Path(value).expanduser() if isinstance(value, (str, Path)) else value
 
 
 def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:

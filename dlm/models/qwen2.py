@@ -41,7 +41,9 @@ class Qwen2FamilyConfig(BaseModel):
     path: Path = Field(..., description="checkpoint directory (config.json, *.safetensors, tokenizer files)")
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     mask_token_id: int | None = Field(None, description="MASK id; default: config.json mask_token_id")
-    eos_token_ids: tuple[int, ...] | None = Field(None, description="end tokens; default: from config.json")
+    eos_token_ids: tuple[int, ...] | None = Field(
+        None, min_length=1, description="end tokens; default: from config.json"
+    )
 
     @field_validator("path", mode="before")
     @classmethod
