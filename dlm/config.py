@@ -148,26 +148,28 @@ class _Problems:
         raise kind("\n".join(line for _, line in self.items))
 
 
-def _admits_bool(annotation: Any) -> bool:
-    """Whether a field typed ``annotation`` may hold a boolean (pydantic would turn true into 1 otherwise)."""
-    if annotation is bool or annotation is Any or isinstance(annotation, typing.TypeVar):
-        return True
+def _types(annotation: Any) -> set:
+    """The plain types a field annotation admits, unions and ``Annotated`` unwrapped."""
     origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return any(isinstance(a, bool) for a in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType) or origin is typing.Annotated:
-        return any(_admits_bool(a) for a in typing.get_args(annotation))
-    return annotation is object
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_types(a) for a in typing.get_args(annotation)))
+    if origin is typing.Annotated:
+        return _types(typing.get_args(annotation)[0])
+    return {origin or annotation}
 
 
 def _bool_misuse(annotation: Any, value: Any) -> bool:
-    """True when ``value`` (or an element of it) is a boolean where ``annotation`` wants a number or id."""
+    """True when ``value`` (or an element of it) is a boolean given for a number, which pydantic would
+    silently turn into 0 or 1 (``gen_length: true``)."""
     if isinstance(value, bool):
-        return not _admits_bool(annotation)
-    if isinstance(value, (list, tuple)):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        inner = [a for arg in args for a in (typing.get_args(arg) or ()) if a is not Ellipsis]
-        return bool(inner) and any(isinstance(v, bool) and not any(_admits_bool(a) for a in inner) for v in value)
+        admitted = _types(annotation)
+        return bool(admitted & {int, float}) and not admitted & {bool, Any, object}
+    if isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value):
+        members = [a for a in typing.get_args(annotation) if typing.get_origin(a) in (tuple, list)]
+        if typing.get_origin(annotation) in (tuple, list):
+            members.append(annotation)
+        inner = [e for m in members for e in typing.get_args(m) if e is not Ellipsis]
+        return any(_bool_misuse(e, True) for e in inner)
     return False
 
 

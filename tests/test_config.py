@@ -108,7 +108,7 @@ def test_parse_overrides_types():
 
 
 def test_from_yaml_builds_a_working_pipeline(good_yaml):
-    pipe = Pipeline.from_yaml(good_yaml, overrides=["iteration.gen_length=8"])
+    pipe = Pipeline.from_yaml(good_yaml, overrides=["iteration.gen_length=8", "iteration.steps=8"])
     out = pipe.generate(input_ids=[[5, 6, 7]])
     assert out.generated[0].numel() == 8 and out.nfe[0] >= 1
 
