@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 2 bad input (a :class:`~dlm.errors.DlmError`, or a command line argparse refuses),
 each problem printed as one line ``dlm COMMAND: error: ...`` on stderr, no traceback; 1 an operating-system
-error (disk full, permission denied), also one line; 130 interrupted. Anything else is a bug and keeps its
-traceback (docs/errors.md).
+error (disk full, permission denied) or a component breaking the loop's invariants (``DecodingError``),
+also one line; 130 interrupted. Anything else is a bug and keeps its traceback (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from dlm.errors import DlmError
+from dlm.errors import DecodingError, DlmError
 
 # subcommand name -> module defining ``add_arguments(parser)`` and ``run(args) -> int``
 COMMANDS = {
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except DlmError as err:
         report(args.command, err)
-        return 2
+        return 1 if isinstance(err, DecodingError) else 2  # a component's fault, not the input's
     except OSError as err:  # the environment, not the input: disk full, permission denied, ...
         if isinstance(err, BrokenPipeError):
             sys.stdout = open(os.devnull, "w")

@@ -219,7 +219,9 @@ def check_overrides_type(overrides: Any) -> None:
         )
     for item in overrides:
         if not isinstance(item, str):
-            raise ConfigError(f"override {item!r} is a {type(item).__name__}; each override is a 'section.field=value' string")
+            raise ConfigError(
+                f"override {item!r} is a {type(item).__name__}; each override is a 'section.field=value' string"
+            )
 
 
 def parse_overrides(overrides: list[str] | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -287,7 +289,7 @@ def build_config(raw: Any, *, source: str = "<dict>", overrides=None) -> Pipelin
     problems = _Problems()
     values = parse_overrides(overrides)
     labels = _override_labels(overrides)
-    from_file = {k: (set(v) if isinstance(v, Mapping) else {"name"}) for k, v in raw.items()}
+    in_file = set(raw)
     raw = _apply(dict(raw), values, labels, problems, source)
 
     def where(*path: str) -> str:
@@ -297,7 +299,7 @@ def build_config(raw: Any, *, source: str = "<dict>", overrides=None) -> Pipelin
     def contributors(section: str) -> str:
         """The file and the overrides that shaped a section (for errors about the section as a whole)."""
         sets = [labels.get(k, k) for k in values if k.partition(".")[0] == section]
-        return ", ".join(([source] if section in from_file or not sets else []) + sets)
+        return ", ".join(([source] if section in in_file or not sets else []) + sets)
 
     allowed_top = [*SECTIONS, *RunSettings.model_fields]
     for key in raw:
@@ -307,7 +309,9 @@ def build_config(raw: Any, *, source: str = "<dict>", overrides=None) -> Pipelin
             problems.add(source, f"unknown top-level key {key!r}.{hint} Allowed: {', '.join(allowed_top)}")
     choices = {}
     for section in SECTIONS:
-        choice = _section(section, raw.get(section, DEFAULTS.get(section)), where, contributors, problems, source)
+        spec = raw.get(section)  # absent or empty (`cache:` with no value): the default, if the section has one
+        spec = DEFAULTS.get(section) if spec is None else spec
+        choice = _section(section, spec, where, contributors, problems, source)
         if choice is not None:
             choices[section] = choice
     run_raw = {k: v for k, v in raw.items() if k in RunSettings.model_fields}
@@ -328,7 +332,8 @@ def _section(section, spec, where, contributors, problems: _Problems, source: st
         problems.add(contributors(section), f"section {section!r} must be a mapping with a `name:` key, got {spec!r}")
         return None
     if not isinstance(spec["name"], str) or not spec["name"]:
-        problems.add(where(section, "name"), f"{section}.name must be a component name (a string), got {spec['name']!r}")
+        problems.add(where(section, "name"),
+                     f"{section}.name must be a component name (a string), got {spec['name']!r}")
         return None
     try:
         cls = resolve(section, spec["name"])

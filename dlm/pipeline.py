@@ -50,6 +50,12 @@ def _id_rows(input_ids) -> list[Tensor]:
                 f"input_ids must be 1-D (one prompt) or 2-D [batch, length]; got shape {list(input_ids.shape)}"
             )
         return [input_ids] if input_ids.dim() == 1 else list(input_ids)
+    if hasattr(input_ids, "__array__") and not isinstance(input_ids, (list, tuple, str, bytes)):  # numpy
+        try:
+            array = torch.as_tensor(input_ids)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"input_ids array cannot be read as token ids: {err}") from None
+        return _id_rows(array)
     if not isinstance(input_ids, (list, tuple)):
         raise InputError(f"input_ids must be a tensor or a list of token-id lists; got {type(input_ids).__name__}")
     if input_ids and _is_id(input_ids[0]):
@@ -65,7 +71,8 @@ def _id_rows(input_ids) -> list[Tensor]:
             raise InputError(f"input_ids row {i} is {type(row).__name__} {row!r:.60}; a row is a list of token ids")
         for j, v in enumerate(row):
             if not _is_id(v):
-                kind = "a list: one level of nesting too many" if isinstance(v, (list, tuple, Tensor)) else type(v).__name__
+                nested = isinstance(v, (list, tuple, Tensor))
+                kind = "a list: one level of nesting too many" if nested else type(v).__name__
                 raise InputError(f"input_ids row {i} position {j} holds {v!r:.60} ({kind}); token ids are integers")
         if any(not -(2**63) <= int(v) < 2**63 for v in row):
             raise InputError(f"input_ids row {i} holds an id beyond 64 bits; token ids lie in the vocabulary")
@@ -174,7 +181,9 @@ class Pipeline:
                 raise InputError(f"prompts must be a string or a list of strings; got {type(prompts).__name__}")
             for i, p in enumerate(prompts):
                 if not isinstance(p, str):
-                    raise InputError(f"prompt {i} is {type(p).__name__} {p!r:.60}, not a string; token ids go in input_ids=")
+                    raise InputError(
+                        f"prompt {i} is {type(p).__name__} {p!r:.60}, not a string; token ids go in input_ids="
+                    )
             rows, what = self.encode(prompts), "prompt"
         else:
             rows, what = _id_rows(input_ids), "input_ids row"

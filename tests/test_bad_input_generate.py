@@ -126,3 +126,9 @@ def test_gen_length_that_fills_the_context_is_refused_at_build_with_defaults():
 def test_prompt_too_long_for_the_room_left_names_the_room(pipe):
     msg = refused(pipe, "prompt 0 has 600 tokens", "at most 508 tokens", input_ids=[[5] * 600])
     assert not re.search(r"-\d", msg)
+
+
+def test_numpy_input_ids_are_read_like_a_tensor(pipe):
+    np = pytest.importorskip("numpy")
+    assert pipe.generate(input_ids=np.array([[5, 6]])).generated[0].numel() == 4
+    refused(pipe, "dtype torch.float64", input_ids=np.array([[5.5]]))

@@ -196,7 +196,9 @@ def load_tensors(
                 try:
                     tensor = f.get_tensor(name).to(dtype)
                 except (SafetensorError, OSError) as err:
-                    raise CheckpointError(f"{file}: cannot read tensor {name!r} ({err}); the file may be truncated") from None
+                    raise CheckpointError(
+                        f"{file}: cannot read tensor {name!r} ({err}); the file may be truncated"
+                    ) from None
                 if not bool(torch.isfinite(tensor).all()):
                     narrow = dtype in (torch.float16, torch.bfloat16) and bool(f.get_tensor(name).isfinite().all())
                     raise CheckpointError(

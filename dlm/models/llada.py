@@ -78,7 +78,9 @@ def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
     if d_model % n_heads:
         raise CheckpointError(f"{directory}/config.json: d_model {d_model} is not a multiple of n_heads {n_heads}")
     if n_heads % n_kv_heads:
-        raise CheckpointError(f"{directory}/config.json: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}")
+        raise CheckpointError(
+            f"{directory}/config.json: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}"
+        )
     vocab = config_int(cfg, "vocab_size", directory, minimum=1)
     vocab = config_int(cfg, "embedding_size", directory, vocab, minimum=vocab)
     ratio = config_float(cfg, "mlp_ratio", directory, 4.0, positive=True)
@@ -93,7 +95,8 @@ def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
         norm_eps=config_float(cfg, "rms_norm_eps", directory, 1e-5, positive=True),
         rope_theta=config_float(cfg, "rope_theta", directory, 10000.0, positive=True),
         max_length=config_int(cfg, "max_sequence_length", directory, 4096, minimum=2),
-        qkv_bias=config_bool(cfg, "include_bias", directory, False) or config_bool(cfg, "include_qkv_bias", directory, False),
+        qkv_bias=config_bool(cfg, "include_bias", directory, False)
+        or config_bool(cfg, "include_qkv_bias", directory, False),
         tied=config_bool(cfg, "weight_tying", directory, False),
     )
 

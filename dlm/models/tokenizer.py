@@ -64,7 +64,8 @@ class Tokenizer:
             chars = sorted({text[a:b] for i, (a, b) in zip(ids, enc["offset_mapping"])
                             if i == unknown[0] and text[a:b] != unknown[1]})
             if chars:
-                shown = ", ".join(repr(c) for c in chars[:10]) + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
+                shown = ", ".join(repr(c) for c in chars[:10])
+                shown += f" and {len(chars) - 10} more" if len(chars) > 10 else ""
                 raise InputError(
                     f"text holds {shown}, which this tokenizer cannot represent (it would silently become "
                     f"{unknown[1]!r}); remove or replace {'it' if len(chars) == 1 else 'them'}"
