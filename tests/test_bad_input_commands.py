@@ -90,3 +90,18 @@ def test_usage_errors_share_the_exit_code_of_bad_input(capsys):
         main(["generate"])
     assert info.value.code == 2
     assert "dlm generate: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec,needle", [("weight_tying=maybe", "is not true or false"),
+                                         ("mlp_hidden_size=0", "must be positive"),
+                                         ("d_model=-4", "must be positive"), ("seed=-1", "0 or more")])
+def test_bench_random_model_spec_refuses_nonsense_instead_of_defaulting(spec, needle):
+    from dlm import ConfigError
+    from dlm.tools.benchmark import parse_model_spec
+
+    with pytest.raises(ConfigError, match=needle):
+        parse_model_spec(spec)
+
+
+def test_bench_refuses_two_configs_with_one_label(capsys, bench_yaml):
+    cli_refuses(capsys, "bench", bench_yaml, bench_yaml, "--label", "a", "--label", "a", needles=("'a' is given twice",))

@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.model_cache, "--model-cache", directory=True)
     if args.labels and len(args.labels) != len(args.configs):
         raise InputError(f"--label given {len(args.labels)} times for {len(args.configs)} configs")
+    if args.labels and len(set(args.labels)) != len(args.labels):
+        twice = next(x for x in args.labels if args.labels.count(x) > 1)
+        raise InputError(f"--label {twice!r} is given twice; the labels name the rows of the table, so they must differ")
     overrides = list(args.overrides)
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")

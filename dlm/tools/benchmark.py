@@ -79,10 +79,17 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
             allowed = ", ".join(sorted(_INT_FIELDS | _BOOL_FIELDS))
             raise ConfigError(f"--random-model: unknown field {key!r}; allowed: {allowed}")
         text = str(value).strip()
+        if key in _BOOL_FIELDS:
+            if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"--random-model: {key}={text!r} is not true or false")
+            out[key] = text.lower() in ("1", "true", "yes")
+            continue
         try:
-            out[key] = text.lower() in ("1", "true", "yes") if key in _BOOL_FIELDS else int(text)
+            out[key] = int(text)
         except ValueError:
             raise ConfigError(f"--random-model: {key}={text!r} is not an integer") from None
+        if out[key] < (0 if key == "seed" else 1):
+            raise ConfigError(f"--random-model: {key}={text} must be {'0 or more' if key == 'seed' else 'positive'}")
     if out["d_model"] % out["n_heads"]:
         raise ConfigError(f"--random-model: n_heads ({out['n_heads']}) must divide d_model ({out['d_model']})")
     return out
