@@ -71,7 +71,7 @@ def _id_rows(input_ids) -> list[Tensor]:
             raise InputError(f"input_ids row {i} is {type(row).__name__} {row!r:.60}; a row is a list of token ids")
         for j, v in enumerate(row):
             if not _is_id(v):
-                nested = isinstance(v, (list, tuple, Tensor))
+                nested = isinstance(v, (list, tuple)) or isinstance(v, Tensor) and v.dim() > 0
                 kind = "a list: one level of nesting too many" if nested else type(v).__name__
                 raise InputError(f"input_ids row {i} position {j} holds {v!r:.60} ({kind}); token ids are integers")
         if any(not -(2**63) <= int(v) < 2**63 for v in row):
