@@ -58,6 +58,14 @@ def test_cuda_without_a_gpu_is_refused_when_the_pipeline_is_built(good):
     one_line(info.value, "cuda:1", "CUDA is not available")
 
 
+def test_a_gpu_index_beyond_the_machine_is_refused_before_loading(good, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(CompositionError) as info:
+        Pipeline.from_yaml(good, overrides=["device=cuda:2"])
+    one_line(info.value, "'cuda:2'", "2 CUDA devices (cuda:0 to cuda:1)")
+
+
 # --- files --------------------------------------------------------------------------------------------
 
 
