@@ -58,7 +58,7 @@ def test_commit_invariants_and_nfe_accounting(tiny_ckpt, cache, prompts, block_l
     """A committed token never changes; each step commits ≥1 eligible masked position per active row;
     NFE counts the forwards a row took part in; the canvas ends with no mask."""
     gen_length = 16
-    steps = (gen_length // block_length) * per_block
+    steps = (gen_length // block_length) * min(per_block, block_length)  # more steps than tokens: refused
     pipe = make(tiny_ckpt, cache, decoding, gen_length=gen_length, block_length=block_length, steps=steps)
     seen: list[torch.Tensor] = []
 

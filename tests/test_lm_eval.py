@@ -108,7 +108,7 @@ def test_two_processes_under_torchrun_merge_to_the_single_process_result(single_
 # --- model_args ----------------------------------------------------------------------------------------
 
 def test_unknown_model_arg_is_one_clear_line(capsys):
-    assert cli.main(["lm-eval", "--tasks", "dlm_add", "--limit", "1", "--model_args", "colour=red"]) == 1
+    assert cli.main(["lm-eval", "--tasks", "dlm_add", "--limit", "1", "--model_args", "colour=red"]) == 2  # a DlmError: exit code 2, as argparse
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("dlm lm-eval: error:")]
     assert len(lines) == 1 and "unknown key 'colour'" in lines[0] and "Traceback" not in err

@@ -91,7 +91,7 @@ def test_retrieving_an_unknown_model_is_404(client):
 def test_serve_command_refuses_a_missing_config_in_one_line(capsys):
     from dlm.cli import main
 
-    assert main(["serve", "--config", "no-such.yaml", "--port", "0"]) == 1
+    assert main(["serve", "--config", "no-such.yaml", "--port", "0"]) == 2  # a DlmError: exit code 2, as argparse
     assert capsys.readouterr().err.strip() == "dlm serve: error: config file no-such.yaml does not exist"
 
 
