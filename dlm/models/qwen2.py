@@ -143,6 +143,11 @@ class Qwen2Family(TransformerAdapter):
         raise NotImplementedError
 
     @classmethod
+    def fallback_mask_id(cls, cfg: dict, spec: TransformerSpec) -> int:
+        """MASK id when neither the model section nor config.json names one."""
+        return cls.default_mask_id
+
+    @classmethod
     def default_eos(cls, cfg: dict) -> tuple[int, ...]:
         return tuple(_ids(cfg.get("eos_token_id"))) or cls.default_eos_ids
 
@@ -154,7 +159,7 @@ class Qwen2Family(TransformerAdapter):
         net = load_transformer(directory, spec, qwen2_names(spec), dtype=dtype, device=torch.device(device))
         tokenizer = Tokenizer.maybe_load(directory)
         mask_id = config.mask_token_id if config.mask_token_id is not None else cfg.get("mask_token_id")
-        mask_id = int(mask_id if mask_id is not None else cls.default_mask_id)
+        mask_id = int(mask_id if mask_id is not None else cls.fallback_mask_id(cfg, spec))
         if not 0 <= mask_id < spec.vocab_in:
             raise CheckpointError(
                 f"{directory}: mask token id {mask_id} is outside the vocabulary of {spec.vocab_in}; set "
