@@ -104,6 +104,8 @@ class Window:
     logits_start: int | None = None  # span of the logits this step returns; None: the window's columns
     logits_end: int | None = None
     candidates: Candidates | None = None  # several canvases per row in this step's forward (see Candidates)
+    reorder: bool = False  # causal models: the forward sees committed columns before pending ones, each at its
+    # own position (WeDLM's topological reordering), so every pending column attends to every committed one
 
     def __post_init__(self) -> None:
         for name, value in (("block_start", self.start), ("block_end", self.end),
@@ -170,6 +172,11 @@ class ForwardPlan:
     attends to slots ``[0, key_end)``: columns it did not compute are read as cached. A range plan may store
     only part of what it computes (``write_start``/``write_end``): a cache asked for logits beyond its own
     columns computes them as a peek, leaving its K/V (and so its approximation) as they would be without it.
+
+    An ``ordered`` plan (causal models, WeDLM's reordered window) lists each row's columns in attention order:
+    query ``i`` of a row attends to the slots before the row's smallest column (the cached prefix) and to the
+    columns at list places ``<= i``, each keeping its own RoPE position. A row may repeat its *last* column to
+    match the others' count (the repeat sees the same keys, so it rewrites the same K/V).
     """
 
     rows: Tensor  # [b] long: batch rows to run
@@ -182,6 +189,8 @@ class ForwardPlan:
     columns: Tensor | None = None  # [b, q] long: the columns each row computes (None: the range)
     write_start: int | None = None  # range plans: only columns [write_start, write_end) store their fresh
     write_end: int | None = None  # K/V (None: every computed column); the others are computed for logits only
+    ordered: bool = False  # with ``columns`` on a causal model: attention is causal in the columns' order (each
+    # query sees the slots before its row's first column and the columns up to itself in the list), not by position
 
     def __post_init__(self) -> None:
         if self.write_start is None:

@@ -99,6 +99,24 @@ def test_model_spec_parsing():
         bm.parse_model_spec("width=3")
     with pytest.raises(ConfigError, match="not an integer"):
         bm.parse_model_spec("d_model=big")
+    with pytest.raises(ConfigError, match="choose one of llada, qwen2"):
+        bm.parse_model_spec("family=gpt2")
+
+
+def test_bench_writes_a_random_qwen2_layout_model_for_the_causal_decoders(tmp_path):
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=qwen2,d_model=32,n_layers=1,n_heads=4,vocab_size=96,max_sequence_length=64"
+    argv = ["bench", str(root / "autoregressive.yaml"), str(root / "jacobi.yaml"), "--random-model", spec,
+            "--model-cache", str(tmp_path / "models"), "--set", "iteration.gen_length=8", "--set", "dtype=float64",
+            "--prompt-length", "4", "--repeats", "1", "--warmup", "0", "--no-progress", "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    assert made.name.startswith("qwen2-") and json.loads((made / "config.json").read_text())["vocab_size"] == 96
+    assert report["settings"]["random_model"]["family"] == "qwen2"
+    assert report["results"][1]["same_tokens_as_first"] == pytest.approx(1.0)  # greedy Jacobi is exact
+    assert report["results"][1]["nfe"] <= report["results"][0]["nfe"]
 
 
 def test_examples_validate():
@@ -109,3 +127,5 @@ def test_examples_validate():
     for path in (root / f"{n}.yaml" for n in names):
         cfg = load_config(path)
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
+    for name in ("autoregressive", "jacobi", "wedlm"):
+        assert load_config(root / f"{name}.yaml", ["model.path=/models/qwen"]).cache.name == "append"

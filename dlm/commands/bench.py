@@ -5,6 +5,10 @@ Every configuration runs in the same process on the same prompts: warm-up, then 
 Example (random-weight ~35M-parameter LLaDA-layout model, written once to a cache directory):
 
     dlm bench examples/none.yaml examples/prefix.yaml examples/dual.yaml --random-model default
+
+and, on a random Qwen2-layout model, causal decoders against autoregressive decoding:
+
+    dlm bench examples/autoregressive.yaml examples/jacobi.yaml examples/wedlm.yaml --random-model family=qwen2
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument(
         "--random-model", metavar="SPEC", nargs="?", const="default",
-        help="use a random-weight LLaDA-layout checkpoint instead of each config's model.path, e.g. "
+        help="use a random-weight checkpoint instead of each config's model.path, e.g. "
              "'d_model=512,n_layers=8,n_heads=8,mlp_hidden_size=1536,vocab_size=8192' (bare flag or 'default': "
-             "those sizes, ~35M parameters); written once under --model-cache",
+             "those sizes, ~35M parameters, LLaDA's layout); 'family=qwen2' writes Qwen2's layout (for the "
+             "qwen2 and wedlm adapters); written once under --model-cache",
     )
     m.add_argument("--model-cache", metavar="DIR", help="where random checkpoints are kept "
                                                          "(default $DLM_CACHE or ~/.cache/dlm/random-models)")

@@ -100,14 +100,18 @@ def left_padded_canvas(
 
 
 def stop_at_eos(state: GenerationState) -> None:
-    """End every row that has committed an end token with no mask before it; fill the rest with EOS."""
+    """End every row that has committed an end token with nothing pending (MASK or a provisional draft)
+    before it; fill the rest with EOS. A draft end token does not count: drafts may still change."""
     gen = state.canvas[:, state.gen_start :]  # [B, G]
-    is_end = torch.isin(gen, torch.tensor(state.eos_ids, device=gen.device))
+    pending = state.pending()[:, state.gen_start :]
+    is_end = torch.isin(gen, torch.tensor(state.eos_ids, device=gen.device)) & ~pending
     first = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1), gen.shape[1])  # [B]
     cols = torch.arange(gen.shape[1], device=gen.device)[None, :]
-    mask_before = ((gen == state.mask_id) & (cols < first[:, None])).any(dim=1)
-    stop = (first < gen.shape[1]) & ~mask_before & ~state.done
+    pending_before = (pending & (cols < first[:, None])).any(dim=1)
+    stop = (first < gen.shape[1]) & ~pending_before & ~state.done
     if bool(stop.any()):
         fill = stop[:, None] & (cols > first[:, None])
         gen.masked_fill_(fill, state.eos_ids[0])
+        if state.provisional is not None:
+            state.provisional[:, state.gen_start :] &= ~fill
         state.done |= stop

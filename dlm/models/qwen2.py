@@ -149,6 +149,11 @@ class Qwen2Family(TransformerAdapter):
         raise NotImplementedError
 
     @classmethod
+    def fallback_mask_id(cls, cfg: dict, spec: TransformerSpec) -> int:
+        """MASK id when neither the model section nor config.json names one."""
+        return cls.default_mask_id
+
+    @classmethod
     def default_eos(cls, cfg: dict, directory: Path) -> tuple[int, ...]:
         return tuple(config_ids(cfg, "eos_token_id", directory)) or cls.default_eos_ids
 
@@ -161,7 +166,8 @@ class Qwen2Family(TransformerAdapter):
         if config.mask_token_id is not None:
             mask_id = config.mask_token_id
         else:
-            mask_id = config_int(cfg, "mask_token_id", directory, cls.default_mask_id)
+            present = cfg.get("mask_token_id") is not None
+            mask_id = config_int(cfg, "mask_token_id", directory) if present else cls.fallback_mask_id(cfg, spec)
         eos = tuple(config.eos_token_ids) if config.eos_token_ids else cls.default_eos(cfg, directory)
         check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)
         caps = cls.capabilities_for(config, cfg, spec, mask_id, eos)

@@ -67,6 +67,30 @@ class TransformerAdapter(ModelAdapter):
             mask = allowed if mask is None else mask & allowed
         return mask
 
+    def ordered_mask(self, state: GenerationState, rows: Tensor, cols: Tensor, keys: Tensor) -> Tensor:
+        """Bool mask [b, 1, q, K] for an ordered plan: causal in the order of ``cols`` [b, q], not by position.
+
+        A key is a KV slot (``kv``: ``keys`` [1, K] = slots ``[0, key_end)``) or one of the computed columns
+        (no KV: ``keys`` = ``cols``). Its rank is its first place in the row's list, or −1 for a slot before the
+        row's smallest column (the cached prefix, seen by every query); other slots are never seen. Query ``i``
+        sees keys of rank ``<= i``. Padding columns are never keys; the row's first real column is a key of
+        every query (it precedes every real query anyway), so padding queries attend to something (no NaNs).
+        """
+        if self.capabilities.attention != "causal":
+            raise ValueError(f"an ordered forward plan needs causal attention, the model's is {self.capabilities.attention}")
+        b, q = cols.shape
+        never = q + 1
+        place = torch.full((b, state.length), never, dtype=torch.long, device=state.device)  # [b, L]
+        ranks = torch.arange(q, device=state.device).expand(b, q)
+        place.scatter_reduce_(1, cols, ranks, reduce="amin")
+        slots = torch.arange(state.length, device=state.device)[None, :]
+        place = torch.where(slots < cols.min(dim=1, keepdim=True).values, -1, place)
+        key_rank = place.gather(1, keys.expand(b, -1))  # [b, K]
+        allowed = key_rank[:, None, :] <= torch.arange(q, device=state.device)[None, :, None]  # [b, q, K]
+        pad = state.pad[rows, None, None]  # [b, 1, 1]
+        allowed = (allowed | (keys[:, None, :] == pad)) & (keys[:, None, :] >= pad)
+        return allowed[:, None]
+
     @torch.inference_mode()
     def forward(self, state: GenerationState, plan: ForwardPlan, window: Window) -> Tensor:
         shift = self.capabilities.logit_shift
@@ -108,10 +132,14 @@ class TransformerAdapter(ModelAdapter):
         index = where[:, lo:hi]  # [b, n]: query offset of each needed output
         if bool((index < 0).any()):
             raise ValueError(f"forward plan's column sets do not hold every output the logits need, [{lo}, {hi})")
+        if plan.ordered:
+            mask = self.ordered_mask(state, rows, cols, keys)
+        else:
+            mask = self.attention_mask(state, rows, cols, keys)
         return self.net(
             ids,
             positions,
-            self.attention_mask(state, rows, cols, keys),
+            mask,
             kv=plan.kv,
             rows=plan.buffer_rows,
             columns=cols,

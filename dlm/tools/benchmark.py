@@ -50,7 +50,9 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "vocab_size": 8192,
     "max_sequence_length": 4096,
     "seed": 0,
+    "family": "llada",
 }
+FAMILIES = ("llada", "qwen2")  # checkpoint layouts --random-model writes: LLaDA's, or Qwen2's (qwen2 / wedlm)
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
                "max_sequence_length", "seed", "shards"}
 _BOOL_FIELDS = {"weight_tying"}
@@ -60,8 +62,9 @@ _BOOL_FIELDS = {"weight_tying"}
 
 
 def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``"d_model=512,n_layers=8"`` (or a mapping) -> keyword arguments of ``make_llada_checkpoint``,
-    on top of :data:`RANDOM_MODEL_DEFAULTS`."""
+    """``"d_model=512,n_layers=8"`` (or a mapping) -> the checkpoint's sizes on top of
+    :data:`RANDOM_MODEL_DEFAULTS`; ``family=qwen2`` writes Qwen2's layout (for the ``qwen2`` and ``wedlm``
+    adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -70,13 +73,18 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     )
     for key, value in items:
         key = str(key).strip()
+        if key == "family":
+            if str(value).strip() not in FAMILIES:
+                raise ConfigError(f"--random-model: family={value!r}; choose one of {', '.join(FAMILIES)}")
+            out[key] = str(value).strip()
+            continue
         if key.endswith((".yaml", ".yml")):
             raise ConfigError(
                 f"--random-model took {key!r} as its SPEC; put --random-model after the config files, "
                 "or give it a SPEC (e.g. --random-model default)"
             )
         if key not in _INT_FIELDS | _BOOL_FIELDS:
-            allowed = ", ".join(sorted(_INT_FIELDS | _BOOL_FIELDS))
+            allowed = ", ".join(sorted(_INT_FIELDS | _BOOL_FIELDS | {"family"}))
             raise ConfigError(f"--random-model: unknown field {key!r}; allowed: {allowed}")
         text = str(value).strip()
         if key in _BOOL_FIELDS:
@@ -102,6 +110,8 @@ def count_parameters(spec: Mapping[str, Any]) -> int:
     ffn = spec.get("mlp_hidden_size") or 2 * d
     vocab = spec["vocab_size"]
     per_layer = d * d * 2 + 2 * d * (d // heads) * kv + 3 * d * ffn + 2 * d
+    if spec.get("family") == "qwen2":
+        per_layer += d + 2 * (d // heads) * kv  # q/k/v biases
     return n * per_layer + vocab * d * (1 if spec.get("weight_tying") else 2) + d
 
 
@@ -114,18 +124,17 @@ def default_cache_dir() -> Path:
 
 
 def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
-    """A random-weight LLaDA-layout checkpoint for ``spec``, written once and reused (keyed by its sizes)."""
-    from dlm.tools.checkpoints import make_llada_checkpoint
-
+    """A random-weight checkpoint (LLaDA's or Qwen2's layout) for ``spec``, written once and reused (keyed
+    by its sizes)."""
     kwargs = parse_model_spec(spec)
     key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    directory = root / f"llada-d{kwargs['d_model']}-l{kwargs['n_layers']}-{key}"
+    directory = root / f"{kwargs['family']}-d{kwargs['d_model']}-l{kwargs['n_layers']}-{key}"
     if (directory / "config.json").is_file() and any(directory.glob("*.safetensors")):
         return directory
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=root))
-    make_llada_checkpoint(tmp, **kwargs)
+    _write_random(tmp, kwargs)
     try:
         tmp.rename(directory)
     except OSError:  # written concurrently by another process: use theirs
@@ -133,6 +142,25 @@ def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: st
 
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _write_random(directory: Path, spec: dict[str, Any]) -> None:
+    kwargs = {k: v for k, v in spec.items() if k != "family"}
+    if spec["family"] == "llada":
+        from dlm.tools.checkpoints import make_llada_checkpoint
+
+        make_llada_checkpoint(directory, **kwargs)
+        return
+    from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS
+    from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
+
+    make_qwen2_checkpoint(
+        directory, hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"],
+        num_attention_heads=kwargs["n_heads"], num_key_value_heads=kwargs.get("n_kv_heads") or kwargs["n_heads"],
+        intermediate_size=kwargs["mlp_hidden_size"], max_position_embeddings=kwargs["max_sequence_length"],
+        extra_vocab=max(0, kwargs["vocab_size"] - len(SPECIAL_TOKENS) - len(CHARS)), seed=kwargs["seed"],
+        tie_word_embeddings=bool(kwargs.get("weight_tying")), shards=kwargs.get("shards", 1),
+    )
 
 
 # --- prompts -------------------------------------------------------------------------------------------

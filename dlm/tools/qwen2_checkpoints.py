@@ -1,4 +1,5 @@
-"""Write random-weight checkpoints in the Qwen2 layout (Dream, Fast-dLLM v2), with a character tokenizer.
+"""Write random-weight checkpoints in the Qwen2 layout (Dream, Fast-dLLM v2, plain Qwen2, WeDLM), with a
+character tokenizer.
 
 The files are what the ``dream`` and ``fast_dllm_v2`` adapters read from a real checkpoint: ``config.json``
 with Qwen2's field names (plus ``mask_token_id`` and, for block diffusion, ``bd_size``), safetensors with
@@ -21,9 +22,10 @@ def qwen2_config(
     *, vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
     num_key_value_heads: int, intermediate_size: int, max_position_embeddings: int = 512,
     tie_word_embeddings: bool = False, rope_theta: float = 10000.0, rope_form: str = "legacy",
-    mask_token_id: int = MASK_ID, eos_token_id: int = EOS_ID, extra: dict | None = None,
+    mask_token_id: int | None = MASK_ID, eos_token_id: int = EOS_ID, extra: dict | None = None,
 ) -> dict:
-    """A config.json in Qwen2's schema; ``rope_form`` 'legacy' (``rope_theta``) or 'parameters' (5.x)."""
+    """A config.json in Qwen2's schema; ``rope_form`` 'legacy' (``rope_theta``) or 'parameters' (5.x);
+    ``mask_token_id=None`` leaves the field out, as in a plain autoregressive Qwen2 config."""
     cfg = {
         "architectures": ["Qwen2ForCausalLM"],
         "model_type": "qwen2",
@@ -38,12 +40,13 @@ def qwen2_config(
         "max_position_embeddings": max_position_embeddings,
         "tie_word_embeddings": tie_word_embeddings,
         "use_sliding_window": False,
-        "mask_token_id": mask_token_id,
         "eos_token_id": eos_token_id,
         "pad_token_id": EOS_ID,
         "bos_token_id": EOS_ID,
         "torch_dtype": "float32",
     }
+    if mask_token_id is not None:
+        cfg["mask_token_id"] = mask_token_id
     if rope_form == "legacy":
         cfg["rope_theta"] = rope_theta
         cfg["rope_scaling"] = None
@@ -99,6 +102,8 @@ def make_qwen2_checkpoint(
     rope_form: str = "legacy",
     eos_token_id: int = EOS_ID,
     bd_size: int | None = None,
+    mask_token_id: int | None = MASK_ID,
+    extra_vocab: int = 0,
     seed: int = 0,
     shards: int = 1,
     dtype: torch.dtype = torch.float32,
@@ -106,17 +111,19 @@ def make_qwen2_checkpoint(
     """Write a random Qwen2-layout checkpoint to ``directory`` and return it.
 
     ``bd_size`` adds Fast-dLLM v2's block size field; ``eos_token_id=1`` makes EOT the stop token (as
-    ``<|im_end|>`` is for Fast-dLLM v2).
+    ``<|im_end|>`` is for Fast-dLLM v2). ``mask_token_id=None`` writes a plain autoregressive Qwen2 config
+    (no MASK token); ``extra_vocab`` adds embedding rows past the tokenizer's last id, as Qwen2/Qwen2.5 pad
+    their vocabularies (the ``qwen2`` adapter's default MASK placeholder is the last of them).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = write_char_tokenizer(directory, model_max_length=max_position_embeddings)
+    vocab = write_char_tokenizer(directory, model_max_length=max_position_embeddings) + extra_vocab
     cfg = qwen2_config(
         vocab_size=vocab, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
         intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=tie_word_embeddings, rope_form=rope_form, eos_token_id=eos_token_id,
-        extra={"bd_size": bd_size} if bd_size else None,
+        mask_token_id=mask_token_id, extra={"bd_size": bd_size} if bd_size else None,
     )
     (directory / "config.json").write_text(json.dumps(cfg, indent=2))
     save_tensors(directory, random_qwen2_tensors(cfg, seed=seed, dtype=dtype), shards=shards)

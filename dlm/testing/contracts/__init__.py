@@ -33,7 +33,9 @@ What each kind must do (one named check each, see :data:`CHECKS`):
   through a KV buffer, and a block-only forward reading it, equal the plain forward.
 
 Everything runs in float64 on CPU with 2-layer d=32 LLaDA-layout checkpoints written by
-:func:`dlm.testing.make_llada_checkpoint` into a temporary directory, and 16-token generations.
+:func:`dlm.testing.make_llada_checkpoint` into a temporary directory, and 16-token generations. A cache or
+iteration manager that refuses the LLaDA model gets the first of :data:`FAMILIES` it accepts (Fast-dLLM v2
+and Dream in Qwen2's layout, then ``qwen2``, a plain causal Qwen2 config, for causal decoders).
 
 The kit is a package with one module per concern: :mod:`~dlm.testing.contracts.core` (violations,
 outcomes, reports, shared settings), :mod:`~dlm.testing.contracts.fixtures` (tiny checkpoints and models),
