@@ -4,6 +4,8 @@ their papers and codes imply, on tiny float64 checkpoints."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -73,7 +75,7 @@ def test_entropy_threshold_commits_the_low_entropy_positions_and_the_lowest(seed
     commit = strategy.select(logits, window_of(eligible), RowRNG(0, 3, torch.device("cpu")))
     for r in range(3):
         probs = [ref.softmax(row) for row in logits[r].tolist()]
-        h = [-sum(p * __import__("math").log(p + 1e-12) for p in row) for row in probs]
+        h = [-sum(p * math.log(p + 1e-12) for p in row) for row in probs]
         want = ref.entropy_choose(h, eligible[r].tolist(), tau, strict)
         assert chosen(commit.select, r) == want
         for i in want:
@@ -103,7 +105,8 @@ def test_hierarchical_commits_every_position_tying_its_runs_maximum():
 def test_hierarchical_without_its_low_threshold_is_the_strict_threshold_rule(seed, tau):
     logits, eligible = random_case(seed)
     conf = torch.softmax(logits, dim=-1).amax(dim=-1)
-    assert torch.equal(hierarchical_select(conf, eligible, 1.5, tau), threshold_select(conf, eligible, tau, strict=True))
+    strict = threshold_select(conf, eligible, tau, strict=True)
+    assert torch.equal(hierarchical_select(conf, eligible, 1.5, tau), strict)
 
 
 @settings(max_examples=6)
@@ -235,7 +238,8 @@ def test_freedave_verification_reaches_the_draft_its_reference_loop_reaches(seed
 
 
 @settings(max_examples=10)
-@given(prompts=prompts_st, n=st.sampled_from([1, 2, 4]), drafts=st.integers(1, 4), cache=st.sampled_from(["none", "dual"]))
+@given(prompts=prompts_st, n=st.sampled_from([1, 2, 4]), drafts=st.integers(1, 4),
+       cache=st.sampled_from(["none", "dual"]))
 def test_freedave_generates_the_static_rules_tokens_in_no_more_forwards(tiny_ckpt, prompts, n, drafts, cache):
     fast = run(pipe(tiny_ckpt, {"name": "freedave", "tokens_per_step": n, "drafts": drafts}, cache=cache), prompts)
     static = run(pipe(tiny_ckpt, {"name": "low_confidence"}, cache=cache, steps=16 // n), prompts)
