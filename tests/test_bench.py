@@ -105,7 +105,7 @@ def test_examples_validate():
     from dlm.config import load_config
 
     root = Path(__file__).parent.parent / "examples"
-    names = ("none", "prefix", "dual", "threshold", "prefix_threshold", "dual_threshold", "dual_factor")
+    names = ("none", "prefix", "dual", "threshold", "prefix_threshold", "dual_threshold", "dual_factor", "vicinity", "dkv")
     for path in (root / f"{n}.yaml" for n in names):
         cfg = load_config(path)
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
