@@ -13,6 +13,7 @@ from tests.conftest import pipeline_config
 prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=1, max_size=3)
 decoding_st = st.sampled_from([{"name": "low_confidence"}, {"name": "threshold", "threshold": 0.3}])
 ITERATION = {"name": "blockwise", "gen_length": 24, "block_length": 8, "steps": 24}
+MIXED_PROMPTS = [[51, 59, 29, 5], [35, 34, 28], [33, 25, 40]]  # rows whose vicinity warm-ups end apart
 
 
 def run(ckpt, cache, decoding, prompts, trace=None):
@@ -103,3 +104,24 @@ def test_dkv_cached_steps_compute_the_pending_columns_those_committed_last_step_
             got = torch.zeros_like(want)
             got[p.columns[r]] = True
             assert torch.equal(got, want)
+
+
+@settings(max_examples=6)
+@given(prompts=st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=2, max_size=3),
+       warmup=st.integers(1, 6))
+def test_vicinity_rows_in_a_batch_give_what_they_give_alone(tiny_ckpt, prompts, warmup):
+    """Rows leave blocks at different steps under the threshold rule, so their warm-up ends at different
+    steps: a batch then mixes refreshing and cached rows in one (column-set) plan."""
+    cache = {"name": "vicinity", "warmup_steps": warmup, "prefix_look": 1, "after_look": 2}
+    decoding = {"name": "threshold", "threshold": 0.3}
+    tokens, nfe = run(tiny_ckpt, cache, decoding, prompts)
+    for r, prompt in enumerate(prompts):
+        assert run(tiny_ckpt, cache, decoding, [prompt]) == ([tokens[r]], [nfe[r]])
+
+
+def test_a_batch_whose_rows_disagree_on_refreshing_runs_a_column_set_plan(tiny_ckpt, monkeypatch):
+    from dlm.cache.vicinity import VicinityCache
+    plans = spy_plans(monkeypatch, VicinityCache)
+    cache = {"name": "vicinity", "warmup_steps": 3, "prefix_look": 1, "after_look": 2}
+    run(tiny_ckpt, cache, {"name": "threshold", "threshold": 0.3}, MIXED_PROMPTS)
+    assert any(p.columns is not None for _, p in plans)
