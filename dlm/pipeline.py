@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,50 @@ class GenerationOutput:
         return [sum(s) / max(n, 1) for s, n in zip(self.tokens_per_step, self.nfe)]
 
 
+def _id_rows(input_ids) -> list[Tensor]:
+    """``input_ids`` (a 1-D/2-D integer tensor, one list of ids, or a list of rows) as 1-D tensors."""
+    if isinstance(input_ids, Tensor):
+        if input_ids.dtype == torch.bool or input_ids.is_floating_point() or input_ids.is_complex():
+            raise InputError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.dim() not in (1, 2):
+            raise InputError(
+                f"input_ids must be 1-D (one prompt) or 2-D [batch, length]; got shape {list(input_ids.shape)}"
+            )
+        return [input_ids] if input_ids.dim() == 1 else list(input_ids)
+    if hasattr(input_ids, "__array__") and not isinstance(input_ids, (list, tuple, str, bytes)):  # numpy
+        try:
+            array = torch.as_tensor(input_ids)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise InputError(f"input_ids array cannot be read as token ids: {err}") from None
+        return _id_rows(array)
+    if not isinstance(input_ids, (list, tuple)):
+        raise InputError(f"input_ids must be a tensor or a list of token-id lists; got {type(input_ids).__name__}")
+    if input_ids and _is_id(input_ids[0]):
+        input_ids = [input_ids]
+    rows = []
+    for i, row in enumerate(input_ids):
+        if isinstance(row, Tensor):
+            if row.dim() != 1:
+                raise InputError(f"input_ids row {i} must be 1-D, got shape {list(row.shape)}")
+            rows.extend(_id_rows(row))
+            continue
+        if not isinstance(row, (list, tuple)):
+            raise InputError(f"input_ids row {i} is {type(row).__name__} {row!r:.60}; a row is a list of token ids")
+        for j, v in enumerate(row):
+            if not _is_id(v):
+                nested = isinstance(v, (list, tuple)) or isinstance(v, Tensor) and v.dim() > 0
+                kind = "a list: one level of nesting too many" if nested else type(v).__name__
+                raise InputError(f"input_ids row {i} position {j} holds {v!r:.60} ({kind}); token ids are integers")
+        if any(not -(2**63) <= int(v) < 2**63 for v in row):
+            raise InputError(f"input_ids row {i} holds an id beyond 64 bits; token ids lie in the vocabulary")
+        rows.append(torch.tensor([int(v) for v in row], dtype=torch.long))
+    return rows
+
+
+def _is_id(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 class Pipeline:
     """model + iteration + decoding + cache, checked to work together when built."""
 
@@ -68,6 +113,14 @@ class Pipeline:
             for kind, comp in (("iteration", iteration), ("cache", cache))
             if (problem := comp.check(model.capabilities))
         ]
+        gen_length = getattr(iteration.config, "gen_length", None)
+        if isinstance(gen_length, int) and gen_length >= model.capabilities.max_length:
+            problems.append(
+                f"iteration {name('iteration', iteration)!r} generates {gen_length} tokens, which leaves no room for "
+                f"a prompt in the context of model {name('model', model)!r} ({model.capabilities.max_length} "
+                f"tokens); set iteration.gen_length to at most {model.capabilities.max_length - 1} minus the "
+                "prompt length"
+            )
         if problems:
             raise CompositionError("; ".join(problems))
 
@@ -82,18 +135,28 @@ class Pipeline:
         source: str = "<dict>",
         model: ModelAdapter | None = None,
     ) -> "Pipeline":
-        """Build from a mapping shaped like the YAML file (or an already validated config).
+        """Build from a mapping shaped like the YAML file (or an already validated config, which ``overrides``
+        then change: it is validated again with them).
 
         ``model``: an adapter already loaded (e.g. by another pipeline) to use instead of loading the config's
         model section again; it must be an instance of the section's adapter class.
         """
-        if not isinstance(config, PipelineConfig):
+        if isinstance(config, PipelineConfig):
+            if overrides:
+                config = build_config(config.to_dict(), source=config.source, overrides=overrides)
+        else:
             config = build_config(config, source=source, overrides=overrides)
         apply_threads(config.run.threads)
         if model is None:
-            device = torch.device(config.run.device)
+            device = torch.device(config.run.device)  # a cpu/cuda device string, checked by the config
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise CompositionError(f"{config.source}: device {config.run.device!r} requested but CUDA is not available")
+            if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+                n = torch.cuda.device_count()
+                raise CompositionError(
+                    f"{config.source}: device {config.run.device!r} requested but this machine has {n} CUDA "
+                    f"device{'s' if n > 1 else ''} (cuda:0 to cuda:{n - 1})"
+                )
             model = config.model.cls.load(config.model.config, dtype=config.torch_dtype, device=device)
         elif not isinstance(model, config.model.cls):
             raise CompositionError(
@@ -122,28 +185,47 @@ class Pipeline:
     # --- generation ----------------------------------------------------------------------------------
 
     def encode(self, prompts: Sequence[str]) -> list[Tensor]:
+        """Token ids of each text prompt (the chat template applied when the model config asks for it)."""
         chat = bool(getattr(self.model.config, "chat_template", False))
-        return [torch.tensor(self.model.encode(p, chat=chat), dtype=torch.long) for p in prompts]
+        rows = []
+        for i, p in enumerate(prompts):
+            try:
+                rows.append(torch.tensor(self.model.encode(p, chat=chat), dtype=torch.long))
+            except InputError as err:
+                raise InputError(f"prompt {i}: {err}") from None
+        return rows
 
     def _as_rows(self, prompts, input_ids) -> list[Tensor]:
+        """The prompts as 1-D long tensors, each checked: token ids in the vocabulary, no MASK token."""
         if (prompts is None) == (input_ids is None):
             raise InputError("give exactly one of prompts=[...] (text) or input_ids=... (token ids)")
         if prompts is not None:
             if isinstance(prompts, str):
                 prompts = [prompts]
-            return self.encode(prompts)
-        if isinstance(input_ids, Tensor):
-            if input_ids.dtype not in (torch.long, torch.int32, torch.int64):
-                raise InputError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-            rows = [input_ids] if input_ids.dim() == 1 else list(input_ids)
+            if not isinstance(prompts, (list, tuple)):
+                raise InputError(f"prompts must be a string or a list of strings; got {type(prompts).__name__}")
+            for i, p in enumerate(prompts):
+                if not isinstance(p, str):
+                    raise InputError(
+                        f"prompt {i} is {type(p).__name__} {p!r:.60}, not a string; token ids go in input_ids="
+                    )
+            rows, what = self.encode(prompts), "prompt"
         else:
-            if input_ids and isinstance(input_ids[0], int):
-                input_ids = [input_ids]
-            rows = [torch.tensor(list(r), dtype=torch.long) for r in input_ids]
-        vocab = self.model.capabilities.vocab_size
+            rows, what = _id_rows(input_ids), "input_ids row"
+        caps = self.model.capabilities
         for i, r in enumerate(rows):
-            if vocab is not None and r.numel() and (int(r.min()) < 0 or int(r.max()) >= vocab):
-                raise InputError(f"input_ids row {i} holds ids outside the vocabulary [0, {vocab})")
+            if caps.vocab_size is not None and r.numel() and (int(r.min()) < 0 or int(r.max()) >= caps.vocab_size):
+                bad = int(r.min()) if int(r.min()) < 0 else int(r.max())
+                raise InputError(
+                    f"{what} {i} holds id {bad}, outside the vocabulary [0, {caps.vocab_size})"
+                    + ("; the tokenizer does not match the checkpoint" if what == "prompt" else "")
+                )
+            if bool((r == caps.mask_id).any()):
+                pos = int((r == caps.mask_id).nonzero()[0, 0])
+                raise InputError(
+                    f"{what} {i} holds the MASK token (id {caps.mask_id}) at position {pos}; prompt positions are "
+                    "never denoised, so it would stay masked. Remove it: only the generation region is filled"
+                )
         return [r.long() for r in rows]
 
     def generate(
@@ -152,16 +234,21 @@ class Pipeline:
         *,
         input_ids: Tensor | Sequence[Sequence[int]] | None = None,
         trace: Trace | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> GenerationOutput:
         """Generate for a batch of prompts of any lengths; each row gives what it gives alone.
 
-        Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r``, so a batch
-        row reproduces a single-prompt call made with seed ``seed + r``.
+        Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r`` (or
+        ``seeds[r]``), so a batch row reproduces a single-prompt call made with that seed.
         """
+        if trace is not None and not callable(trace):
+            raise InputError(f"trace must be a callable taking the GenerationState, got {type(trace).__name__}")
         rows = self._as_rows(prompts, input_ids)
+        if seeds is not None and len(seeds) != len(rows):
+            raise InputError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
         device = self.model.device
         state = self.iteration.start(rows, self.model.capabilities, device)
-        generator = RowRNG(self.seed, state.batch_size, device)
+        generator = RowRNG(self.seed if seeds is None else seeds, state.batch_size, device)
         t0 = time.perf_counter()
         self.cache.start(state, self.model)
         self.decoding.start(state)

@@ -2,21 +2,27 @@
 
 Row ``r`` of a batch draws from its own generator seeded with ``seed + r``: a batch row gives exactly the
 tokens that a single-prompt call with seed ``seed + r`` gives. Rows draw only in the steps they take part
-in, with shapes that do not depend on the rest of the batch.
+in, with shapes that do not depend on the rest of the batch. A caller that batches unrelated requests (the
+server) gives each row its own seed instead.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 
 class RowRNG:
-    """One seeded ``torch.Generator`` per batch row."""
+    """One seeded ``torch.Generator`` per batch row: ``seed + r``, or ``seed[r]`` when one seed per row is given."""
 
-    def __init__(self, seed: int, batch: int, device: torch.device | str) -> None:
+    def __init__(self, seed: int | Sequence[int], batch: int, device: torch.device | str) -> None:
         self.device = torch.device(device)
-        self.generators = [torch.Generator(device=self.device).manual_seed(seed + r) for r in range(batch)]
+        seeds = [seed + r for r in range(batch)] if isinstance(seed, int) else [int(s) for s in seed]
+        if len(seeds) != batch:
+            raise ValueError(f"{len(seeds)} row seeds given for a batch of {batch} rows")
+        self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
     def rand(self, rows: Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float64) -> Tensor:
         """Uniform [0, 1) draws of ``shape`` for each of ``rows``: [len(rows), *shape]."""

@@ -176,3 +176,28 @@ class DraftAll(DecodingStrategy):
 
 __all__ = ["AgreeTwice", "LeakyAgreeTwice", "SharedAgreeTwice", "ExitWhenConfident", "RecomputePending",
            "FirstCandidate", "DraftAll", "NoCache"]
+
+
+class BlockOnly(PrefixCache):
+    """Broken: cached steps compute the block alone, whatever logits span the window asks for."""
+
+    Config = Empty
+
+    def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
+        refresh = window.first_step
+        return ForwardPlan(rows=window.rows, all_rows=len(window.rows) == state.batch_size,
+                           start=0 if refresh else window.block_start, end=state.length if refresh else window.block_end,
+                           kv=self.kv, key_end=state.length, refresh=refresh)
+
+
+class ColumnsMissingTheWindow(RecomputePending):
+    """Broken: its column sets leave out the window's last column."""
+
+    def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
+        plan = super().plan(state, window)
+        if plan.columns is None:
+            return plan
+        last = window.end - 1 - self.shift
+        cols = torch.where(plan.columns == last, plan.columns[:, :1], plan.columns)
+        return ForwardPlan(rows=plan.rows, all_rows=plan.all_rows, start=int(cols.min()), end=int(cols.max()) + 1,
+                           kv=plan.kv, key_end=plan.key_end, refresh=False, columns=cols)

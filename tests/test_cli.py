@@ -64,7 +64,7 @@ def test_validate_prints_resolved_config(config, capsys):
 
 
 def test_errors_exit_nonzero_with_a_clear_message(config, capsys):
-    assert main(["generate", "-c", config, "--set", "decoding.name=tresh", "x"]) == 1
+    assert main(["generate", "-c", config, "--set", "decoding.name=tresh", "x"]) == 2
     err = capsys.readouterr().err
     assert "unknown decoding component 'tresh'" in err and "Traceback" not in err
 

@@ -58,8 +58,8 @@ def test_configs_are_frozen(good_yaml):
 @pytest.mark.parametrize(
     "override,pattern",
     [
-        ("decoding.threshold=1.5", r"bad\.yaml: decoding\.threshold: Input should be less than or equal to 1 \(got 1\.5\)"),
-        ("decoding.treshold=0.5", r"decoding\.treshold: unknown field\. Allowed fields: name, threshold, temperature"),
+        ("decoding.threshold=1.5", r"--set decoding\.threshold=1\.5: decoding\.threshold: Input should be less than or equal to 1 \(got 1\.5\)"),
+        ("decoding.treshold=0.5", r"decoding\.treshold: unknown field\. Did you mean 'threshold'\? Allowed fields: name, threshold, temperature"),
         ("iteration.block_length=5", r"iteration: block_length \(5\) must divide gen_length \(16\)"),
         ("dtype=float8", r"dtype: Input should be 'float32', 'float64', 'bfloat16' or 'float16' \(got 'float8'\)"),
         ("iteration.steps=abc", r"iteration\.steps: Input should be a valid integer.*\(got 'abc'\)"),
@@ -83,7 +83,7 @@ def test_unknown_component_lists_available_with_providers_and_suggests(good_yaml
         ("- a\n- b\n", r"a pipeline config is a mapping"),
         ("iteration: {name: blockwise}\ndecoding: {name: threshold}\n", r"missing section 'model'"),
         ("model: {path: x}\niteration: {name: blockwise}\ndecoding: {name: threshold}\n", r"section 'model' must be a mapping with a `name:` key"),
-        ("modle: {name: llada}\n", r"unknown top-level key 'modle'\. Allowed: model, iteration, decoding, cache, seed, dtype, device"),
+        ("modle: {name: llada}\n", r"unknown top-level key 'modle'\. Did you mean 'model'\? Allowed: model, iteration, decoding, cache, seed, dtype, device"),
     ],
 )
 def test_malformed_files(tmp_path, text, pattern):
@@ -108,7 +108,7 @@ def test_parse_overrides_types():
 
 
 def test_from_yaml_builds_a_working_pipeline(good_yaml):
-    pipe = Pipeline.from_yaml(good_yaml, overrides=["iteration.gen_length=8"])
+    pipe = Pipeline.from_yaml(good_yaml, overrides=["iteration.gen_length=8", "iteration.steps=8"])
     out = pipe.generate(input_ids=[[5, 6, 7]])
     assert out.generated[0].numel() == 8 and out.nfe[0] >= 1
 

@@ -181,10 +181,8 @@ def dream_pipeline(path, **sections):
     """A float64 pipeline; the model is loaded once per checkpoint (components are fresh each time)."""
     raw = {"model": {"name": "dream", "path": str(path)}, "dtype": "float64", "cache": {"name": "none"}}
     raw.update(sections)
-    cfg = build_config(raw)
     model = _MODELS.get(str(path)) or _MODELS.setdefault(str(path), load(path))
-    parts = [getattr(cfg, k).cls(getattr(cfg, k).config) for k in ("iteration", "decoding", "cache")]
-    return Pipeline(model, *parts, seed=cfg.run.seed, config=cfg)
+    return Pipeline.from_config(build_config(raw), model=model)
 
 
 @pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])

@@ -51,5 +51,5 @@ def test_summary_reports_forward_reduction_against_the_first_policy():
 
 
 def test_unknown_task_is_refused_with_the_known_names(capsys):
-    assert main(["eval", "--tasks", "mul", "--quiet"]) == 1
+    assert main(["eval", "--tasks", "mul", "--quiet"]) == 2
     assert "known tasks: add" in capsys.readouterr().err

@@ -54,9 +54,7 @@ def pipeline(path, iteration, decoding, cache, bd_size=None) -> Pipeline:
            "cache": cache, "dtype": "float64"}
     if bd_size is not None:
         raw["model"]["bd_size"] = bd_size
-    cfg = build_config(raw)
-    parts = [getattr(cfg, k).cls(getattr(cfg, k).config) for k in ("iteration", "decoding", "cache")]
-    return Pipeline(load(path, bd_size), *parts, seed=cfg.run.seed, config=cfg)
+    return Pipeline.from_config(build_config(raw), model=load(path, bd_size))
 
 
 def block_causal_additive(n: int, bs: int) -> torch.Tensor:

@@ -58,7 +58,7 @@ def test_commit_invariants_and_nfe_accounting(tiny_ckpt, cache, prompts, block_l
     """A committed token never changes; each step commits ≥1 eligible masked position per active row;
     NFE counts the forwards a row took part in; the canvas ends with no mask."""
     gen_length = 16
-    steps = (gen_length // block_length) * per_block
+    steps = (gen_length // block_length) * min(per_block, block_length)  # more steps than tokens: refused
     pipe = make(tiny_ckpt, cache, decoding, gen_length=gen_length, block_length=block_length, steps=steps)
     seen: list[torch.Tensor] = []
 
@@ -101,6 +101,22 @@ def test_temperature_sampling_is_seeded(tiny_ckpt):
     c = Pipeline.from_config({**cfg, "seed": 8}).generate(input_ids=[[5, 6]]).generated[0]
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
+
+
+def test_per_row_seeds_reproduce_single_calls_with_those_seeds(tiny_ckpt):
+    """seeds=[...] gives each row its own stream: row i equals a one-prompt call with seed seeds[i]."""
+    cfg = pipeline_config(tiny_ckpt, decoding={"name": "low_confidence", "temperature": 1.0})
+    pipe = Pipeline.from_config(cfg)
+    batched = pipe.generate(input_ids=[[5, 6], [7], [5, 6]], seeds=[11, 3, 40])
+    for i, (prompt, seed) in enumerate(zip([[5, 6], [7], [5, 6]], [11, 3, 40])):
+        pipe.seed = seed
+        assert batched.sequences[i].tolist() == pipe.generate(input_ids=[prompt]).sequences[0].tolist()
+    assert batched.generated[0].tolist() != batched.generated[2].tolist()
+
+
+def test_seeds_must_match_the_prompts(tiny_ckpt):
+    with pytest.raises(InputError, match="one seed per prompt"):
+        make(tiny_ckpt).generate(input_ids=[[5, 6], [7]], seeds=[1])
 
 
 def test_temperature_zero_is_greedy(tiny_ckpt):

@@ -22,6 +22,8 @@ from dlm.testing.contracts import ContractViolation, check_cache_manager, check_
 from tests.conftest import pipeline_config
 from tests.interface_components import (
     AgreeTwice,
+    BlockOnly,
+    ColumnsMissingTheWindow,
     DraftAll,
     ExitWhenConfident,
     FirstCandidate,
@@ -239,3 +241,13 @@ def test_a_draft_of_the_mask_token_is_refused(tiny_ckpt):
 def test_the_kit_rejects_a_broken_component_with_a_violation():
     with pytest.raises(ContractViolation):
         check_decoding_strategy(LeakyAgreeTwice, {})
+
+
+def test_the_kit_catches_a_cache_that_ignores_a_widened_logits_span():
+    outcome = run_check("cache", BlockOnly, "plans", {})
+    assert outcome.status == "failed" and "logits span" in outcome.detail
+
+
+def test_the_kit_catches_column_sets_that_miss_the_window():
+    outcome = run_check("cache", ColumnsMissingTheWindow, "plans", {})
+    assert outcome.status == "failed" and "column sets miss" in outcome.detail

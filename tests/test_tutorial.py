@@ -1,7 +1,7 @@
 """docs/writing-plugins.md works as written: its files are written to a temporary folder and its commands run.
 
-Blocks fenced as ```LANG file=PATH are written to PATH; the ```bash run block is executed line by line in
-one shell. ``pip install -e .`` is replaced by what it leaves behind — the package's ``src`` on the path
+Blocks fenced as ```LANG file=PATH are written to PATH; each ```bash run block is executed line by line in
+one shell, from the tutorial's folder (one package per part: a decoding strategy, then a cache policy). ``pip install -e .`` is replaced by what it leaves behind — the package's ``src`` on the path
 and a ``.dist-info`` with the entry points read from the tutorial's own pyproject.toml — so the test is
 offline and fast, and still fails if the pyproject's entry point is wrong.
 """
@@ -49,41 +49,53 @@ def fake_install(project: Path, site: Path) -> None:
     (info / "entry_points.txt").write_text("\n".join(lines))
 
 
-def run_commands(root: Path) -> list[str]:
-    (script,) = [body for lang, info, body in blocks() if lang == "bash" and info == "run"]
-    return [line for line in script.splitlines() if line.strip()]
+def run_scripts() -> list[list[str]]:
+    """The commands of each ```bash run block."""
+    scripts = [body for lang, info, body in blocks() if lang == "bash" and info == "run"]
+    return [[line for line in script.splitlines() if line.strip()] for script in scripts]
 
 
 def test_tutorial_declares_every_file_of_its_layout():
     files = {info.removeprefix("file=") for _, info, _ in blocks() if info.startswith("file=")}
     assert {"dlm-margin/pyproject.toml", "dlm-margin/src/dlm_margin/margin.py",
-            "dlm-margin/tests/test_margin.py", "dlm-margin/margin.yaml"} <= files
+            "dlm-margin/tests/test_margin.py", "dlm-margin/margin.yaml",
+            "dlm-stride/pyproject.toml", "dlm-stride/src/dlm_stride/stride.py",
+            "dlm-stride/tests/test_stride.py"} <= files
 
 
-def test_tutorial_plugin_installs_tests_and_runs_from_yaml(tmp_path):
+def test_tutorial_plugins_install_test_and_run_from_yaml(tmp_path):
     files = write_files(tmp_path)
-    project = files["dlm-margin/pyproject.toml"].parent
+    projects = [path.parent for name, path in files.items() if name.endswith("/pyproject.toml")]
     site = tmp_path / "site"
-    fake_install(project, site)
-    commands = run_commands(tmp_path)
-    installs = [c for c in commands if c.strip().startswith("pip install")]
-    assert installs == ["pip install -e ."], "the tutorial installs the package it wrote, in place"
-    script = "set -euo pipefail\n" + "\n".join(
-        f"echo '>>> {c}'\n{c}" for c in commands if not c.strip().startswith("pip install")
-    )
+    for project in projects:
+        fake_install(project, site)
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join([str(project / "src"), str(site), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([*(str(p / "src") for p in projects), str(site),
+                                       os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
     }
-    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    out = done.stdout + done.stderr
-    assert done.returncode == 0, out
-    assert re.search(r"margin\s+dlm-margin", out), out
-    assert "margin.yaml: valid" in out and "delta: 0.3" in out
-    assert re.search(r"\d+ passed", out) and "failed" not in out
+    scripts = run_scripts()
+    assert len(scripts) == 2, "one run block per part: the decoding strategy, the cache policy"
+    outputs = []
+    for commands in scripts:
+        installs = [c for c in commands if c.strip().startswith("pip install")]
+        assert installs == ["pip install -e ."], "each part installs the package it wrote, in place"
+        script = "set -euo pipefail\n" + "\n".join(
+            f"echo '>>> {c}'\n{c}" for c in commands if not c.strip().startswith("pip install")
+        )
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        assert re.search(r"\d+ passed", out) and "failed" not in out, out
+        outputs.append(out)
+    margin, stride = outputs
+    assert re.search(r"margin\s+dlm-margin", margin), margin
+    assert "margin.yaml: valid" in margin and "delta: 0.3" in margin
+    assert re.search(r"stride\s+dlm-stride", stride), stride
 
 
 def test_tutorial_strategy_is_found_through_its_entry_point(tmp_path, monkeypatch):
@@ -100,3 +112,18 @@ def test_tutorial_strategy_is_found_through_its_entry_point(tmp_path, monkeypatc
     assert config.decoding.cls.__name__ == "Margin" and config.decoding.config.delta == 0.3
     with pytest.raises(Exception, match="delta"):
         load_config(files["dlm-margin/margin.yaml"], ["decoding.delta=2"])
+
+
+def test_tutorial_cache_policy_is_found_through_its_entry_point(tmp_path, monkeypatch):
+    files = write_files(tmp_path)
+    project = files["dlm-stride/pyproject.toml"].parent
+    fake_install(project, tmp_path / "site")
+    monkeypatch.syspath_prepend(str(project / "src"))
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for module in [m for m in sys.modules if m.startswith("dlm_stride")]:
+        monkeypatch.delitem(sys.modules, module)
+    from dlm.cache import PrefixCache
+    from dlm.registry import resolve
+
+    cls = resolve("cache", "stride")
+    assert issubclass(cls, PrefixCache) and cls.Config().refresh_every == 2

@@ -52,11 +52,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from dlm.tools import benchmark as bm
+    from dlm.commands import check_output, check_positive
     from dlm.errors import InputError
+    from dlm.tools import benchmark as bm
 
+    check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size, "--repeats": args.repeats})
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
+    for flag, path in (("--json-out", args.json_out), ("--md-out", args.md_out)):
+        if path:
+            check_output(path, flag, directory=False)
+    if args.model_cache:
+        check_output(args.model_cache, "--model-cache", directory=True)
     if args.labels and len(args.labels) != len(args.configs):
         raise InputError(f"--label given {len(args.labels)} times for {len(args.configs)} configs")
+    if args.labels and len(set(args.labels)) != len(args.labels):
+        twice = next(x for x in args.labels if args.labels.count(x) > 1)
+        raise InputError(f"--label {twice!r} is given twice; the labels name the rows of the table, so they must differ")
     overrides = list(args.overrides)
     if args.threads is not None:
         overrides.append(f"threads={args.threads}")

@@ -30,16 +30,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlm.commands import check_output
     from dlm.errors import InputError
     from dlm.tools.evaluation import builtin_policies, evaluate, load_policies, markdown_table, write_report
     from dlm.tools.tasks import TASKS
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(TASKS)
+    if not tasks:
+        raise InputError(f"--tasks names no task; known tasks: {', '.join(TASKS)}")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise InputError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
     if args.n <= 0 or args.batch_size <= 0:
         raise InputError("--n and --batch-size must be positive")
+    check_output(args.out, "--out", directory=True)
     policies = load_policies(args.configs, args.overrides) if args.configs else builtin_policies(args.overrides)
     names = [p.name for p in policies]
     if len(set(names)) != len(names):

@@ -43,13 +43,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlm.commands import check_output, check_positive
     from dlm.errors import InputError
     from dlm.tools.train.loop import TrainConfig, train_and_save
 
+    check_positive(**{"--steps": args.steps, "--batch-size": args.batch_size, "--lr": args.lr, "--dim": args.dim,
+                      "--layers": args.layers, "--heads": args.heads, "--ffn": args.ffn, "--threads": args.threads,
+                      "--minutes": args.minutes})
+    if args.warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     if args.dim % args.heads:
         raise InputError(f"--dim {args.dim} must be a multiple of --heads {args.heads}")
-    if args.steps <= 0 or args.batch_size <= 0:
-        raise InputError("--steps and --batch-size must be positive")
+    check_output(args.out, "--out", directory=True)
+    if args.init is not None:
+        from dlm.models.checkpoint import read_config
+        from dlm.models.llada import llada_spec
+
+        llada_spec(read_config(args.init), args.init)  # a bad --init fails now, not after the data is built
     cfg = TrainConfig(
         dim=args.dim, n_layers=args.layers, n_heads=args.heads, ffn_dim=args.ffn, steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, warmup=min(args.warmup, args.steps), seed=args.seed,

@@ -68,6 +68,12 @@ def left_padded_canvas(
     for i, n in enumerate(lengths):
         if n == 0:
             raise InputError(f"prompt {i} is empty; give at least one token")
+        if gen_length >= capabilities.max_length:
+            raise InputError(
+                f"gen_length {gen_length} alone fills the model's context of {capabilities.max_length} tokens, "
+                f"leaving no room for prompt {i} ({n} tokens); lower gen_length to at most "
+                f"{capabilities.max_length - n}"
+            )
         if n + gen_length > capabilities.max_length:
             raise InputError(
                 f"prompt {i} has {n} tokens; with gen_length {gen_length} that is {n + gen_length} tokens, "

@@ -36,6 +36,11 @@ class BlockwiseConfig(BaseModel):
                 f"block_length ({self.block_length}) must divide gen_length ({self.gen_length}); "
                 f"for example block_length={_divisor_near(self.gen_length, self.block_length)}"
             )
+        if self.steps > self.gen_length:
+            raise ValueError(
+                f"steps ({self.steps}) exceeds gen_length ({self.gen_length}): every step commits at least one "
+                f"token, so at most {self.gen_length} steps can run; set steps to at most {self.gen_length}"
+            )
         blocks = self.gen_length // self.block_length
         if self.steps % blocks:
             raise ValueError(

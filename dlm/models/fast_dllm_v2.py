@@ -13,10 +13,12 @@ are final: the block-level cache (``cache: block``) is exact.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
-from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
+from dlm.models.checkpoint import config_int
 from dlm.models.layers import TransformerSpec
 from dlm.models.qwen2 import Qwen2Family, Qwen2FamilyConfig
 
@@ -41,9 +43,7 @@ class FastDLLMv2Model(Qwen2Family):
 
     @classmethod
     def capabilities_for(cls, config, cfg: dict, spec: TransformerSpec, mask_id: int, eos: tuple[int, ...]):
-        bd = config.bd_size or cfg.get("bd_size") or V2_BLOCK_SIZE
-        if int(bd) <= 0:
-            raise CheckpointError(f"bd_size must be positive, got {bd}")
+        bd = config.bd_size or config_int(cfg, "bd_size", Path(config.path), V2_BLOCK_SIZE, minimum=1)
         return ModelCapabilities(
             mask_id=mask_id,
             eos_ids=eos,

@@ -11,11 +11,18 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
-from dlm.models.checkpoint import read_config
+from dlm.models.checkpoint import (
+    check_token_ids,
+    config_bool,
+    config_float,
+    config_ids,
+    config_int,
+    read_config,
+)
 from dlm.models.layers import Transformer, TransformerSpec
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -39,14 +46,20 @@ class LLaDAConfig(BaseModel):
     path: Path | None = Field(None, description="checkpoint directory; omitted: the embedded demo model")
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     eos_token_ids: tuple[int, ...] | None = Field(
-        None, description="end tokens; default: config eos_token_id plus <|eot_id|> when the tokenizer has it"
+        None, min_length=1, description="end tokens; default: config eos_token_id plus <|eot_id|> when the tokenizer has it"
     )
 
+    @field_validator("path", mode="before")
+    @classmethod
+    def _not_empty(cls, value):
+        return nonempty_path(value)
 
-def _require(cfg: dict, key: str, directory: Path):
-    if cfg.get(key) is None:
-        raise CheckpointError(f"{directory}/config.json has no {key!r}; a LLaDA config needs it")
-    return cfg[key]
+
+def nonempty_path(value):
+    """Refuse an empty ``path`` (which would silently mean the current directory); expand ``~``."""
+    if isinstance(value, str) and not value.strip():
+        raise ValueError("is empty; give a checkpoint directory (or leave path out for the embedded demo model)")
+    return Path(value).expanduser() if isinstance(value, (str, Path)) else value
 
 
 def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
@@ -59,23 +72,32 @@ def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
             raise CheckpointError(f"{directory}/config.json: {key}=true is not supported by the llada adapter")
     if cfg.get("rope") is False:
         raise CheckpointError(f"{directory}/config.json: rope=false is not supported (LLaDA uses RoPE)")
-    d_model = int(_require(cfg, "d_model", directory))
-    n_heads = int(_require(cfg, "n_heads", directory))
-    vocab = int(_require(cfg, "vocab_size", directory))
-    ffn = cfg.get("mlp_hidden_size") or int(cfg.get("mlp_ratio", 4) * d_model)
+    d_model = config_int(cfg, "d_model", directory, minimum=1)
+    n_heads = config_int(cfg, "n_heads", directory, minimum=1)
+    n_kv_heads = config_int(cfg, "n_kv_heads", directory, n_heads, minimum=1)
+    if d_model % n_heads:
+        raise CheckpointError(f"{directory}/config.json: d_model {d_model} is not a multiple of n_heads {n_heads}")
+    if n_heads % n_kv_heads:
+        raise CheckpointError(
+            f"{directory}/config.json: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}"
+        )
+    vocab = config_int(cfg, "vocab_size", directory, minimum=1)
+    vocab = config_int(cfg, "embedding_size", directory, vocab, minimum=vocab)
+    ratio = config_float(cfg, "mlp_ratio", directory, 4.0, positive=True)
     return TransformerSpec(
-        vocab_in=int(cfg.get("embedding_size") or vocab),
-        vocab_out=int(cfg.get("embedding_size") or vocab),
+        vocab_in=vocab,
+        vocab_out=vocab,
         dim=d_model,
-        n_layers=int(_require(cfg, "n_layers", directory)),
+        n_layers=config_int(cfg, "n_layers", directory, minimum=1),
         n_heads=n_heads,
-        n_kv_heads=int(cfg.get("n_kv_heads") or n_heads),
-        ffn_dim=int(ffn),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        max_length=int(cfg.get("max_sequence_length", 4096)),
-        qkv_bias=bool(cfg.get("include_bias") or cfg.get("include_qkv_bias")),
-        tied=bool(cfg.get("weight_tying", False)),
+        n_kv_heads=n_kv_heads,
+        ffn_dim=config_int(cfg, "mlp_hidden_size", directory, max(1, int(ratio * d_model)), minimum=1),
+        norm_eps=config_float(cfg, "rms_norm_eps", directory, 1e-5, positive=True),
+        rope_theta=config_float(cfg, "rope_theta", directory, 10000.0, positive=True),
+        max_length=config_int(cfg, "max_sequence_length", directory, 4096, minimum=2),
+        qkv_bias=config_bool(cfg, "include_bias", directory, False)
+        or config_bool(cfg, "include_qkv_bias", directory, False),
+        tied=config_bool(cfg, "weight_tying", directory, False),
     )
 
 
@@ -122,20 +144,17 @@ class LLaDAModel(TransformerAdapter):
             )
         cfg = read_config(directory)
         spec = llada_spec(cfg, directory)
-        net = load_transformer(directory, spec, llada_names(spec), dtype=dtype, device=torch.device(device))
         tokenizer = Tokenizer.maybe_load(directory)
         if config.eos_token_ids:
             eos = tuple(config.eos_token_ids)
         else:
-            eos_ids = [int(cfg.get("eos_token_id", LLADA_EOS_ID))]
-            eot = cfg.get("eot_token_id") or (tokenizer.token_id(EOT_TOKEN) if tokenizer else None)
-            if eot is not None and eot not in eos_ids:
-                eos_ids.append(int(eot))
+            eos_ids = config_ids(cfg, "eos_token_id", directory) or [LLADA_EOS_ID]
+            eot = config_ids(cfg, "eot_token_id", directory) or [tokenizer.token_id(EOT_TOKEN) if tokenizer else None]
+            eos_ids += [e for e in eot if e is not None and e not in eos_ids]
             eos = tuple(eos_ids)
-        caps = ModelCapabilities(
-            mask_id=int(cfg.get("mask_token_id", LLADA_MASK_ID)),
-            eos_ids=eos,
-            max_length=spec.max_length,
-            vocab_size=spec.vocab_in,
-        )
+        mask_id = config_int(cfg, "mask_token_id", directory, LLADA_MASK_ID)
+        check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)
+        caps = ModelCapabilities(mask_id=mask_id, eos_ids=eos, max_length=spec.max_length, vocab_size=spec.vocab_in)
+        # the weights last: every cheap check above fails before gigabytes are read
+        net = load_transformer(directory, spec, llada_names(spec), dtype=dtype, device=torch.device(device))
         return cls(config, net, caps, tokenizer)

@@ -14,12 +14,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
-from dlm.models.checkpoint import read_config
+from dlm.models.checkpoint import (
+    check_token_ids,
+    config_bool,
+    config_float,
+    config_ids,
+    config_int,
+    read_config,
+)
 from dlm.models.layers import Transformer, TransformerSpec
+from dlm.models.llada import nonempty_path
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
 
@@ -34,62 +42,66 @@ class Qwen2FamilyConfig(BaseModel):
     path: Path = Field(..., description="checkpoint directory (config.json, *.safetensors, tokenizer files)")
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     mask_token_id: int | None = Field(None, description="MASK id; default: config.json mask_token_id")
-    eos_token_ids: tuple[int, ...] | None = Field(None, description="end tokens; default: from config.json")
+    eos_token_ids: tuple[int, ...] | None = Field(
+        None, min_length=1, description="end tokens; default: from config.json"
+    )
 
-
-def _require(cfg: dict, key: str, directory: Path):
-    if cfg.get(key) is None:
-        raise CheckpointError(f"{directory}/config.json has no {key!r}; a Qwen2-layout config needs it")
-    return cfg[key]
+    @field_validator("path", mode="before")
+    @classmethod
+    def _not_empty(cls, value):
+        return nonempty_path(value)
 
 
 def rope_theta(cfg: dict, directory: Path) -> float:
     """RoPE base from ``rope_theta`` (transformers 4.x) or ``rope_parameters`` (5.x); only plain RoPE."""
     params = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or {}
-    for source in (params, scaling):
+    for key, source in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if not isinstance(source, dict):
+            raise CheckpointError(f"{directory}/config.json: {key} must be an object, got {source!r}")
         kind = source.get("rope_type", source.get("type", "default"))
         if kind not in ("default", None):
             raise CheckpointError(
                 f"{directory}/config.json: rope type {kind!r} is not supported (only plain RoPE, 'default')"
             )
-    theta = params.get("rope_theta", cfg.get("rope_theta"))
-    return float(theta if theta is not None else 10000.0)
+    if params.get("rope_theta") is not None:
+        return config_float(params, "rope_theta", directory, 10000.0, positive=True)
+    return config_float(cfg, "rope_theta", directory, 10000.0, positive=True)
 
 
 def qwen2_spec(cfg: dict, directory: Path) -> TransformerSpec:
     """Translate Qwen2's config.json fields into a :class:`TransformerSpec`, refusing unsupported variants."""
-    if cfg.get("use_sliding_window"):
+    if config_bool(cfg, "use_sliding_window", directory, False):
         raise CheckpointError(f"{directory}/config.json: use_sliding_window=true is not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{directory}/config.json: hidden_act={cfg['hidden_act']!r} is not supported (silu)")
-    dim = int(_require(cfg, "hidden_size", directory))
-    heads = int(_require(cfg, "num_attention_heads", directory))
+    dim = config_int(cfg, "hidden_size", directory, minimum=1)
+    heads = config_int(cfg, "num_attention_heads", directory, minimum=1)
     if dim % heads:
         raise CheckpointError(f"{directory}/config.json: hidden_size {dim} is not a multiple of {heads} heads")
-    head_dim = cfg.get("head_dim")
-    if head_dim is not None and int(head_dim) != dim // heads:
+    head_dim = config_int(cfg, "head_dim", directory, dim // heads)
+    if head_dim != dim // heads:
         raise CheckpointError(
             f"{directory}/config.json: head_dim {head_dim} differs from hidden_size / num_attention_heads "
             f"= {dim // heads}, which Qwen2 requires"
         )
-    kv_heads = int(cfg.get("num_key_value_heads") or heads)
+    kv_heads = config_int(cfg, "num_key_value_heads", directory, heads, minimum=1)
     if heads % kv_heads:
         raise CheckpointError(f"{directory}/config.json: {heads} heads not divisible by {kv_heads} kv heads")
-    vocab = int(_require(cfg, "vocab_size", directory))
+    vocab = config_int(cfg, "vocab_size", directory, minimum=1)
     return TransformerSpec(
         vocab_in=vocab,
         vocab_out=vocab,
         dim=dim,
-        n_layers=int(_require(cfg, "num_hidden_layers", directory)),
+        n_layers=config_int(cfg, "num_hidden_layers", directory, minimum=1),
         n_heads=heads,
         n_kv_heads=kv_heads,
-        ffn_dim=int(_require(cfg, "intermediate_size", directory)),
-        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        ffn_dim=config_int(cfg, "intermediate_size", directory, minimum=1),
+        norm_eps=config_float(cfg, "rms_norm_eps", directory, 1e-6, positive=True),
         rope_theta=rope_theta(cfg, directory),
-        max_length=int(cfg.get("max_position_embeddings", 32768)),
-        qkv_bias=bool(cfg.get("attention_bias", True)),
-        tied=bool(cfg.get("tie_word_embeddings", False)),
+        max_length=config_int(cfg, "max_position_embeddings", directory, 32768, minimum=2),
+        qkv_bias=config_bool(cfg, "attention_bias", directory, True),
+        tied=config_bool(cfg, "tie_word_embeddings", directory, False),
     )
 
 
@@ -117,12 +129,6 @@ def qwen2_names(spec: TransformerSpec) -> dict[str, str]:
     return names
 
 
-def _ids(value) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
 class Qwen2Family(TransformerAdapter):
     """Loading shared by the Qwen2-layout adapters; subclasses set their defaults and capabilities."""
 
@@ -143,23 +149,22 @@ class Qwen2Family(TransformerAdapter):
         raise NotImplementedError
 
     @classmethod
-    def default_eos(cls, cfg: dict) -> tuple[int, ...]:
-        return tuple(_ids(cfg.get("eos_token_id"))) or cls.default_eos_ids
+    def default_eos(cls, cfg: dict, directory: Path) -> tuple[int, ...]:
+        return tuple(config_ids(cfg, "eos_token_id", directory)) or cls.default_eos_ids
 
     @classmethod
     def load(cls, config, *, dtype: torch.dtype, device: torch.device):
         directory = Path(config.path)
         cfg = read_config(directory)
         spec = qwen2_spec(cfg, directory)
-        net = load_transformer(directory, spec, qwen2_names(spec), dtype=dtype, device=torch.device(device))
         tokenizer = Tokenizer.maybe_load(directory)
-        mask_id = config.mask_token_id if config.mask_token_id is not None else cfg.get("mask_token_id")
-        mask_id = int(mask_id if mask_id is not None else cls.default_mask_id)
-        if not 0 <= mask_id < spec.vocab_in:
-            raise CheckpointError(
-                f"{directory}: mask token id {mask_id} is outside the vocabulary of {spec.vocab_in}; set "
-                f"model.mask_token_id or mask_token_id in config.json"
-            )
-        eos = tuple(config.eos_token_ids) if config.eos_token_ids else cls.default_eos(cfg)
+        if config.mask_token_id is not None:
+            mask_id = config.mask_token_id
+        else:
+            mask_id = config_int(cfg, "mask_token_id", directory, cls.default_mask_id)
+        eos = tuple(config.eos_token_ids) if config.eos_token_ids else cls.default_eos(cfg, directory)
+        check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)
         caps = cls.capabilities_for(config, cfg, spec, mask_id, eos)
+        # the weights last: every cheap check above fails before gigabytes are read
+        net = load_transformer(directory, spec, qwen2_names(spec), dtype=dtype, device=torch.device(device))
         return cls(config, net, caps, tokenizer, cfg)

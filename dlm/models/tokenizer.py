@@ -1,7 +1,8 @@
 """Tokenizer loading from a checkpoint directory (``tokenizer.json`` + ``tokenizer_config.json``).
 
 Uses transformers' fast tokenizer class directly, so no remote code can run; the chat template is read from
-the directory when present.
+the directory when present. Text the vocabulary cannot represent is refused, not silently mapped to the
+unknown token (docs/errors.md): a model never sees what the user did not write.
 """
 
 from __future__ import annotations
@@ -37,15 +38,49 @@ class Tokenizer:
         tid = self._tok.convert_tokens_to_ids(token)
         return None if tid is None or tid == self._tok.unk_token_id and token != self._tok.unk_token else tid
 
+    def render_chat(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        """``messages`` ([{"role": ..., "content": ...}, ...]) as text, through the checkpoint's chat template."""
+        if not self.has_chat_template:
+            raise InputError("a chat template was asked for, but this checkpoint's tokenizer has no chat template")
+        return self._tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def _unknown(self) -> tuple[int, str] | None:
+        """(id, text) of the token that stands for text outside the vocabulary, or None (byte-level BPE)."""
+        model = self._tok.backend_tokenizer.model
+        unk = getattr(model, "unk_token", None)  # WordLevel, WordPiece, BPE
+        if unk:
+            uid = self._tok.backend_tokenizer.token_to_id(unk)
+            return None if uid is None else (uid, unk)
+        uid = getattr(model, "unk_id", None)  # Unigram
+        return None if uid is None else (uid, self._tok.backend_tokenizer.id_to_token(uid))
+
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
+        """Token ids of ``text``; characters the vocabulary lacks raise :class:`InputError` naming them."""
         if chat:
-            if not self.has_chat_template:
-                raise InputError("chat_template is on, but this checkpoint's tokenizer has no chat template")
-            text = self._tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-            return list(self._tok(text, add_special_tokens=False)["input_ids"])
-        return list(self._tok(text, add_special_tokens=False)["input_ids"])
+            text = self.render_chat([{"role": "user", "content": text}])
+        return self._ids(text)
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        """Ids of a conversation (``[{"role": ..., "content": ...}, ...]``) in the chat template, ready for the
+        assistant's answer."""
+        return self._ids(self.render_chat(messages))
+
+    def _ids(self, text: str) -> list[int]:
+        # verbose=False: the context length is dlm's to check, with its own message (no stray warning first)
+        enc = self._tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        ids = list(enc["input_ids"])
+        unknown = self._unknown()
+        if unknown is not None and unknown[0] in ids:
+            chars = sorted({text[a:b] for i, (a, b) in zip(ids, enc["offset_mapping"])
+                            if i == unknown[0] and text[a:b] != unknown[1]})
+            if chars:
+                shown = ", ".join(repr(c) for c in chars[:10])
+                shown += f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+                raise InputError(
+                    f"text holds {shown}, which this tokenizer cannot represent (it would silently become "
+                    f"{unknown[1]!r}); remove or replace {'it' if len(chars) == 1 else 'them'}"
+                )
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

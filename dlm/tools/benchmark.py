@@ -79,10 +79,17 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
             allowed = ", ".join(sorted(_INT_FIELDS | _BOOL_FIELDS))
             raise ConfigError(f"--random-model: unknown field {key!r}; allowed: {allowed}")
         text = str(value).strip()
+        if key in _BOOL_FIELDS:
+            if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                raise ConfigError(f"--random-model: {key}={text!r} is not true or false")
+            out[key] = text.lower() in ("1", "true", "yes")
+            continue
         try:
-            out[key] = text.lower() in ("1", "true", "yes") if key in _BOOL_FIELDS else int(text)
+            out[key] = int(text)
         except ValueError:
             raise ConfigError(f"--random-model: {key}={text!r} is not an integer") from None
+        if out[key] < (0 if key == "seed" else 1):
+            raise ConfigError(f"--random-model: {key}={text} must be {'0 or more' if key == 'seed' else 'positive'}")
     if out["d_model"] % out["n_heads"]:
         raise ConfigError(f"--random-model: n_heads ({out['n_heads']}) must divide d_model ({out['d_model']})")
     return out
@@ -145,9 +152,15 @@ def random_prompts(count: int, length: int, vocab: int, avoid: Sequence[int], se
 def read_prompts_file(path: str | Path) -> list[str]:
     """Non-empty lines of a text file (``\\n`` escapes allowed inside a line)."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise InputError(f"prompts file {path} is a directory; give a text file, one prompt per line")
+    if not path.exists():
         raise InputError(f"prompts file {path} does not exist")
-    lines = [ln.replace("\\n", "\n") for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"prompts file {path} is not UTF-8 text (byte offset {err.start}); save it as UTF-8") from None
+    lines = [ln.replace("\\n", "\n") for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise InputError(f"prompts file {path} has no prompt (one per non-empty line)")
     return lines
@@ -190,16 +203,8 @@ def build_entries(
     for name, cfg in zip(names, configs):
         key = _model_key(cfg)
         if key not in models:
-            models[key] = Pipeline.from_config(cfg).model
-        model = models[key]
-        pipe = Pipeline(
-            model,
-            cfg.iteration.cls(cfg.iteration.config),
-            cfg.decoding.cls(cfg.decoding.config),
-            cfg.cache.cls(cfg.cache.config),
-            seed=cfg.run.seed,
-            config=cfg,
-        )
+            models[key] = Pipeline.from_config(cfg).model  # configs on the same checkpoint share it
+        pipe = Pipeline.from_config(cfg, model=models[key])
         entries.append(BenchEntry(label=name, config=cfg, pipeline=pipe))
     return entries
 

@@ -32,10 +32,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def write_char_tokenizer(directory: Path, chars: str = CHARS, *, chat_template: str | None = CHAT_TEMPLATE) -> int:
+def write_char_tokenizer(
+    directory: Path, chars: str = CHARS, *, chat_template: str | None = CHAT_TEMPLATE, model_max_length: int = 512
+) -> int:
     """Write a character-level ``tokenizer.json`` + ``tokenizer_config.json``; return the vocabulary size.
 
     Ids: the special tokens first (EOS 0, EOT 1, MASK 2, ...), then one id per character.
+    ``model_max_length`` is the model's context (its config.json ``max_sequence_length``): the two agree.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -55,7 +58,7 @@ def write_char_tokenizer(directory: Path, chars: str = CHARS, *, chat_template: 
         "bos_token": "<|startoftext|>",
         "pad_token": SPECIAL_TOKENS[EOS_ID],
         "mask_token": SPECIAL_TOKENS[MASK_ID],
-        "model_max_length": 4096,
+        "model_max_length": model_max_length,
     }
     if chat_template:
         config["chat_template"] = chat_template
@@ -171,7 +174,7 @@ def make_llada_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = write_char_tokenizer(directory) if tokenizer else 0
+    vocab = write_char_tokenizer(directory, model_max_length=max_sequence_length) if tokenizer else 0
     vocab = max(vocab, vocab_size or 0) or 64
     cfg = llada_config(
         vocab_size=vocab, d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from dlm.config import PipelineConfig, build_config, load_config, load_yaml
+from dlm.errors import InputError
 from dlm.tools.tasks import TASKS, Task
 
 BASELINE_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -101,7 +102,7 @@ def evaluate(
                 chunk = examples[i : i + batch_size]
                 out = pipeline.generate([ex.prompt for ex in chunk])
                 if out.texts is None:
-                    raise ValueError(f"policy {policy.name!r}: the model has no tokenizer, cannot score text")
+                    raise InputError(f"policy {policy.name!r}: the model has no tokenizer, cannot score text")
                 correct += sum(task.score(ex.prompt, text) for ex, text in zip(chunk, out.texts))
                 nfe += sum(out.nfe)
                 committed += sum(sum(s) for s in out.tokens_per_step)

@@ -110,7 +110,7 @@ def make_qwen2_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = write_char_tokenizer(directory)
+    vocab = write_char_tokenizer(directory, model_max_length=max_position_embeddings)
     cfg = qwen2_config(
         vocab_size=vocab, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
         num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,

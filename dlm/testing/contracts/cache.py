@@ -1,5 +1,6 @@
 """Checks of a cache manager: ``plans`` (each plan stays within the canvas, names the window's rows,
-covers the window, and the model's KV writes stay inside it, checked by a model probe on every forward),
+covers the window's logits span, also when a strategy widens it to the whole generation region, and the
+model's KV writes stay inside the planned columns, checked by a model probe on every forward),
 ``exact_at_refresh`` (refresh and uncached whole-canvas forwards equal a full no-cache forward),
 ``deterministic`` and ``batched``."""
 
@@ -131,12 +132,23 @@ class _Staggered(LowConfidence):
         return type(commit)(torch.where(odd, window.eligible, commit.select), commit.tokens)
 
 
+class _WideLogits(LowConfidence):
+    """Asks for the logits of the whole generation region every step (as early-exit rules do)."""
+
+    def prepare(self, state: GenerationState, window: Window) -> Window:
+        return window.widen(min(state.gen_start, window.start), state.length)
+
+    def select(self, logits: Tensor, window: Window, generator: RowRNG):
+        return super().select(window.window_logits(logits), window, generator)
+
+
 def _cache_runs(cls, config_dict, exact: bool):
     model = model_for(cls(_config(cls, config_dict)))
     for iteration, decoding in (
         (BlockwiseConfig(**SMALL_ITERATION), LowConfidence(LowConfidenceConfig())),
         (BlockwiseConfig(**SMALL_ITERATION), _Staggered(LowConfidenceConfig())),
         (BlockwiseConfig(gen_length=16, block_length=4, steps=4), LowConfidence(LowConfidenceConfig())),
+        (BlockwiseConfig(**SMALL_ITERATION), _WideLogits(LowConfidenceConfig())),
     ):
         on_forward = _cache_probe(model.capabilities.logit_shift, exact)
         it = Blockwise(iteration)

@@ -35,7 +35,7 @@ def save_llada_checkpoint(
     """Write ``net`` to ``directory`` as config.json + model.safetensors + tokenizer files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = write_char_tokenizer(directory, chat_template=None)
+    vocab = write_char_tokenizer(directory, chat_template=None, model_max_length=net.spec.max_length)
     if vocab != net.spec.vocab_in:
         raise ValueError(f"the model has {net.spec.vocab_in} embeddings, the tokenizer {vocab} tokens")
     names = llada_names(net.spec)

@@ -1,0 +1,46 @@
+"""Serve a pipeline over an OpenAI-compatible HTTP API (completions, chat completions, per-step streaming),
+batching concurrent requests, with a page at / that shows the canvas denoising (docs/serving.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+from dlm.commands import add_config_arguments, default_config_path
+
+HELP = "serve a pipeline over an OpenAI-compatible HTTP API (needs the [serve] extra)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_config_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    p.add_argument("--model-name", help="the model id clients send (default: the checkpoint folder's name)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="rows per batched generation (default 16)")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting for the model before new ones get 429 (default 64)")
+    p.add_argument("--max-tokens", type=int, help="the largest max_tokens a request may ask (default: the context)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def run(args: argparse.Namespace) -> int:
+    from dlm.errors import DlmError
+
+    try:
+        import uvicorn
+
+        from dlm.tools.serve.app import create_app, default_model_name
+    except ImportError as err:
+        missing = f"{err.name} is missing"
+        raise DlmError(f"dlm serve needs FastAPI and uvicorn ({missing}): pip install 'dlm[serve]'") from err
+    from dlm.pipeline import Pipeline
+
+    pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)
+    app = create_app(
+        pipeline, model_name=args.model_name, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+    )
+    name = args.model_name or default_model_name(pipeline)
+    print(f"dlm serve: model {name!r} on http://{args.host}:{args.port} (open it in a browser to watch the canvas)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,94 @@
+"""lm-eval's own command line with the ``dlm`` model registered and dlm's tasks on the task path.
+
+lm-eval 0.4 finds no models outside its package by itself: a model must be imported before its command line
+runs (this is what Fast-dLLM's and dInfer's evaluation scripts do). The launcher imports
+:mod:`dlm.tools.lm_eval.model`, adds the shipped ``tasks/`` directory to every task manager lm-eval builds
+(next to any ``--include_path``; when every ``--tasks`` name is a shipped task, lm-eval's own task files are
+not indexed), defaults ``--model`` to ``dlm``, then runs lm-eval's CLI on the arguments.
+It runs under ``torchrun`` as well: ``torchrun --nproc-per-node 2 -m dlm lm-eval ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from dlm.tools.lm_eval import require_lm_eval, tasks_dir
+
+SUBCOMMANDS_WITHOUT_MODEL = {"ls", "validate", "-h", "--help"}
+_SETTINGS = {"include_defaults": True}
+
+
+def shipped_task_names() -> set[str]:
+    """Tasks, groups and tags defined in dlm's ``tasks/`` directory."""
+    from lm_eval.tasks import TaskManager
+
+    return set(TaskManager(include_path=str(tasks_dir()), include_defaults=False).all_tasks)
+
+
+def requested_tasks(argv: Sequence[str]) -> list[str]:
+    """The names given to ``--tasks`` in ``argv`` (empty when none)."""
+    for i, arg in enumerate(argv):
+        if arg == "--tasks" and i + 1 < len(argv):
+            return [t for t in argv[i + 1].split(",") if t]
+        if arg.startswith("--tasks="):
+            return [t for t in arg.split("=", 1)[1].split(",") if t]
+    return []
+
+
+def add_shipped_tasks(*, include_defaults: bool = True) -> None:
+    """Make every lm-eval ``TaskManager`` also index dlm's ``tasks/`` directory.
+
+    ``include_defaults=False`` skips indexing lm-eval's own few thousand task files (about 10 s on a small
+    machine), which only tasks defined elsewhere need.
+    """
+    from lm_eval.tasks import TaskManager
+
+    _SETTINGS["include_defaults"] = include_defaults
+    init = TaskManager.__init__
+    if getattr(init, "_dlm_tasks", False):
+        return
+
+    def __init__(self, *args, include_path=None, **kwargs):
+        if not _SETTINGS["include_defaults"]:
+            kwargs["include_defaults"] = False
+        if include_path is None:
+            paths: list = []
+        elif isinstance(include_path, (list, tuple)):
+            paths = list(include_path)
+        else:
+            paths = [include_path]
+        if not any(Path(p).resolve() == tasks_dir().resolve() for p in paths):
+            paths.insert(0, str(tasks_dir()))  # user paths come later, so their tasks take precedence
+        init(self, *args, include_path=paths, **kwargs)
+
+    __init__._dlm_tasks = True
+    TaskManager.__init__ = __init__
+
+
+def with_default_model(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--model dlm`` added when an evaluation names no model."""
+    argv = list(argv)
+    if not argv or argv[0] in SUBCOMMANDS_WITHOUT_MODEL:
+        return argv
+    if any(a == "--model" or a.startswith("--model=") for a in argv):
+        return argv
+    return [*argv, "--model", "dlm"]
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run lm-eval's command line on ``argv`` (the arguments after ``dlm lm-eval``)."""
+    require_lm_eval()
+    import dlm.tools.lm_eval.model  # noqa: F401  (registers "dlm")
+    from lm_eval.__main__ import cli_evaluate
+
+    tasks = requested_tasks(argv)
+    add_shipped_tasks(include_defaults=not tasks or not set(tasks) <= shipped_task_names())
+    saved = sys.argv
+    sys.argv = ["lm-eval", *with_default_model(argv)]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
+    return 0
