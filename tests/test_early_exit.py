@@ -49,12 +49,12 @@ def test_an_exit_that_fires_at_once_takes_one_forward(tiny_ckpt, decoding):
 
 
 def test_prophet_exits_at_the_first_late_step_with_that_forwards_proposals(tiny_ckpt):
-    """gaps (inf, inf, 0) with T = 16: the first step with t/T >= 0.67 is t = 11. The first 10 steps are the
+    """gaps (1e9, 1e9, 0) with T = 16: the first step with t/T >= 0.67 is t = 11. The first 10 steps are the
     base rule's; the 11th forward's argmax (never MASK) fills every position still masked."""
     prompts = [[5, 6, 7], [8, 9]]
     base, canvases = build(tiny_ckpt, {"name": "low_confidence"}), []
     base.generate(input_ids=prompts, trace=lambda s: canvases.append(s.canvas.clone()))
-    pipe = build(tiny_ckpt, {"name": "prophet", "gaps": [math.inf, math.inf, 0.0]})
+    pipe = build(tiny_ckpt, {"name": "prophet", "gaps": [1e9, 1e9, 0.0]})
     out = pipe.generate(input_ids=prompts)
     assert out.nfe == [11, 11]
     state = out.state
@@ -69,7 +69,7 @@ def test_prophet_exits_at_the_first_late_step_with_that_forwards_proposals(tiny_
 
 @pytest.mark.parametrize("cache", ["none", "dual"])
 @pytest.mark.parametrize("decoding", [{"name": "sched", "tau_high": 3.0, "tau_low": 0.0, "schedule": "cosine"},
-                                      {"name": "prophet", "gaps": [math.inf, math.inf, 0.0]}])
+                                      {"name": "prophet", "gaps": [1e9, 1e9, 0.0]}])
 def test_a_firing_exit_saves_forwards(tiny_ckpt, cache, decoding):
     base = run(build(tiny_ckpt, {"name": "low_confidence"}, cache), [[5, 6, 7]])
     fired = run(build(tiny_ckpt, decoding, cache), [[5, 6, 7]])
