@@ -82,7 +82,8 @@ class Window:
 
     ``rows`` are the rows taking part (not done, still masked in the window); all row-shaped tensors here
     are indexed like ``rows``. Columns ``[start, end)`` of the canvas are the window. The block geometry
-    (``block``, ``block_start``/``block_end``, per-row sub-blocks, ``step``) is everything a cache or a
+    (``block``, ``block_start``/``block_end``, per-row sub-blocks, ``step``, the step budget ``total_steps``)
+    is everything a cache or a
     strategy may need to know of the schedule, so no component reads another's private progress.
 
     Logits come for the span ``[logits_start, logits_end)`` (the window unless a strategy widened it, see
@@ -106,6 +107,7 @@ class Window:
     candidates: Candidates | None = None  # several canvases per row in this step's forward (see Candidates)
     reorder: bool = False  # causal models: the forward sees committed columns before pending ones, each at its
     # own position (WeDLM's topological reordering), so every pending column attends to every committed one
+    total_steps: int | None = None  # the schedule's step budget T over the whole generation (None: no fixed budget)
 
     def __post_init__(self) -> None:
         for name, value in (("block_start", self.start), ("block_end", self.end),

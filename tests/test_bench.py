@@ -124,7 +124,7 @@ def test_examples_validate():
 
     root = Path(__file__).parent.parent / "examples"
     names = ("none", "prefix", "dual", "threshold", "prefix_threshold", "dual_threshold", "dual_factor",
-             "dparallel-llada")
+             "dparallel-llada", "vicinity", "dkv")
     for path in (root / f"{n}.yaml" for n in names):
         cfg = load_config(path)
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32

@@ -25,6 +25,7 @@ class BlockProgress:
     step: int = 0  # step index inside the current block
     tick: int = 0  # index into a timestep schedule (Dream's); unlike ``step``, ticks that commit nothing are skipped
     schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of this block
+    total_steps: int | None = None  # the configured steps over the whole generation (Window.total_steps)
 
 
 class IterationManager(ABC):

@@ -85,7 +85,7 @@ def block_window(state: GenerationState, rows: Tensor, start: int, end: int, eli
     p: BlockProgress = state.progress
     return Window(
         rows=rows, start=start, end=end, eligible=eligible, quota=quota, step=p.step, mask_id=state.mask_id,
-        block=p.block, block_start=p.start, block_end=p.end,
+        block=p.block, block_start=p.start, block_end=p.end, total_steps=p.total_steps,
     )
 
 
@@ -95,6 +95,7 @@ class Blockwise(IterationManager):
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
         self._begin_block(state, 0)
+        state.progress.total_steps = self.config.steps
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:

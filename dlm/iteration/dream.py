@@ -76,7 +76,8 @@ class DreamIteration(IterationManager):
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        state.progress = BlockProgress(block=0, start=state.gen_start, end=state.length)  # one block: the region
+        state.progress = BlockProgress(block=0, start=state.gen_start, end=state.length,  # one block: the region
+                                       total_steps=self.config.steps)
         self._settle(state)
         return state
 
@@ -129,6 +130,7 @@ class DreamBlockwise(IterationManager):
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
         self._begin_block(state, 0)
+        state.progress.total_steps = self.config.steps
         return state
 
     def _begin_block(self, state: GenerationState, block: int) -> None:
