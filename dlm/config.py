@@ -52,6 +52,12 @@ class RunSettings(BaseModel):
     threads: int | None = Field(
         None, ge=1, description="torch CPU threads; default: half the usable cores (at least 1), never oversubscribing"
     )
+    compile: bool = Field(
+        False, description="torch.compile the model forward (static shapes per block geometry; CUDA graphs on cuda)"
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, description="shard attention heads and MLP over this many processes (launch with torchrun)"
+    )
 
 
 def default_threads() -> int:
