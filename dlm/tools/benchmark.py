@@ -175,7 +175,9 @@ class BenchEntry:
 
 def _model_key(config: PipelineConfig) -> str:
     m = config.model
-    return json.dumps([m.name, m.config.model_dump(mode="json"), config.run.dtype, config.run.device], sort_keys=True)
+    run = config.run
+    return json.dumps([m.name, m.config.model_dump(mode="json"), run.dtype, run.device, run.compile, run.tensor_parallel],
+                      sort_keys=True)
 
 
 def build_entries(
