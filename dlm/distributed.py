@@ -92,6 +92,15 @@ def unshard(per_group: Sequence[Sequence[T]]) -> list[T]:
     return out
 
 
+def _collective_device() -> torch.device:
+    """Where collectives' tensors must live: this process's GPU under NCCL, else the CPU (gloo)."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def gather_ints(values: Sequence[int], w: World, device: torch.device | None = None) -> list[list[int]]:
     """Every data-parallel group's list of integers (each group's first rank speaks for it), in group order.
 
@@ -101,7 +110,7 @@ def gather_ints(values: Sequence[int], w: World, device: torch.device | None = N
 
     if w.size == 1:
         return [list(values)]
-    device = device or torch.device("cpu")
+    device = device or _collective_device()
     mine = torch.tensor(list(values), dtype=torch.long, device=device)
     lengths = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(w.size)]
     dist.all_gather(lengths, torch.tensor([len(mine)], dtype=torch.long, device=device))
@@ -119,12 +128,12 @@ def gather_floats(values: Sequence[float], w: World, device: torch.device | None
 
     if w.size == 1:
         return [list(values)]
-    device = device or torch.device("cpu")
+    device = device or _collective_device()
     n = len(values)
     counts = gather_ints([n], w, device)
     longest = max(c[0] for c in counts)
     padded = torch.zeros(longest, dtype=torch.float64, device=device)
-    padded[:n] = torch.tensor(list(values), dtype=torch.float64)
+    padded[:n] = torch.tensor(list(values), dtype=torch.float64, device=device)
     parts = [torch.zeros(longest, dtype=torch.float64, device=device) for _ in range(w.size)]
     dist.all_gather(parts, padded)
     return [parts[r][: counts[r // w.tp][0]].tolist() for r in range(0, w.size, w.tp)]
