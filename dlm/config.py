@@ -64,6 +64,12 @@ class RunSettings(BaseModel):
         None, ge=1, le=MAX_THREADS,
         description="torch CPU threads; default: half the usable cores (at least 1), never oversubscribing",
     )
+    compile: bool = Field(
+        False, description="torch.compile the model forward (static shapes per block geometry; CUDA graphs on cuda)"
+    )
+    tensor_parallel: int = Field(
+        1, ge=1, description="shard attention heads and MLP over this many processes (launch with torchrun)"
+    )
 
     @field_validator("device")
     @classmethod

@@ -18,7 +18,10 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.errors import CompositionError, InputError
 from dlm.iteration.base import IterationManager
 from dlm.messages import Commit, ForwardPlan, Window
+from dlm.distributed import local_device
 from dlm.models.base import ModelAdapter
+from dlm.models.compiled import compile_transformer
+from dlm.models.parallel import shard_transformer
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 
@@ -148,7 +151,7 @@ class Pipeline:
             config = build_config(config, source=source, overrides=overrides)
         apply_threads(config.run.threads)
         if model is None:
-            device = torch.device(config.run.device)  # a cpu/cuda device string, checked by the config
+            device = local_device(torch.device(config.run.device))  # a cpu/cuda device string, checked by the config
             if device.type == "cuda" and not torch.cuda.is_available():
                 raise CompositionError(f"{config.source}: device {config.run.device!r} requested but CUDA is not available")
             if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
@@ -158,6 +161,10 @@ class Pipeline:
                     f"device{'s' if n > 1 else ''} (cuda:0 to cuda:{n - 1})"
                 )
             model = config.model.cls.load(config.model.config, dtype=config.torch_dtype, device=device)
+            if config.run.tensor_parallel > 1:
+                shard_transformer(model, config.run.tensor_parallel)
+        if config.run.compile:
+            compile_transformer(model)
         elif not isinstance(model, config.model.cls):
             raise CompositionError(
                 f"{config.source}: model= is a {type(model).__name__}, but the config's model section names "

@@ -46,6 +46,7 @@ class GenerationState:
     provisional: Tensor | None = None  # [B, L] bool: positions holding a revisable draft token (None: none yet)
     progress: Any = None  # the iteration manager's own typed per-run data; no other component reads it
     last_window: Window | None = None  # the window of the step just taken (for traces)
+    cancels: int = 0  # calls of cancel() so far: a manager caching its active rows recomputes them when it moves
 
     @property
     def batch_size(self) -> int:
@@ -61,8 +62,13 @@ class GenerationState:
 
     @property
     def padded(self) -> bool:
-        """True when some row has left padding (then attention needs a key mask)."""
-        return bool(self.pad.any())
+        """True when some row has left padding (then attention needs a key mask).
+
+        Read once per generation (``pad`` never changes), so the forwards do not wait for the device."""
+        cached = self.__dict__.get("_padded")
+        if cached is None:
+            cached = self.__dict__["_padded"] = bool(self.pad.any())
+        return cached
 
     def masked(self) -> Tensor:
         """[B, L] bool: positions still holding MASK."""
@@ -96,15 +102,19 @@ class GenerationState:
                 f"commit has shape {tuple(select.shape)}, the window is {tuple(window.eligible.shape)}"
             )
         written = select if commit.drafts is None else select | commit.drafts
-        if bool((written & ~window.eligible).any()):
-            raise DecodingError("a decoding strategy committed a position that is not eligible")
-        if bool((written & (commit.tokens == self.mask_id)).any()):
-            raise DecodingError("a decoding strategy committed the MASK token")
         counts = select.sum(dim=1)
         starved = (counts == 0) & window.eligible.any(dim=1)
         if commit.finish is not None:
             starved &= ~commit.finish
-        if bool(starved.any()):
+        # the three invariants in one host read (one synchronisation per step instead of three)
+        ineligible, masks, stalled = torch.stack((
+            (written & ~window.eligible).any(), (written & (commit.tokens == self.mask_id)).any(), starved.any(),
+        )).tolist()
+        if ineligible:
+            raise DecodingError("a decoding strategy committed a position that is not eligible")
+        if masks:
+            raise DecodingError("a decoding strategy committed the MASK token")
+        if stalled:
             raise DecodingError(
                 "a decoding strategy committed no token for a row that still has masked positions; "
                 "every step must commit at least one token per active row, or the loop would not end"
@@ -161,6 +171,7 @@ class GenerationState:
         iteration managers never give a done row a window again, so it costs no further compute.
         """
         self.done[torch.as_tensor(rows, dtype=torch.long, device=self.device)] = True
+        self.cancels += 1
 
     def generated(self, row: int) -> Tensor:
         """The generation region of ``row``."""

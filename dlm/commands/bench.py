@@ -94,10 +94,22 @@ def run(args: argparse.Namespace) -> int:
             args.prompts, args.prompt_length, first.model.net.spec.vocab_in,
             avoid=(caps.mask_id, *caps.eos_ids), seed=args.prompt_seed,
         )
+    import torch
+
+    from dlm.distributed import init, shard, world
+
+    w = world(entries[0].config.run.tensor_parallel)
+    if w.size > 1:
+        init(torch.device(entries[0].config.run.device))
+    if len(prompts) < w.dp_size:
+        raise InputError(f"{len(prompts)} prompts for {w.dp_size} data-parallel processes; give --prompts {w.dp_size} or more")
     bm.run_benchmark(
-        entries, prompts, repeats=args.repeats, warmup=args.warmup, batch_size=args.batch_size,
-        progress=not args.no_progress,
+        entries, shard(prompts, w), repeats=args.repeats, warmup=args.warmup, batch_size=args.batch_size,
+        progress=not args.no_progress and w.main,
     )
+    bm.merge_shards(entries, w)
+    if not w.main:
+        return 0  # the first process prints and writes the merged figures
     settings = {
         "configs": [str(c) for c in args.configs],
         "overrides": list(args.overrides),
@@ -109,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "random_model": model_spec,
         "random_model_parameters": bm.count_parameters(model_spec) if model_spec else None,
+        "processes": w.size,
+        "data_parallel": w.dp_size,
     }
     result = bm.report(entries, settings=settings)
     table = bm.markdown_table(result["results"])

@@ -2,7 +2,8 @@
 
 Without config files, compares built-in policies on the embedded demo model: one token per step
 (low_confidence), threshold 0.9 (Fast-dLLM, when installed) and a fixed 4 tokens per step. Writes
-results.json, results.md and accuracy_vs_nfe.png to --out.
+results.json, results.md and accuracy_vs_nfe.png to --out. Under ``torchrun --nproc-per-node N`` the
+prompts are shared out between the N processes and the first one writes the merged results.
 """
 
 from __future__ import annotations
@@ -48,9 +49,17 @@ def run(args: argparse.Namespace) -> int:
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise InputError(f"two configs have the same file name ({', '.join(names)}); rename one")
-    results = evaluate(policies, tasks, n=args.n, seed=args.seed, batch_size=args.batch_size,
-                       progress=not args.quiet)
     import torch
+
+    from dlm.distributed import init, world
+
+    w = world(policies[0].config.run.tensor_parallel)
+    if w.size > 1:
+        init(torch.device(policies[0].config.run.device))
+    results = evaluate(policies, tasks, n=args.n, seed=args.seed, batch_size=args.batch_size,
+                       progress=not args.quiet and w.main, world=w)
+    if not w.main:
+        return 0  # the first process writes the merged results
 
     meta = {
         "command": "dlm eval " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
@@ -58,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         "n": args.n, "seed": args.seed, "tasks": tasks,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
+        "processes": w.size, "data_parallel": w.dp_size,
     }
     paths = write_report(results, args.out, meta=meta)
     print(markdown_table(results))

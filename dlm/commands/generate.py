@@ -1,4 +1,8 @@
-"""Generate text (or token ids) for one or more prompts with a pipeline."""
+"""Generate text (or token ids) for one or more prompts with a pipeline.
+
+With ``tensor_parallel: N`` launch it as ``torchrun --nproc-per-node N $(which dlm) generate ...``: the N
+processes share the model's heads and MLP, and the first one prints.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +23,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlm.distributed import world
     from dlm.pipeline import Pipeline
     from dlm.tools.show import CanvasPrinter
 
     pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)
-    trace = CanvasPrinter(pipeline, sys.stdout) if args.show else None
+    main = world(pipeline.config.run.tensor_parallel).main
+    trace = CanvasPrinter(pipeline, sys.stdout) if args.show and main else None
     out = pipeline.generate(args.prompts, trace=trace)
+    if not main:
+        return 0  # under torchrun every process generates the same tokens; the first one prints them
     if args.json:
         rows = [
             {

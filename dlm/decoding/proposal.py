@@ -27,10 +27,12 @@ def propose(
     """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V] of ``rows``."""
     logits64 = logits.to(torch.float64)
     if temperature == 0:
-        scores = logits64.clone()
+        # argmax in the logits' own dtype: widening to float64 is exact and keeps the order (and the ties), so
+        # the tokens are those of the float64 scores at half the memory traffic
+        scores = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)
     else:
         scores = logits64 + temperature * gumbel_noise(rows, tuple(logits64.shape[1:]), generator)
-    scores[..., mask_id] = -torch.inf
+        scores[..., mask_id] = -torch.inf
     tokens = scores.argmax(dim=-1)  # [b, W]
     log_z = torch.logsumexp(logits64, dim=-1)  # [b, W]
     confidence = torch.exp(logits64.gather(-1, tokens[..., None])[..., 0] - log_z)

@@ -26,6 +26,8 @@ class BlockProgress:
     tick: int = 0  # index into a timestep schedule (Dream's); unlike ``step``, ticks that commit nothing are skipped
     schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of this block
     total_steps: int | None = None  # the configured steps over the whole generation (Window.total_steps)
+    rows: Tensor | None = None  # [b] long: active rows found by the last advance (None: not known)
+    rows_cancels: int = -1  # state.cancels when ``rows`` was found (a cancel since makes it stale)
 
 
 class IterationManager(ABC):
@@ -109,10 +111,10 @@ def stop_at_eos(state: GenerationState) -> None:
     first = torch.where(is_end.any(dim=1), is_end.int().argmax(dim=1), gen.shape[1])  # [B]
     cols = torch.arange(gen.shape[1], device=gen.device)[None, :]
     pending_before = (pending & (cols < first[:, None])).any(dim=1)
-    stop = (first < gen.shape[1]) & ~pending_before & ~state.done
-    if bool(stop.any()):
-        fill = stop[:, None] & (cols > first[:, None])
-        gen.masked_fill_(fill, state.eos_ids[0])
-        if state.provisional is not None:
-            state.provisional[:, state.gen_start :] &= ~fill
-        state.done |= stop
+    stop = (first < gen.shape[1]) & ~pending_before & ~state.done  # [B]
+    # no branch on ``stop``: filling and ending nothing is a no-op, and the host never waits for the device
+    fill = stop[:, None] & (cols > first[:, None])
+    gen.masked_fill_(fill, state.eos_ids[0])
+    if state.provisional is not None:
+        state.provisional[:, state.gen_start :] &= ~fill
+    state.done |= stop

@@ -108,9 +108,29 @@ class Blockwise(IterationManager):
         p: BlockProgress = state.progress
         return ~state.done & state.pending()[:, p.start : p.end].any(dim=1)
 
+    def _rows(self, state: GenerationState) -> Tensor:
+        """[b] active rows, found once per step: by the last advance, unless a row was cancelled since."""
+        p: BlockProgress = state.progress
+        if p.rows is None or p.rows_cancels != state.cancels:
+            self._find_rows(state)
+        return p.rows
+
+    def _find_rows(self, state: GenerationState) -> Tensor:
+        """The one host synchronisation of a step: which rows are active (the control flow branches on it,
+        and rows that finished must leave the forward)."""
+        p: BlockProgress = state.progress
+        p.rows, p.rows_cancels = self._active(state).nonzero()[:, 0], state.cancels
+        return p.rows
+
+    def done(self, state: GenerationState) -> bool:
+        p: BlockProgress = state.progress
+        if p.rows is not None and p.rows_cancels == state.cancels:
+            return len(p.rows) == 0  # the last advance found no active row only when every row is done
+        return super().done(state)
+
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
-        rows = self._active(state).nonzero()[:, 0]
+        rows = self._rows(state)
         eligible = state.pending()[rows, p.start : p.end]
         if p.step < self.config.steps_per_block:
             quota = p.schedule[rows, p.step]
@@ -123,13 +143,13 @@ class Blockwise(IterationManager):
         p.step += 1
         if self.config.early_stop:
             stop_at_eos(state)
-        if bool(self._active(state).any()):
+        if len(self._find_rows(state)):
             if p.step > self.config.block_length:
                 raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
             return
         if p.block + 1 < self.config.num_blocks:
             self._begin_block(state, p.block + 1)
-            if not bool(self._active(state).any()):  # every remaining row stopped early
+            if not len(self._find_rows(state)):  # every remaining row stopped early
                 state.done[:] = True
         else:
             state.done[:] = True

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from dlm.messages import ForwardPlan, Window
 from dlm.models.base import ModelAdapter
+from dlm.models.compiled import is_compiled, mark_static_kv
 from dlm.models.checkpoint import load_tensors
 from dlm.models.kv import KVBuffer, WriteWindow
 from dlm.models.layers import Transformer, TransformerSpec
@@ -42,7 +43,11 @@ class TransformerAdapter(ModelAdapter):
 
     def new_kv(self, batch: int, length: int) -> KVBuffer:
         s = self.net.spec
-        return KVBuffer(s.n_layers, batch, s.n_kv_heads, length, s.head_dim, dtype=self.dtype, device=self.device)
+        heads = self.net.blocks[0].attn.n_kv_heads if len(self.net.blocks) else s.n_kv_heads  # this rank's heads
+        kv = KVBuffer(s.n_layers, batch, heads, length, s.head_dim, dtype=self.dtype, device=self.device)
+        if is_compiled(self):
+            mark_static_kv(kv)
+        return kv
 
     def attention_mask(self, state: GenerationState, rows: Tensor, q_cols: Tensor, k_cols: Tensor) -> Tensor | None:
         """Bool mask [b, 1, q|1, keys] (True = attend) for queries at canvas columns ``q_cols`` and keys at

@@ -20,6 +20,9 @@ issue #15), median wall time, speed-up, and the share of generated tokens equal 
 Throughput follows Fast-dLLM's protocol (Wu et al., 2025, arXiv 2505.22618, §4.1: batch size 1, tokens of
 the generation per second, wall clock) except that it counts every generated token, EOS included, since
 random-weight models have no meaningful end of answer.
+
+Under ``torchrun --nproc-per-node N`` the prompts are shared out between the processes, each times its share,
+and the first process reports the merged figures (:func:`merge_shards`; docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -213,7 +216,9 @@ class BenchEntry:
 
 def _model_key(config: PipelineConfig) -> str:
     m = config.model
-    return json.dumps([m.name, m.config.model_dump(mode="json"), config.run.dtype, config.run.device], sort_keys=True)
+    run = config.run
+    return json.dumps([m.name, m.config.model_dump(mode="json"), run.dtype, run.device, run.compile, run.tensor_parallel],
+                      sort_keys=True)
 
 
 def build_entries(
@@ -313,6 +318,30 @@ def _progress(total: int, enabled: bool):
 
         return _Null()
     return tqdm(total=total, desc="dlm bench", unit="gen", leave=False, dynamic_ncols=True)
+
+
+def merge_shards(entries: Sequence[BenchEntry], world) -> list[BenchEntry]:
+    """After a data-parallel run (each group timed its share of the prompts, :func:`dlm.distributed.shard`):
+    every entry's figures over all prompts, in the original prompt order. A pass's wall time is the slowest
+    group's (the groups run at the same time); counts and tokens are summed and concatenated."""
+    from dlm.distributed import gather_floats, gather_ints, unshard
+
+    if world.dp_size == 1:
+        return list(entries)
+    for e in entries:
+        e.seconds = [max(col) for col in zip(*gather_floats(e.seconds, world))]
+        e.nfe = unshard(gather_ints(e.nfe, world))
+        e.committed = sum(c[0] for c in gather_ints([e.committed], world))
+        e.generated_tokens = sum(c[0] for c in gather_ints([e.generated_tokens], world))
+        lengths = unshard(gather_ints([len(o) for o in e.outputs], world))
+        flat = gather_ints([t for o in e.outputs for t in o.tolist()], world)
+        per_group = []
+        for g, tokens in enumerate(flat):
+            sizes = lengths[g :: world.dp_size]
+            cuts = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+            per_group.append([torch.tensor(tokens[a:b], dtype=torch.long) for a, b in zip(cuts, cuts[1:])])
+        e.outputs = unshard(per_group)
+    return list(entries)
 
 
 # --- results ------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ prompts disjoint from training). For every (task, policy) the report gives exact
 task's scorer (every valid answer accepted), mean NFE per sequence, tokens committed per forward, and wall
 time, all measured in one run so ratios between policies are fair. Policies compared by default are
 LLaDA's one-token-per-step low-confidence remasking (Nie et al. 2025), Fast-dLLM threshold decoding
-(Wu et al. 2025) when installed, and a fixed 4 tokens per step.
+(Wu et al. 2025) when installed, and a fixed 4 tokens per step. Under ``torchrun`` the prompts are shared
+out between the processes and the counts merged (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tqdm import tqdm
 
 from dlm.config import PipelineConfig, build_config, load_config, load_yaml
 from dlm.errors import InputError
+from dlm.distributed import World, gather_floats, gather_ints, shard
 from dlm.tools.tasks import TASKS, Task
 
 BASELINE_OVERRIDES: dict[str, dict[str, Any]] = {
@@ -83,13 +85,20 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 100,
     progress: bool = True,
+    world: World | None = None,
 ) -> list[TaskResult]:
-    """Run every policy over ``n`` held-out prompts of each task; results per (task, policy)."""
+    """Run every policy over ``n`` held-out prompts of each task; results per (task, policy).
+
+    Under torchrun (``world`` of several data-parallel groups) each group evaluates every ``dp_size``-th
+    prompt and the counts are summed over the groups, so every process returns what one process would
+    (the time is the slowest group's).
+    """
     from dlm.pipeline import Pipeline
 
+    w = world or World()
     chosen: list[Task] = [TASKS[t] for t in (tasks or TASKS)]
-    prompts = {t.name: t.examples(n, seed=seed, split="eval") for t in chosen}
-    total = len(policies) * len(chosen) * n
+    prompts = {t.name: shard(t.examples(n, seed=seed, split="eval"), w) for t in chosen}
+    total = len(policies) * sum(len(p) for p in prompts.values())
     bar = tqdm(total=total, desc="eval", unit="seq", disable=not progress, dynamic_ncols=True)
     results = []
     for policy in policies:
@@ -98,7 +107,7 @@ def evaluate(
             correct = nfe = committed = 0
             seconds = 0.0
             examples = prompts[task.name]
-            for i in range(0, n, batch_size):
+            for i in range(0, len(examples), batch_size):
                 chunk = examples[i : i + batch_size]
                 out = pipeline.generate([ex.prompt for ex in chunk])
                 if out.texts is None:
@@ -108,6 +117,9 @@ def evaluate(
                 committed += sum(sum(s) for s in out.tokens_per_step)
                 seconds += out.seconds
                 bar.update(len(chunk))
+            if w.dp_size > 1:
+                correct, nfe, committed = (sum(x) for x in zip(*gather_ints([correct, nfe, committed], w)))
+                seconds = max(s[0] for s in gather_floats([seconds], w))
             results.append(TaskResult(
                 task=task.name, kind=task.kind, policy=policy.name, n=n, correct=correct,
                 accuracy=100.0 * correct / n, mean_nfe=nfe / n, tokens_per_forward=committed / max(nfe, 1),

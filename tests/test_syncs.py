@@ -1,0 +1,94 @@
+"""Host synchronisations in the step loop: only the ones the control flow needs (docs/performance.md).
+
+A synchronisation is any call that makes the host wait for a device value: ``bool(t)``, ``int(t)``,
+``t.item()``, ``t.tolist()``, ``t.nonzero()``, ``t.cpu()``. On CPU they cost nothing, on a GPU each one
+drains the queue, so the test counts them (through a torch function mode, which sees every tensor call) and
+names the function each comes from: a new one on the hot path fails here.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from dlm.pipeline import Pipeline
+from tests.conftest import pipeline_config
+
+SYNCS = {
+    torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
+    torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.cpu,
+}
+
+# where a step may wait for the host, and why (docs/performance.md lists the same sites)
+ALLOWED = {
+    "_find_rows",  # blockwise: which rows are still active (loop end, block change, finished rows leave)
+    "commit",  # GenerationState.commit: the three commit invariants, read in one go
+    "top_k_select",  # top-k strategies: the largest quota is the shape of topk
+}
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts synchronising tensor calls, by the name of the dlm function that made them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in SYNCS:
+            self.sites[_dlm_caller()] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _dlm_caller() -> str:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if "/dlm/" in frame.f_code.co_filename.replace("\\", "/") and "/tests/" not in frame.f_code.co_filename:
+            return frame.f_code.co_name
+        frame = frame.f_back
+    return "<outside dlm>"
+
+
+def steps_with_syncs(ckpt, cache: str, decoding: str) -> list[Counter]:
+    """Run one generation of two rows (one left-padded); return the sync sites of every step but the first."""
+    pipe = Pipeline.from_config(pipeline_config(
+        ckpt, cache={"name": cache}, decoding={"name": decoding},
+        iteration={"name": "blockwise", "gen_length": 16, "block_length": 8, "steps": 8},
+    ))
+    per_step: list[Counter] = []
+    counter = SyncCounter()
+    seen = Counter()
+
+    def trace(state):
+        per_step.append(counter.sites - seen)
+        seen.update(counter.sites - seen)
+
+    with counter:
+        pipe.generate(input_ids=[[5, 6, 7], [8, 9]], trace=trace)
+    return per_step[1:]  # the first step also carries the generation's setup
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("decoding", ["threshold", "low_confidence"])
+def test_a_step_waits_for_the_device_only_where_the_control_flow_needs_it(tiny_ckpt, cache, decoding):
+    steps = steps_with_syncs(tiny_ckpt, cache, decoding)
+    assert steps, "the generation took more than one step"
+    sites = set().union(*steps)
+    assert sites <= ALLOWED, f"new host synchronisation in the step loop: {sorted(sites - ALLOWED)}"
+    budget = 2 + (decoding == "low_confidence")
+    for counts in steps:
+        rows = counts["_find_rows"]
+        assert rows <= 2  # once per step, once more when a block begins
+        assert sum(counts.values()) - rows + 1 <= budget, counts
+
+
+def test_the_counter_sees_a_synchronisation(tiny_ckpt):
+    counter = SyncCounter()
+    with counter:
+        bool(torch.ones(2).any())
+        torch.arange(3).tolist()
+    assert sum(counter.sites.values()) == 2
