@@ -1,7 +1,10 @@
 """Jacobi decoding: the acceptance rule, exactness (greedy Jacobi = greedy autoregressive, in at most as many
-forwards), and the append cache keeping accepted drafts' K/V."""
+forwards), the append cache keeping accepted drafts' K/V, and Jacobi Forcing's multi-block drafting and
+rejection recycling (same greedy output and NFE bound, pseudo-active blocks, recycled drafts kept)."""
 
 from __future__ import annotations
+
+from collections import deque
 
 import pytest
 import torch
@@ -10,7 +13,10 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from dlm.decoding.jacobi import JacobiDecoding
+from dlm.decoding.recycling import RecyclingPools
 from dlm.iteration.base import left_padded_canvas
+from dlm.iteration.jacobi import Jacobi
+from dlm.iteration.sliding import SlidingProgress
 from dlm.messages import Window
 from dlm.rng import RowRNG
 from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
@@ -93,3 +99,69 @@ def test_the_append_cache_computes_only_the_correction_and_the_draft(peaked_ckpt
     # a forward ends at the window's first pending column + n; when the next one starts past that column, the
     # drafts accepted there kept their K/V
     assert any(p.start > q.end - n for q, p in zip(plans, plans[1:]))
+
+
+@settings(max_examples=12)
+@given(prompts=prompts_st, n=st.integers(1, 6), blocks=st.integers(1, 3), r=st.sampled_from([0.25, 0.5, 0.85, 1.0]),
+       pool_size=st.sampled_from([0, 2, 4]), cache=st.sampled_from(["none", "append"]), early_stop=st.booleans(),
+       peaked=st.booleans())
+def test_multiblock_recycling_jacobi_is_greedy_autoregressive_in_no_more_forwards(
+        ar_ckpt, peaked_ckpt, prompts, n, blocks, r, pool_size, cache, early_stop, peaked):
+    path = peaked_ckpt if peaked else ar_ckpt
+    ar, ar_nfe = run(path, {"name": "autoregressive", "gen_length": 12, "early_stop": early_stop},
+                     {"name": "low_confidence"}, prompts, cache)
+    jac, jac_nfe = run(path, {"name": "jacobi", "gen_length": 12, "n": n, "blocks": blocks, "r": r,
+                              "early_stop": early_stop}, {"name": "jacobi", "pool_size": pool_size}, prompts, cache)
+    assert jac == ar
+    assert all(j <= a for j, a in zip(jac_nfe, ar_nfe))
+
+
+def test_the_window_covers_the_next_blocks_once_r_of_the_current_block_is_committed(ar_ckpt):
+    model = load(ar_ckpt)
+    manager = Jacobi(Jacobi.Config(gen_length=16, n=4, blocks=2, r=0.5))
+    state = left_padded_canvas([torch.tensor([5, 6])], 16, model.capabilities, torch.device("cpu"))
+    state.progress = SlidingProgress()
+    assert (manager.window(state).start, manager.window(state).end) == (2, 7)  # block 0 + 1 column
+    state.canvas[0, 2:3] = 9  # one token of block 0 committed: 1 < ceil(0.5 * 4)
+    assert (manager.window(state).start, manager.window(state).end) == (3, 7)
+    state.canvas[0, 3:4] = 9  # two committed: block 1 is drafted too
+    assert (manager.window(state).start, manager.window(state).end) == (4, 11)
+
+
+def test_a_pool_ngram_continuing_the_last_committed_token_becomes_a_candidate_draft(ar_ckpt):
+    model = load(ar_ckpt)
+    state = left_padded_canvas([torch.tensor([5, 6])], 6, model.capabilities, torch.device("cpu"))
+    state.canvas[0, 2:5] = torch.tensor([30, 31, 32])  # the regular draft
+    pools = RecyclingPools(1, 4)
+    pools.pools[0] = deque([[7, 6, 40, 41], [50]], maxlen=4)  # the newest n-gram ([50]) is never recycled
+    window = Window(torch.arange(1), 2, 5, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.long), 0,
+                    model.capabilities.mask_id)
+    cand = pools.attach(state, window).candidates
+    assert cand.count == 2
+    assert cand.select[0, 0].tolist() == [False, False, False]
+    assert cand.select[0, 1].tolist() == [True, True, False]
+    assert cand.tokens[0, 1].tolist() == [40, 41, 32]  # what followed 6, then the regular draft
+
+
+def test_recycling_keeps_a_recycled_draft_and_saves_forwards_on_a_repetitive_model(peaked_ckpt):
+    """The bigram model's greedy chain cycles, so earlier text predicts the draft: recycled candidates are
+    kept, and the run takes fewer forwards than without the pool, with the same tokens."""
+    def go(pool_size):
+        pipe = pipeline(peaked_ckpt, {"name": "jacobi", "gen_length": 32, "n": 4, "early_stop": False},
+                        {"name": "jacobi", "pool_size": pool_size})
+        kept, select = [], pipe.decoding.select
+
+        def recording(logits, window, generator):
+            commit = select(logits, window, generator)
+            kept.append(0 if commit.keep is None else int(commit.keep.max()))
+            return commit
+
+        pipe.decoding.select = recording
+        out = pipe.generate(input_ids=[[5, 6, 7]])
+        return out.generated[0].tolist(), int(out.nfe[0]), kept
+
+    plain, plain_nfe, _ = go(0)
+    recycled, recycled_nfe, kept = go(4)
+    assert recycled == plain
+    assert any(k > 0 for k in kept)
+    assert recycled_nfe < plain_nfe

@@ -7,15 +7,21 @@ positions whose draft equals ``g`` is accepted, plus the first position after it
 from an all-correct context): those are committed with ``g``. Every other eligible position gets ``g`` as its
 next draft (``Commit.drafts``), which the next forward verifies. On a causal model driven left to right
 (``iteration: jacobi``) the committed tokens are exactly the greedy autoregressive ones.
+
+Rejection recycling (``pool_size > 0``; the paper's n-gram pool, hao-ai-lab/JacobiForcing
+``_build_candidates``) lives in :mod:`dlm.decoding.recycling`: rejected drafts are kept and, when they
+continue the row's last committed token, verified next to the regular draft in the same forward.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+import torch
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
+from dlm.decoding.recycling import RecyclingPools
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -24,23 +30,56 @@ from dlm.state import GenerationState
 class JacobiDecodingConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    pool_size: int = Field(0, ge=0, description="rejection recycling: n-grams kept per row (0: off; paper: 4)")
+
+
+def accepted(drafts: Tensor, greedy: Tensor, eligible: Tensor) -> Tensor:
+    """[b, W] positions accepted: the leading eligible drafts equal to ``greedy`` plus the one after them."""
+    wrong = eligible & (drafts != greedy)
+    wrong_before = wrong.long().cumsum(dim=-1) - wrong.long()  # mismatches strictly before each position
+    return eligible & (wrong_before == 0)
+
 
 class JacobiDecoding(DecodingStrategy):
     Config = JacobiDecodingConfig
     current: Tensor | None = None  # [b, W] the window's tokens before the forward (drafts, MASK, committed)
+    pools: RecyclingPools | None = None
+
+    def start(self, state: GenerationState) -> None:
+        if self.config.pool_size > 0:
+            self.pools = RecyclingPools(state.batch_size, self.config.pool_size)
 
     def prepare(self, state: GenerationState, window: Window) -> Window:
         self.current = state.canvas[window.rows, window.start : window.end].clone()  # [b, W] the drafts verified
-        return window
+        if self.pools is None:
+            return window
+        return self.pools.attach(state, window)
 
     def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
-        greedy, _ = propose(window.window_logits(logits), mask_id=window.mask_id, temperature=0.0,
-                            generator=generator, rows=window.rows)  # [b, W]
         eligible = window.eligible
-        wrong = eligible & (self.current != greedy)
-        wrong_before = wrong.long().cumsum(dim=1) - wrong.long()  # mismatches strictly before each position
-        accept = eligible & (wrong_before == 0)  # matching run + the first position after it
-        return Commit(accept, greedy, drafts=eligible & ~accept)
+        if window.candidates is None:
+            greedy = self._greedy(logits, window, generator)  # [b, W]
+            accept = accepted(self.current, greedy, eligible)
+            commit = Commit(accept, greedy, drafts=eligible & ~accept)
+        else:  # the regular draft (candidate 0) and recycled ones: keep the longest acceptance, first on ties
+            cand = window.candidates
+            drafts = torch.where(cand.select, cand.tokens, self.current[:, None, :])  # [b, K, W]
+            greedy = torch.stack([self._greedy(logits[:, k], window, generator) for k in range(cand.count)], dim=1)
+            accept = accepted(drafts, greedy, eligible[:, None, :])  # [b, K, W]
+            keep = accept.sum(dim=-1).argmax(dim=1)  # [b] first maximum
+            pick = torch.arange(len(keep), device=keep.device)
+            accept, greedy = accept[pick, keep], greedy[pick, keep]  # [b, W]
+            commit = Commit(accept, greedy, drafts=eligible & ~accept, keep=keep)
+        if self.pools is not None:
+            self.pools.record(window, commit)
+        return commit
+
+    @staticmethod
+    def _greedy(logits: Tensor, window: Window, generator: RowRNG) -> Tensor:
+        greedy, _ = propose(window.window_logits(logits), mask_id=window.mask_id, temperature=0.0,
+                            generator=generator, rows=window.rows)
+        return greedy  # [b, W]
 
     def finish(self) -> None:
         self.current = None
+        self.pools = None

@@ -32,16 +32,17 @@ def first_pending(state: GenerationState) -> Tensor:
     return torch.where(gen.any(dim=1), state.gen_start + gen.int().argmax(dim=1), state.length)
 
 
-def sliding_window(state: GenerationState, starts: Tensor, width: int, *, reorder: bool = False) -> Window:
+def sliding_window(state: GenerationState, starts: Tensor, width: int | Tensor, *, reorder: bool = False) -> Window:
     """The union window of the live rows with a pending column, row ``r``'s own window being columns
-    ``[starts[r], starts[r] + width)`` (cut at the canvas end); ``starts`` is [B]."""
+    ``[starts[r], starts[r] + width)`` (cut at the canvas end); ``starts`` is [B], ``width`` one int or [B]."""
     p: SlidingProgress = state.progress
     pending = state.pending()
     rows = (~state.done & pending[:, state.gen_start :].any(dim=1)).nonzero()[:, 0]
     lo = starts[rows]  # [b]
-    start, end = int(lo.min()), min(state.length, int(lo.max()) + width)
+    hi = lo + (width[rows] if isinstance(width, Tensor) else width)  # [b] one past each row's window
+    start, end = int(lo.min()), min(state.length, int(hi.max()))
     cols = torch.arange(start, end, device=state.device)[None, :]
-    inside = (cols >= lo[:, None]) & (cols < lo[:, None] + width)
+    inside = (cols >= lo[:, None]) & (cols < hi[:, None])
     eligible = pending[rows, start:end] & inside  # [b, W]
     return Window(
         rows=rows, start=start, end=end, eligible=eligible,
