@@ -182,3 +182,12 @@ def test_eval_refuses_builtin_policies_over_both_groups(capsys):
 
 def test_long_base_config_is_the_baseline_of_the_examples():
     assert load_config(long_config_path()).to_dict() == load_config(EXAMPLES / "none.yaml").to_dict()
+
+
+def test_token_agreement_gives_partial_credit_in_place_only():
+    from dlm.tools.evaluation import token_agreement
+
+    assert token_agreement("abcd", "abcd") == (4, 4)
+    assert token_agreement("abxd", "abcd") == (3, 4)
+    assert token_agreement("bcd", "abcd") == (0, 4)  # shifted by one: nothing in place
+    assert token_agreement("", "") == (0, 1)

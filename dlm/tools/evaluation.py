@@ -59,6 +59,13 @@ class TaskResult:
     mean_nfe: float  # forwards per sequence
     tokens_per_forward: float  # committed tokens / forwards, over all sequences
     seconds: float  # wall time of the generation loops
+    token_accuracy: float | None = None  # percent of reference characters reproduced in place (deterministic tasks)
+
+
+def token_agreement(answer: str, reference: str) -> tuple[int, int]:
+    """(characters of ``answer`` equal to ``reference`` at the same place, the longer length): partial credit
+    for long answers, where one wrong character fails exact match (deterministic tasks: one reference)."""
+    return sum(a == b for a, b in zip(answer, reference)), max(len(answer), len(reference), 1)
 
 
 def builtin_policies(overrides=None) -> list[Policy]:
@@ -129,7 +136,8 @@ def evaluate(
         pipeline.generate([prompts[chosen[0].name][0].prompt])  # warm-up: first-call costs stay out of the timing
     results = []
     for task in chosen:
-        tally = {p.name: {"correct": 0, "nfe": 0, "committed": 0, "seconds": 0.0} for p in policies}
+        tally = {p.name: {"correct": 0, "nfe": 0, "committed": 0, "seconds": 0.0, "same": 0, "chars": 0}
+                 for p in policies}
         examples = prompts[task.name]
         for i in range(0, n, batch_size):
             chunk = examples[i : i + batch_size]
@@ -139,6 +147,10 @@ def evaluate(
                     raise ValueError(f"policy {policy.name!r}: the model has no tokenizer, cannot score text")
                 mine = tally[policy.name]
                 mine["correct"] += sum(task.score(ex.prompt, text) for ex, text in zip(chunk, out.texts))
+                for ex, text in zip(chunk, out.texts):
+                    same, chars = token_agreement(text, ex.answer)
+                    mine["same"] += same
+                    mine["chars"] += chars
                 mine["nfe"] += sum(out.nfe)
                 mine["committed"] += sum(sum(s) for s in out.tokens_per_step)
                 mine["seconds"] += out.seconds
@@ -149,6 +161,7 @@ def evaluate(
                 task=task.name, kind=task.kind, policy=policy.name, n=n, correct=mine["correct"],
                 accuracy=100.0 * mine["correct"] / n, mean_nfe=mine["nfe"] / n,
                 tokens_per_forward=mine["committed"] / max(mine["nfe"], 1), seconds=mine["seconds"],
+                token_accuracy=100.0 * mine["same"] / mine["chars"] if task.kind == "deterministic" else None,
             ))
     bar.close()
     return results
@@ -186,13 +199,15 @@ def markdown_table(results: Sequence[TaskResult]) -> str:
     """Per-task rows with the policies side by side, then the suite summary."""
     speed = speedups(results)
     lines = [
-        "| task | policy | accuracy (%) | NFE / seq | tokens / forward | time (s) | speed-up vs first policy |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| task | policy | accuracy (%) | NFE / seq | tokens / forward | time (s) | speed-up vs first policy "
+        "| token accuracy (%) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results_by_task(results):
+        tokens = "–" if r.token_accuracy is None else f"{r.token_accuracy:.1f}"
         lines.append(
             f"| {r.task} ({r.kind}) | {r.policy} | {r.accuracy:.1f} | {r.mean_nfe:.2f} | "
-            f"{r.tokens_per_forward:.2f} | {r.seconds:.2f} | {speed[r.task, r.policy]:.2f}x |"
+            f"{r.tokens_per_forward:.2f} | {r.seconds:.2f} | {speed[r.task, r.policy]:.2f}x | {tokens} |"
         )
     summary = suite_summary(results)
     lines += [

@@ -82,7 +82,7 @@ class LongTrainConfig(TrainConfig):
     n_heads: int = 6
     ffn_dim: int = 512
     max_length: int = 256
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
