@@ -1,9 +1,12 @@
-"""Evaluate decoding policies side by side on the demo tasks: accuracy, NFE, tokens per forward, time.
+"""Evaluate decoding policies side by side on the synthetic tasks: accuracy, NFE, tokens per forward, time,
+speed-up over the first policy.
 
-Without config files, compares built-in policies on the embedded demo model: one token per step
-(low_confidence), threshold 0.9 (Fast-dLLM, when installed) and a fixed 4 tokens per step. Writes
-results.json, results.md and accuracy_vs_nfe.png to --out. Under ``torchrun --nproc-per-node N`` the
-prompts are shared out between the N processes and the first one writes the merged results.
+Without config files, compares built-in policies: on the demo tasks (default), the embedded demo model with
+one token per step (low_confidence), threshold 0.9 (Fast-dLLM, when installed) and a fixed 4 tokens per
+step; with ``--tasks long``, the embedded long model under every cache {none, prefix, dual} x decoding {one
+token per step, threshold 0.9} (docs/long.md). Writes results.json, results.md, accuracy_vs_nfe.png and
+accuracy_vs_speedup.png to --out. Under ``torchrun --nproc-per-node N`` the prompts are shared out between the
+N processes and the first one writes the merged results.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import platform
 import sys
 from pathlib import Path
 
-HELP = "compare pipeline configs on held-out prompts of the demo tasks"
+HELP = "compare pipeline configs on held-out prompts of the synthetic tasks (demo or long)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="*", metavar="CONFIG", help="pipeline YAML files (default: built-in policies)")
-    p.add_argument("--tasks", default=None, help="comma-separated task names (default: all)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated task names or groups: demo (add,rev,sort,pair,perm; the default) or long "
+                   "(addw,shift: 64-71-token answers for the long model)")
     p.add_argument("-n", "--n", type=int, default=1000, help="held-out prompts per task (default 1000: ±0.5 points near 97 %%)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     p.add_argument("--batch-size", type=int, default=100, help="prompts per generate call")
@@ -33,19 +38,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dlm.commands import check_output
     from dlm.errors import InputError
-    from dlm.tools.evaluation import builtin_policies, evaluate, load_policies, markdown_table, write_report
-    from dlm.tools.tasks import TASKS
+    from dlm.tools.evaluation import (
+        builtin_policies, evaluate, load_policies, long_policies, markdown_table, write_report,
+    )
+    from dlm.tools.tasks import ALL_TASKS, GROUPS, LONG_TASKS, select_tasks
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(TASKS)
-    if not tasks:
-        raise InputError(f"--tasks names no task; known tasks: {', '.join(TASKS)}")
-    unknown = [t for t in tasks if t not in TASKS]
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else ["demo"]
+    if not names:
+        raise InputError(f"--tasks names no task; known tasks: {', '.join(ALL_TASKS)}; groups: {', '.join(GROUPS)}")
+    unknown = [t for t in names if t not in ALL_TASKS and t not in GROUPS]
     if unknown:
-        raise InputError(f"unknown task {unknown[0]!r}; known tasks: {', '.join(TASKS)}")
+        raise InputError(
+            f"unknown task {unknown[0]!r}; known tasks: {', '.join(ALL_TASKS)}; groups: {', '.join(GROUPS)}"
+        )
+    tasks = select_tasks(names)
     if args.n <= 0 or args.batch_size <= 0:
         raise InputError("--n and --batch-size must be positive")
     check_output(args.out, "--out", directory=True)
-    policies = load_policies(args.configs, args.overrides) if args.configs else builtin_policies(args.overrides)
+    long = [t in LONG_TASKS for t in tasks]
+    if args.configs:
+        policies = load_policies(args.configs, args.overrides)
+    elif all(long):
+        policies = long_policies(args.overrides)
+    elif not any(long):
+        policies = builtin_policies(args.overrides)
+    else:
+        raise InputError(
+            "the built-in policies run either the demo model (demo tasks) or the long model (long tasks), not "
+            f"both; evaluate the groups separately or pass configs (got tasks {', '.join(tasks)})"
+        )
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise InputError(f"two configs have the same file name ({', '.join(names)}); rename one")
@@ -71,5 +92,5 @@ def run(args: argparse.Namespace) -> int:
     }
     paths = write_report(results, args.out, meta=meta)
     print(markdown_table(results))
-    print(f"\nwrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -33,9 +34,17 @@ EOT_TOKEN = "<|eot_id|>"
 PREFIX = "model.transformer."
 
 
+EMBEDDED = ("demo", "long")  # checkpoints shipped in dlm/assets/: docs/demo.md, docs/long.md
+
+
 def embedded_demo_path() -> Path:
     """Directory of the demo checkpoint shipped inside the package."""
-    return Path(str(resources.files("dlm") / "assets" / "demo"))
+    return embedded_path("demo")
+
+
+def embedded_path(name: str) -> Path:
+    """Directory of the embedded checkpoint ``name`` (one of :data:`EMBEDDED`) inside the package."""
+    return Path(str(resources.files("dlm") / "assets" / name))
 
 
 class LLaDAConfig(BaseModel):
@@ -43,7 +52,10 @@ class LLaDAConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    path: Path | None = Field(None, description="checkpoint directory; omitted: the embedded demo model")
+    path: Path | None = Field(None, description="checkpoint directory; omitted: the embedded model `embedded`")
+    embedded: Literal["demo", "long"] = Field(
+        "demo", description="embedded model used when path is omitted: demo (8-token answers) or long (docs/long.md)"
+    )
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     eos_token_ids: tuple[int, ...] | None = Field(
         None, min_length=1, description="end tokens; default: config eos_token_id plus <|eot_id|> when the tokenizer has it"
@@ -136,11 +148,11 @@ class LLaDAModel(TransformerAdapter):
 
     @classmethod
     def load(cls, config: LLaDAConfig, *, dtype: torch.dtype, device: torch.device) -> "LLaDAModel":
-        directory = Path(config.path) if config.path is not None else embedded_demo_path()
+        directory = Path(config.path) if config.path is not None else embedded_path(config.embedded)
         if config.path is None and not (directory / "config.json").is_file():
             raise CheckpointError(
-                "no model path given and the embedded demo model is not installed; set model.path to a "
-                "LLaDA checkpoint directory"
+                f"no model path given and the embedded {config.embedded} model is not installed; set model.path "
+                "to a LLaDA checkpoint directory"
             )
         cfg = read_config(directory)
         spec = llada_spec(cfg, directory)

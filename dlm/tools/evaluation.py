@@ -5,8 +5,10 @@ prompts disjoint from training). For every (task, policy) the report gives exact
 task's scorer (every valid answer accepted), mean NFE per sequence, tokens committed per forward, and wall
 time, all measured in one run so ratios between policies are fair. Policies compared by default are
 LLaDA's one-token-per-step low-confidence remasking (Nie et al. 2025), Fast-dLLM threshold decoding
-(Wu et al. 2025) when installed, and a fixed 4 tokens per step. Under ``torchrun`` the prompts are shared
-out between the processes and the counts merged (docs/scaling.md).
+(Wu et al. 2025) when installed, and a fixed 4 tokens per step; on the ``long`` task group (the long-answer
+model, docs/long.md) every combination of cache {none, prefix, dual} and decoding {one token per step,
+threshold 0.9}, the CPU version of Fast-dLLM's Table 1. Under ``torchrun`` the prompts are shared out between
+the processes and the counts merged (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -19,15 +21,26 @@ from typing import Any, Sequence
 from tqdm import tqdm
 
 from dlm.config import PipelineConfig, build_config, load_config, load_yaml
-from dlm.errors import InputError
 from dlm.distributed import World, gather_floats, gather_ints, shard
-from dlm.tools.tasks import TASKS, Task
+from dlm.errors import InputError
+from dlm.tools.tasks import ALL_TASKS, TASKS, Task
 
 BASELINE_OVERRIDES: dict[str, dict[str, Any]] = {
     "one-per-step": {},
     "threshold-0.9": {"decoding.name": "threshold", "decoding.threshold": 0.9},
     "top4-per-step": {"iteration.steps": 2},
 }
+THRESHOLD = {"decoding.name": "threshold", "decoding.threshold": 0.9}
+# cache x decoding on the long model, named like the files of examples/long/; the first is the baseline
+LONG_OVERRIDES: dict[str, dict[str, Any]] = {
+    "none": {"cache.name": "none"},
+    "prefix": {"cache.name": "prefix"},
+    "dual": {"cache.name": "dual"},
+    "none_threshold": {"cache.name": "none", **THRESHOLD},
+    "prefix_threshold": {"cache.name": "prefix", **THRESHOLD},
+    "dual_threshold": {"cache.name": "dual", **THRESHOLD},
+}
+LONG_CONFIG = "long.yaml"  # dlm/configs/long.yaml: the embedded long model, one token per step, no cache
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,13 @@ class TaskResult:
     mean_nfe: float  # forwards per sequence
     tokens_per_forward: float  # committed tokens / forwards, over all sequences
     seconds: float  # wall time of the generation loops
+    token_accuracy: float | None = None  # percent of reference characters reproduced in place (deterministic tasks)
+
+
+def token_agreement(answer: str, reference: str) -> tuple[int, int]:
+    """(characters of ``answer`` equal to ``reference`` at the same place, the longer length): partial credit
+    for long answers, where one wrong character fails exact match (deterministic tasks: one reference)."""
+    return sum(a == b for a, b in zip(answer, reference)), max(len(answer), len(reference), 1)
 
 
 def builtin_policies(overrides=None) -> list[Policy]:
@@ -64,6 +84,23 @@ def builtin_policies(overrides=None) -> list[Policy]:
         merged = {**extra, **_as_mapping(overrides)}
         policies.append(Policy(name, build_config(base, source=f"<builtin {name}>", overrides=merged)))
     return policies
+
+
+def long_config_path() -> Path:
+    """The long-answer pipeline (``dlm/configs/long.yaml``): embedded long model, 80 tokens in blocks of 16."""
+    from importlib import resources
+
+    return Path(str(resources.files("dlm") / "configs" / LONG_CONFIG))
+
+
+def long_policies(overrides=None) -> list[Policy]:
+    """Every cache {none, prefix, dual} x decoding {one token per step, threshold 0.9} on the long model,
+    baseline (none, one token per step) first: the same six pipelines as ``examples/long/``."""
+    base = load_yaml(long_config_path())
+    return [
+        Policy(name, build_config(base, source=f"<builtin {name}>", overrides={**extra, **_as_mapping(overrides)}))
+        for name, extra in LONG_OVERRIDES.items()
+    ]
 
 
 def _as_mapping(overrides) -> dict[str, Any]:
@@ -89,6 +126,8 @@ def evaluate(
 ) -> list[TaskResult]:
     """Run every policy over ``n`` held-out prompts of each task; results per (task, policy).
 
+    The policies take turns batch by batch (after one untimed warm-up generation each), so a change in the
+    machine's load mid-run affects every policy alike and the wall-time ratios between them stay fair.
     Under torchrun (``world`` of several data-parallel groups) each group evaluates every ``dp_size``-th
     prompt and the counts are summed over the groups, so every process returns what one process would
     (the time is the slowest group's).
@@ -96,34 +135,46 @@ def evaluate(
     from dlm.pipeline import Pipeline
 
     w = world or World()
-    chosen: list[Task] = [TASKS[t] for t in (tasks or TASKS)]
+    chosen: list[Task] = [ALL_TASKS[t] for t in (tasks or TASKS)]
     prompts = {t.name: shard(t.examples(n, seed=seed, split="eval"), w) for t in chosen}
     total = len(policies) * sum(len(p) for p in prompts.values())
     bar = tqdm(total=total, desc="eval", unit="seq", disable=not progress, dynamic_ncols=True)
+    pipelines = [Pipeline.from_config(policy.config) for policy in policies]
+    warm = chosen[0].examples(1, seed=seed, split="eval")[0].prompt
+    for pipeline in pipelines:
+        pipeline.generate([warm])  # warm-up: first-call costs stay out of the timing
     results = []
-    for policy in policies:
-        pipeline = Pipeline.from_config(policy.config)
-        for task in chosen:
-            correct = nfe = committed = 0
-            seconds = 0.0
-            examples = prompts[task.name]
-            for i in range(0, len(examples), batch_size):
-                chunk = examples[i : i + batch_size]
+    for task in chosen:
+        tally = {p.name: {"correct": 0, "nfe": 0, "committed": 0, "seconds": 0.0, "same": 0, "chars": 0}
+                 for p in policies}
+        examples = prompts[task.name]
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            for policy, pipeline in zip(policies, pipelines):
                 out = pipeline.generate([ex.prompt for ex in chunk])
                 if out.texts is None:
                     raise InputError(f"policy {policy.name!r}: the model has no tokenizer, cannot score text")
-                correct += sum(task.score(ex.prompt, text) for ex, text in zip(chunk, out.texts))
-                nfe += sum(out.nfe)
-                committed += sum(sum(s) for s in out.tokens_per_step)
-                seconds += out.seconds
+                mine = tally[policy.name]
+                mine["correct"] += sum(task.score(ex.prompt, text) for ex, text in zip(chunk, out.texts))
+                for ex, text in zip(chunk, out.texts):
+                    same, chars = token_agreement(text, ex.answer)
+                    mine["same"] += same
+                    mine["chars"] += chars
+                mine["nfe"] += sum(out.nfe)
+                mine["committed"] += sum(sum(s) for s in out.tokens_per_step)
+                mine["seconds"] += out.seconds
                 bar.update(len(chunk))
+        for policy in policies:
+            mine = tally[policy.name]
             if w.dp_size > 1:
-                correct, nfe, committed = (sum(x) for x in zip(*gather_ints([correct, nfe, committed], w)))
-                seconds = max(s[0] for s in gather_floats([seconds], w))
+                keys = ("correct", "nfe", "committed", "same", "chars")
+                mine.update(zip(keys, (sum(x) for x in zip(*gather_ints([mine[k] for k in keys], w)))))
+                mine["seconds"] = max(s[0] for s in gather_floats([mine["seconds"]], w))
             results.append(TaskResult(
-                task=task.name, kind=task.kind, policy=policy.name, n=n, correct=correct,
-                accuracy=100.0 * correct / n, mean_nfe=nfe / n, tokens_per_forward=committed / max(nfe, 1),
-                seconds=seconds,
+                task=task.name, kind=task.kind, policy=policy.name, n=n, correct=mine["correct"],
+                accuracy=100.0 * mine["correct"] / n, mean_nfe=mine["nfe"] / n,
+                tokens_per_forward=mine["committed"] / max(mine["nfe"], 1), seconds=mine["seconds"],
+                token_accuracy=100.0 * mine["same"] / mine["chars"] if task.kind == "deterministic" else None,
             ))
     bar.close()
     return results
@@ -142,32 +193,45 @@ def suite_summary(results: Sequence[TaskResult]) -> list[dict[str, Any]]:
             "seconds": sum(r.seconds for r in mine),
         })
     base = rows[0]["mean_nfe"] if rows else 1.0
+    base_seconds = rows[0]["seconds"] if rows else 1.0
     for row in rows:
         row["forward_reduction"] = base / row["mean_nfe"] if row["mean_nfe"] else float("inf")
+        row["speedup"] = base_seconds / row["seconds"] if row["seconds"] else float("inf")
     return rows
+
+
+def speedups(results: Sequence[TaskResult]) -> dict[tuple[str, str], float]:
+    """(task, policy) -> wall-time speed-up over the first policy on the same task (measured in the same run)."""
+    first: dict[str, float] = {}
+    for r in results:
+        first.setdefault(r.task, r.seconds)
+    return {(r.task, r.policy): first[r.task] / r.seconds if r.seconds else float("inf") for r in results}
 
 
 def markdown_table(results: Sequence[TaskResult]) -> str:
     """Per-task rows with the policies side by side, then the suite summary."""
+    speed = speedups(results)
     lines = [
-        "| task | policy | accuracy (%) | NFE / seq | tokens / forward | time (s) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| task | policy | accuracy (%) | NFE / seq | tokens / forward | time (s) | speed-up vs first policy "
+        "| token accuracy (%) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results_by_task(results):
+        tokens = "–" if r.token_accuracy is None else f"{r.token_accuracy:.1f}"
         lines.append(
             f"| {r.task} ({r.kind}) | {r.policy} | {r.accuracy:.1f} | {r.mean_nfe:.2f} | "
-            f"{r.tokens_per_forward:.2f} | {r.seconds:.2f} |"
+            f"{r.tokens_per_forward:.2f} | {r.seconds:.2f} | {speed[r.task, r.policy]:.2f}x | {tokens} |"
         )
     summary = suite_summary(results)
     lines += [
         "",
-        "| policy | mean accuracy (%) | NFE / seq | forward reduction vs first policy | time (s) |",
-        "|---|---:|---:|---:|---:|",
+        "| policy | mean accuracy (%) | NFE / seq | forward reduction vs first policy | time (s) | speed-up vs first policy |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
         lines.append(
             f"| {s['policy']} | {s['accuracy']:.1f} | {s['mean_nfe']:.2f} | "
-            f"{s['forward_reduction']:.2f}x | {s['seconds']:.2f} |"
+            f"{s['forward_reduction']:.2f}x | {s['seconds']:.2f} | {s['speedup']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -177,8 +241,9 @@ def results_by_task(results: Sequence[TaskResult]) -> list[TaskResult]:
     return sorted(results, key=lambda r: order[r.task])
 
 
-def plot(results: Sequence[TaskResult], path: Path) -> Path:
-    """PNG of accuracy vs mean NFE: one colour per task, one marker per policy, a line per task."""
+def plot(results: Sequence[TaskResult], path: Path, *, x: str = "nfe") -> Path:
+    """PNG of accuracy vs mean NFE (``x="nfe"``) or vs wall-time speed-up over the first policy
+    (``x="speedup"``, log scale): one colour per task, one marker per policy, a line per task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,20 +251,26 @@ def plot(results: Sequence[TaskResult], path: Path) -> Path:
 
     tasks = list(dict.fromkeys(r.task for r in results))
     policies = list(dict.fromkeys(r.policy for r in results))
+    speed = speedups(results)
+    value = (lambda r: speed[r.task, r.policy]) if x == "speedup" else (lambda r: r.mean_nfe)  # noqa: E731
     markers = "osD^v<>pXh*"
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, task in enumerate(tasks):
-        mine = sorted((r for r in results if r.task == task), key=lambda r: r.mean_nfe)
+        mine = sorted((r for r in results if r.task == task), key=value)
         color = f"C{i % 10}"
-        ax.plot([r.mean_nfe for r in mine], [r.accuracy for r in mine], "-", color=color, alpha=0.5, label=task)
+        ax.plot([value(r) for r in mine], [r.accuracy for r in mine], "-", color=color, alpha=0.5, label=task)
         for r in mine:
-            ax.scatter(r.mean_nfe, r.accuracy, color=color, marker=markers[policies.index(r.policy) % len(markers)],
+            ax.scatter(value(r), r.accuracy, color=color, marker=markers[policies.index(r.policy) % len(markers)],
                        s=45, zorder=3)
     for j, p in enumerate(policies):
         ax.scatter([], [], color="gray", marker=markers[j % len(markers)], label=p)
-    ax.set_xlabel("mean forwards (NFE) per sequence")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Demo testbed: accuracy vs forwards")
+    if x == "speedup":
+        ax.set_xscale("log")
+        ax.set_xlabel(f"wall-time speed-up over {policies[0]} (log scale)")
+        ax.set_title("Accuracy vs speed-up")
+    else:
+        ax.set_xlabel("mean forwards (NFE) per sequence")
+        ax.set_title("Accuracy vs forwards")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right", ncol=2)
     fig.tight_layout()
@@ -210,12 +281,16 @@ def plot(results: Sequence[TaskResult], path: Path) -> Path:
 
 
 def write_report(results: Sequence[TaskResult], out: Path, *, meta: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and ``accuracy_vs_nfe.png`` into ``out``."""
+    """Write ``results.json``, ``results.md``, ``accuracy_vs_nfe.png`` and ``accuracy_vs_speedup.png`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta or {}, "results": [asdict(r) for r in results], "summary": suite_summary(results)}
-    paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "accuracy_vs_nfe.png"}
+    speed = speedups(results)
+    rows = [{**asdict(r), "speedup": speed[r.task, r.policy]} for r in results]
+    payload = {"meta": meta or {}, "results": rows, "summary": suite_summary(results)}
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "accuracy_vs_nfe.png",
+             "speedup_plot": out / "accuracy_vs_speedup.png"}
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
     paths["markdown"].write_text(markdown_table(results) + "\n")
     plot(results, paths["plot"])
+    plot(results, paths["speedup_plot"], x="speedup")
     return paths

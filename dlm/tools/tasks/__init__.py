@@ -1,24 +1,48 @@
 """Synthetic tasks of the demo model: seeded generators with exact scorers (see :mod:`dlm.tools.tasks.base`).
 
 Deterministic tasks (one valid answer): ``add``, ``rev``, ``sort``. Many-answers tasks, where parallel
-commits can break consistency: ``pair``, ``perm``.
+commits can break consistency: ``pair``, ``perm``. These five are the ``demo`` group (:data:`TASKS`, 8-token
+answers). The ``long`` group (:data:`LONG_TASKS`: ``addw``, ``shift``, 64-71-token answers over five blocks)
+is the testbed of the caches, see :mod:`dlm.tools.tasks.long`.
 """
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from dlm.tools.tasks.arithmetic import Addition, PairSum
 from dlm.tools.tasks.base import ANSWER_LENGTH, MAX_PROMPT_LENGTH, Example, Task, held_out
+from dlm.tools.tasks.long import LONG_ANSWER_LENGTH, LONG_PROMPT_LENGTH, LongAddition, ShiftCopy
 from dlm.tools.tasks.strings import Permutation, Reverse, Sort
 
 TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Reverse(), Sort(), PairSum(), Permutation())}
+LONG_TASKS: dict[str, Task] = {t.name: t for t in (LongAddition(), ShiftCopy())}
+ALL_TASKS: dict[str, Task] = {**TASKS, **LONG_TASKS}
+GROUPS: dict[str, tuple[str, ...]] = {"demo": tuple(TASKS), "long": tuple(LONG_TASKS)}
 
 
 def get_task(name: str) -> Task:
     """The task called ``name``; an unknown name raises a ``KeyError`` listing the known ones."""
     try:
-        return TASKS[name]
+        return ALL_TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}") from None
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(ALL_TASKS)}") from None
+
+
+def select_tasks(names: Iterable[str]) -> list[str]:
+    """Task names with groups expanded (``["long"]`` -> ``["addw", "shift"]``), duplicates dropped, order
+    kept; an unknown name raises a ``KeyError`` listing the groups and tasks."""
+    chosen: list[str] = []
+    for name in names:
+        if name in GROUPS:
+            chosen.extend(GROUPS[name])
+        elif name in ALL_TASKS:
+            chosen.append(name)
+        else:
+            raise KeyError(
+                f"unknown task {name!r}; groups: {', '.join(GROUPS)}; tasks: {', '.join(ALL_TASKS)}"
+            )
+    return list(dict.fromkeys(chosen))
 
 
 def task_for_prompt(prompt: str) -> Task | None:
@@ -30,5 +54,6 @@ def task_for_prompt(prompt: str) -> Task | None:
 
 
 __all__ = [
-    "ANSWER_LENGTH", "MAX_PROMPT_LENGTH", "TASKS", "Example", "Task", "get_task", "held_out", "task_for_prompt",
+    "ALL_TASKS", "ANSWER_LENGTH", "GROUPS", "LONG_ANSWER_LENGTH", "LONG_PROMPT_LENGTH", "LONG_TASKS",
+    "MAX_PROMPT_LENGTH", "TASKS", "Example", "Task", "get_task", "held_out", "select_tasks", "task_for_prompt",
 ]

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from dlm.tools.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH, TASKS, Example
+from dlm.tools.tasks import ALL_TASKS, ANSWER_LENGTH, MAX_PROMPT_LENGTH, Example
 from dlm.tools.checkpoints import CHARS, EOS_ID, MASK_ID, SPECIAL_TOKENS
 
 
@@ -75,21 +75,26 @@ def make_batch(
 
 
 class Mixture:
-    """An endless, seeded stream of training batches mixing the tasks with the given weights."""
+    """An endless, seeded stream of training batches mixing the tasks with the given weights, every batch
+    laid out with the same ``prompt_length`` + ``answer_length`` columns."""
 
-    def __init__(self, weights: dict[str, float], *, seed: int, batch_size: int) -> None:
+    def __init__(
+        self, weights: dict[str, float], *, seed: int, batch_size: int,
+        prompt_length: int = MAX_PROMPT_LENGTH, answer_length: int = ANSWER_LENGTH,
+    ) -> None:
         self.names = list(weights)
         self.weights = [weights[n] for n in self.names]
-        self.streams = {n: TASKS[n].stream(seed=seed, split="train") for n in self.names}
+        self.streams = {n: ALL_TASKS[n].stream(seed=seed, split="train") for n in self.names}
         self.rng = random.Random(f"mixture:{seed}")
         self.batch_size = batch_size
+        self.lengths = {"prompt_length": prompt_length, "answer_length": answer_length}
 
     def __iter__(self):
         return self
 
     def __next__(self) -> Batch:
         picks = self.rng.choices(self.names, weights=self.weights, k=self.batch_size)
-        return make_batch([next(self.streams[n]) for n in picks])
+        return make_batch([next(self.streams[n]) for n in picks], **self.lengths)
 
 
 __all__ = ["Batch", "Mixture", "VOCAB", "VOCAB_SIZE", "MASK_ID", "EOS_ID", "encode", "make_batch"]

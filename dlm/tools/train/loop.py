@@ -18,12 +18,13 @@ import torch
 from tqdm import tqdm
 
 from dlm.models.layers import Transformer, TransformerSpec
-from dlm.tools.tasks import ANSWER_LENGTH, MAX_PROMPT_LENGTH
+from dlm.tools.tasks import ANSWER_LENGTH, LONG_ANSWER_LENGTH, LONG_PROMPT_LENGTH, MAX_PROMPT_LENGTH
 from dlm.tools.train.checkpoint import save_llada_checkpoint
 from dlm.tools.train.data import VOCAB_SIZE, Mixture
 from dlm.tools.train.objective import Masking, check_masking, sft_loss
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
+LONG_WEIGHTS = {"addw": 0.65, "shift": 0.35}
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,49 @@ class TrainConfig:
         # checked here, not at the first step, where the compile fallback would catch it and retry eagerly
         check_masking(self.masking)
 
+    group = "demo"  # the task group trained on (class attribute, not a recipe field)
+
+    def lengths(self) -> dict[str, int]:
+        """Prompt and answer columns of every training row (the answer columns = the generation length)."""
+        return {"prompt_length": MAX_PROMPT_LENGTH, "answer_length": ANSWER_LENGTH}
+
+    def loss_options(self) -> dict:
+        """Keyword arguments of :func:`~dlm.tools.train.objective.sft_loss` besides the batch."""
+        return {"masking": self.masking}
+
     def spec(self) -> TransformerSpec:
         return TransformerSpec(
             vocab_in=VOCAB_SIZE, vocab_out=VOCAB_SIZE, dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads,
             n_kv_heads=self.n_heads, ffn_dim=self.ffn_dim, norm_eps=1e-5, rope_theta=10000.0,
             max_length=self.max_length,
         )
+
+
+@dataclass(frozen=True)
+class LongTrainConfig(TrainConfig):
+    """Recipe of the long-answer model (``dlm/assets/long``, docs/long.md): the ``long`` task group, 80 answer
+    columns, half the rows masked semi-autoregressively in blocks of 16 (what the blockwise sampler visits)."""
+
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    ffn_dim: int = 512
+    max_length: int = 256
+    steps: int = 1500
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    semi_ar: float = 0.5  # share of rows masked as the blockwise sampler leaves a canvas
+    block_length: int = 16
+    weights: dict[str, float] = field(default_factory=lambda: dict(LONG_WEIGHTS))
+
+    group = "long"
+
+    def lengths(self) -> dict[str, int]:
+        return {"prompt_length": LONG_PROMPT_LENGTH, "answer_length": LONG_ANSWER_LENGTH}
+
+    def loss_options(self) -> dict:
+        return {"masking": self.masking, "semi_ar": self.semi_ar, "block_length": self.block_length}
 
 
 @dataclass
@@ -120,12 +158,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(0.9, 0.98),
         )
-        data = Mixture(cfg.weights, seed=cfg.seed, batch_size=cfg.batch_size)
+        data = Mixture(cfg.weights, seed=cfg.seed, batch_size=cfg.batch_size, **cfg.lengths())
         noise = torch.Generator().manual_seed(cfg.seed + 1)
         losses: list[float] = []
         t0, stopped = time.perf_counter(), False
         forward = _compiled(net) if cfg.compile else net
-        bar = tqdm(range(cfg.steps), desc="train-demo", unit="step", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(range(cfg.steps), desc=f"train {cfg.group}", unit="step", disable=not progress, dynamic_ncols=True)
         if forward is not net:
             bar.set_postfix_str("compiling the model on the first step (about 30 s)")
         for step in bar:
@@ -164,7 +202,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
 
 def _loss(forward: Callable[..., torch.Tensor], batch, noise: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-        return sft_loss(forward, batch, noise, masking=cfg.masking)
+        return sft_loss(forward, batch, noise, **cfg.loss_options())
 
 
 def _compiled(net: Transformer) -> Callable[..., torch.Tensor]:
@@ -188,8 +226,8 @@ def train_and_save(cfg: TrainConfig, out: Path, *, progress: bool = True) -> Tra
             "steps_done": result.steps,
             "train_seconds": round(result.seconds, 1),
             "final_loss": round(sum(result.losses[-100:]) / max(1, len(result.losses[-100:])), 5),
-            "prompt_length": MAX_PROMPT_LENGTH,
-            "answer_length": ANSWER_LENGTH,
+            "group": cfg.group,
+            **cfg.lengths(),
         }
     }
     save_llada_checkpoint(result.net, out, extra=extra)
