@@ -114,29 +114,23 @@ def test_train_demo_long_writes_a_long_checkpoint(tmp_path, capsys):
     assert len(pipe.generate(["1234567+7654321="]).texts) == 1
 
 
-def test_shipped_long_model_is_small_and_records_its_second_stage_recipe():
-    # shipped = the default command (stage 1), continued by --init DIR --steps 700 --warmup 20 --seed 1
+def test_shipped_long_model_is_small_and_records_its_last_stage_recipe():
+    # shipped = the default command (stage 1), continued twice with --init (docs/long.md: stages 2 and 3);
+    # the last stage: --steps 4000 --warmup 50 --seed 2
     directory = embedded_path("long")
     assert sum(p.stat().st_size for p in directory.iterdir()) < 5_000_000
     record = json.loads((directory / "config.json").read_text())["dlm_demo"]
-    stage2 = recipe_of(LongTrainConfig(steps=700, warmup=20, seed=1))
-    assert {k: v for k, v in record["recipe"].items() if k != "init"} == {k: v for k, v in stage2.items() if k != "init"}
+    stage3 = recipe_of(LongTrainConfig(steps=4000, warmup=50, seed=2))
+    assert {k: v for k, v in record["recipe"].items() if k != "init"} == {k: v for k, v in stage3.items() if k != "init"}
     assert record["group"] == "long" and record["answer_length"] == LONG_ANSWER_LENGTH
 
 
-def test_shipped_long_model_answers_long_prompts_in_the_task_format_one_token_per_step():
-    # The shipped model is under-trained (docs/long.md: exact-match accuracy far below the 95 % target), so
-    # this checks what it does reliably: 80 forwards, answers of the right shape, the shift rule mostly right.
-    import re
-
+def test_shipped_long_model_answers_long_prompts_exactly_one_token_per_step():
     pipe = Pipeline.from_yaml(long_config_path())
-    addw, shift = LONG_TASKS["addw"].examples(2, seed=7), LONG_TASKS["shift"].examples(2, seed=7)
-    out = pipe.generate([ex.prompt for ex in addw + shift])
+    examples = LONG_TASKS["addw"].examples(2, seed=7, split="eval") + LONG_TASKS["shift"].examples(2, seed=7, split="eval")
+    out = pipe.generate([ex.prompt for ex in examples])
     assert out.nfe == [LONG_ANSWER_LENGTH] * 4  # one token per step
-    entry = r"[0-9]\+[0-9]\+[01]=[0-9]{2};"
-    assert all(re.fullmatch(rf"(?:{entry}){{7}}[0-9]{{7,8}}", text) for text in out.texts[:2]), out.texts[:2]
-    for ex, text in zip(shift, out.texts[2:]):
-        assert len(text) == len(ex.answer) and sum(a == b for a, b in zip(text, ex.answer)) >= 0.8 * len(text)
+    assert out.texts == [ex.answer for ex in examples]
 
 
 def test_a_missing_embedded_model_is_named(monkeypatch, tmp_path):
