@@ -105,6 +105,15 @@ def llada_config(
     }
 
 
+def scaled_randn(generator: torch.Generator, dtype: torch.dtype):
+    """``w(*shape)``: standard normal weights divided by sqrt(fan-in), so activations stay O(1)."""
+
+    def w(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) / math.sqrt(shape[-1])).to(dtype)
+
+    return w
+
+
 def random_llada_tensors(cfg: dict, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Random weights with LLaDA's tensor names and shapes for ``cfg`` (scaled so activations stay O(1))."""
     g = torch.Generator().manual_seed(seed)
@@ -112,8 +121,7 @@ def random_llada_tensors(cfg: dict, *, seed: int = 0, dtype: torch.dtype = torch
     hd = d // cfg["n_heads"]
     kvd = cfg["n_kv_heads"] * hd
 
-    def w(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g) / math.sqrt(shape[-1])).to(dtype)
+    w = scaled_randn(g, dtype)
 
     def norm() -> torch.Tensor:
         return (1.0 + 0.1 * torch.randn(d, generator=g)).to(dtype)

@@ -10,12 +10,11 @@ Token ids of the character tokenizer: EOS 0, EOT 1 (the "<|im_end|>"-like stop t
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
-from dlm.tools.checkpoints import EOS_ID, EOT_ID, MASK_ID, save_tensors, write_char_tokenizer
+from dlm.tools.checkpoints import scaled_randn, EOS_ID, EOT_ID, MASK_ID, save_tensors, write_char_tokenizer
 
 
 def qwen2_config(
@@ -63,8 +62,7 @@ def random_qwen2_tensors(cfg: dict, *, seed: int = 0, dtype: torch.dtype = torch
     hd = d // cfg["num_attention_heads"]
     kvd = cfg["num_key_value_heads"] * hd
 
-    def w(*shape: int) -> torch.Tensor:
-        return (torch.randn(*shape, generator=g) / math.sqrt(shape[-1])).to(dtype)
+    w = scaled_randn(g, dtype)
 
     def b(n: int) -> torch.Tensor:
         return (0.1 * torch.randn(n, generator=g)).to(dtype)
