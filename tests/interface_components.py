@@ -33,7 +33,7 @@ class AgreeTwice(DecodingStrategy):
         self.previous = torch.full_like(state.canvas, -1)  # [B, L] proposal at the row's last step, -1 none
         self.block = torch.full((state.batch_size,), -1, dtype=torch.long)  # [B] block the memory is of
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         rows, cols = window.rows, slice(window.start, window.end)
@@ -64,7 +64,7 @@ class LeakyAgreeTwice(AgreeTwice):
 class SharedAgreeTwice(AgreeTwice):
     """Broken: one memory for every row (indexed by window column, not by row)."""
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         cols = slice(window.start, window.end)
@@ -91,7 +91,7 @@ class ExitWhenConfident(DecodingStrategy):
         self.pending = state.pending()  # [B, L] for the finish decision
         return window.widen(min(state.gen_start, window.start), state.length)
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)  # [b, S] over the span
         lo = window.start - window.logits_start
@@ -154,7 +154,7 @@ class FirstCandidate(DecodingStrategy):
         tokens = torch.full((b, 2, w), self.config.token, dtype=torch.long)
         return replace(window, candidates=Candidates(select, tokens))
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits[:, 0], mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         keep = torch.zeros(len(window.rows), dtype=torch.long) if self.config.keep else None
@@ -167,7 +167,7 @@ class DraftAll(DecodingStrategy):
 
     Config = Empty
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         select = threshold_select(confidence, window.eligible, 2.0)

@@ -53,7 +53,7 @@ class Credit(DecodingStrategy):
         self.key = torch.full((b, 2), -1, dtype=torch.long)  # [B] (block, window start) the table is of
         self.decisions = torch.zeros(b, dtype=torch.long)  # [B] steps taken in that block
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         rows = window.rows.cpu()
         shape = (len(self.key), *logits.shape[1:])

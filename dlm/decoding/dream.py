@@ -29,6 +29,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import gumbel_noise, top_k_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -59,7 +60,7 @@ def dream_confidence(probs: Tensor, chosen: Tensor, alg: str) -> Tensor:
 class DreamDecoding(DecodingStrategy):
     Config = DreamDecodingConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         probs = filtered_probs(logits, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k)
         tokens, chosen = draw(probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator,

@@ -78,7 +78,7 @@ class EarlyExit(DecodingStrategy):
         self._gen_start = state.gen_start
         return window.widen(min(state.gen_start, window.start), state.length)
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         commit = self.base.select(window.window_logits(logits), window, generator)
         region = logits[:, self._gen_start - window.logits_start :]  # [b, G, V] the generation region
         finish = self.should_exit(top2_margin(region), self._progress.to(logits.device))

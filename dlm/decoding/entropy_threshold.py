@@ -18,6 +18,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -46,7 +47,7 @@ class EntropyThresholdConfig(BaseModel):
 class EntropyThreshold(DecodingStrategy):
     Config = EntropyThresholdConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
                             rows=window.rows)

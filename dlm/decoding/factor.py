@@ -16,6 +16,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -53,7 +54,7 @@ def factor_select(confidence: Tensor, eligible: Tensor, factor: float) -> Tensor
 class Factor(DecodingStrategy):
     Config = FactorConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows,

@@ -83,7 +83,7 @@ class FreeDave(DecodingStrategy):
                               for j in range(k)], dim=1)  # [b, K, W]
         return replace(window, candidates=Candidates(select, tokens[:, None].expand(-1, k, -1)))
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         n = self.config.tokens_per_step
         if window.candidates is None:
             logits = logits[:, None]  # [b, 1, W, V]: the canvas as the only draft

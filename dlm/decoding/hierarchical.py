@@ -19,6 +19,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 
 
 def run_ids(eligible: Tensor) -> Tensor:
@@ -52,7 +53,7 @@ class HierarchicalConfig(BaseModel):
 class Hierarchical(DecodingStrategy):
     Config = HierarchicalConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
                             rows=window.rows)

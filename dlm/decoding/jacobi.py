@@ -55,7 +55,7 @@ class JacobiDecoding(DecodingStrategy):
             return window
         return self.pools.attach(state, window)
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         eligible = window.eligible
         if window.candidates is None:
             greedy = self._greedy(logits, window, generator)  # [b, W]

@@ -66,7 +66,7 @@ class Klass(DecodingStrategy):
                                 f"this one starts at column {window.start}")
         return window.widen(window.start, state.length)
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         p = torch.softmax(logits.to(torch.float64), dim=-1)  # [b, S, V] over [logits_start, logits_end)
         if self.previous is None:

@@ -13,6 +13,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -24,8 +25,9 @@ class LowConfidenceConfig(BaseModel):
 
 class LowConfidence(DecodingStrategy):
     Config = LowConfidenceConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows,

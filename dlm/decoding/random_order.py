@@ -12,6 +12,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -24,7 +25,7 @@ class RandomConfig(BaseModel):
 class RandomRemasking(DecodingStrategy):
     Config = RandomConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, _ = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator, rows=window.rows
         )

@@ -17,6 +17,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import threshold_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -31,7 +32,7 @@ class StrictThresholdConfig(BaseModel):
 class StrictThreshold(DecodingStrategy):
     Config = StrictThresholdConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         top_p = c.top_p if c.temperature > 0 else None  # v2 filters only when sampling
         probs = filtered_probs(logits, temperature=c.temperature, top_p=top_p, top_k=None)

@@ -13,6 +13,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, threshold_select
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -25,8 +26,9 @@ class ThresholdConfig(BaseModel):
 
 class Threshold(DecodingStrategy):
     Config = ThresholdConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows,

@@ -18,6 +18,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 
 
 class WeDLMDecodingConfig(BaseModel):
@@ -39,7 +40,7 @@ def entropy(logits: Tensor) -> Tensor:
 class WeDLMDecoding(DecodingStrategy):
     Config = WeDLMDecodingConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         logits = window.window_logits(logits)
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,

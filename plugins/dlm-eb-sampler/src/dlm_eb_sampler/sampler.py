@@ -28,7 +28,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from dlm.decoding import Commit, DecodingStrategy, RowRNG, Window, propose
+from dlm.decoding import DecodingStrategy, RowRNG, propose
+from dlm.messages import Commit, Window
+from dlm.state import GenerationState
 
 
 class EBSamplerConfig(BaseModel):
@@ -69,7 +71,7 @@ class EBSampler(DecodingStrategy):
 
     Config = EBSamplerConfig
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows,

@@ -1,0 +1,107 @@
+"""Run memory: what a component remembers about a generation, kept on the state, one entry per row.
+
+A component's per-run memory (an iteration's progress, a cache's KV buffers and bookkeeping, a strategy's
+history) is created by the component when rows start (``start(state)`` returns it) and kept on the
+:class:`~dlm.state.GenerationState` (``state.progress``, ``state.memory["cache"]``,
+``state.memory["decoding"]``); the component itself holds only its config. So one component object serves
+any number of generations at once, from any number of threads, and rows can join or leave a running
+generation: the state keeps the rows it is told to (:meth:`RowMemory.take`) and appends the rows of another
+state started for newcomers (:meth:`RowMemory.cat`).
+
+:class:`RowMemory` does both generically for a dataclass whose fields hold one entry per row:
+
+- a tensor with rows on dim 0 (or on the dim named by ``row_field(dim=...)``);
+- an object with ``take``/``cat`` of its own (a :class:`~dlm.models.kv.KVBuffer`, a nested RowMemory);
+- a list with one entry per row;
+- anything else (an int, a string, None) is per-generation and must be equal in both states on ``cat``
+  (``shared_field()`` documents the intent).
+
+Rows are *batch* rows: tensor fields have the batch's rows, not the window's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["RowMemory", "row_field", "shared_field", "derived_field", "take_rows", "cat_rows"]
+
+
+def row_field(*, dim: int = 0, **kwargs: Any):
+    """A dataclass field with rows on ``dim`` (default 0)."""
+    return field(metadata={"row_dim": dim}, **kwargs)
+
+
+def shared_field(**kwargs: Any):
+    """A dataclass field that is the same for every row of a generation (equal in states that are joined)."""
+    return field(metadata={"shared": True}, **kwargs)
+
+
+def derived_field(**kwargs: Any):
+    """A dataclass field holding something derived from the rows (a per-step cache); reset to its default
+    when rows leave or join, so it is recomputed."""
+    return field(metadata={"derived": True}, **kwargs)
+
+
+def take_rows(value: Any, rows: Tensor, dim: int = 0) -> Any:
+    """``value`` restricted to ``rows`` (in that order) along its row axis."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return value.index_select(dim, rows.to(value.device))
+    if hasattr(value, "take"):
+        return value.take(rows)
+    if isinstance(value, list):
+        return [value[r] for r in rows.tolist()]
+    return value
+
+
+def cat_rows(a: Any, b: Any, dim: int = 0, name: str = "value") -> Any:
+    """The rows of ``a`` followed by those of ``b``."""
+    if a is None and b is None:
+        return None
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape[:dim] + a.shape[dim + 1:] != b.shape[:dim] + b.shape[dim + 1:]:
+            raise ValueError(f"cannot join run memory {name!r}: shapes {tuple(a.shape)} and {tuple(b.shape)} differ "
+                             f"beyond the row axis {dim}")
+        return torch.cat((a, b.to(a.device)), dim=dim)
+    if hasattr(a, "cat") and type(a) is type(b):
+        return a.cat(b)
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    if a != b:
+        raise ValueError(f"cannot join run memory {name!r}: {a!r} and {b!r} differ (a per-generation value)")
+    return a
+
+
+@dataclass
+class RowMemory:
+    """Base of per-row run memory dataclasses: generic :meth:`take` and :meth:`cat` over the fields."""
+
+    def take(self, rows: Tensor):
+        """This memory for ``rows`` only (a [b] long index into the batch rows, in the new order)."""
+        return replace(self, **{
+            f.name: _reset(f) if f.metadata.get("derived") else take_rows(getattr(self, f.name), rows,
+                                                                           f.metadata.get("row_dim", 0))
+            for f in fields(self) if not f.metadata.get("shared")
+        })
+
+    def cat(self, other):
+        """This memory's rows followed by ``other``'s (a state started for rows that join this one)."""
+        if type(other) is not type(self):
+            raise ValueError(f"cannot join {type(self).__name__} with {type(other).__name__}")
+        return replace(self, **{
+            f.name: _reset(f) if f.metadata.get("derived") else cat_rows(getattr(self, f.name),
+                                                                          getattr(other, f.name),
+                                                                          f.metadata.get("row_dim", 0), f.name)
+            for f in fields(self)
+        })
+
+
+def _reset(f) -> Any:
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default
