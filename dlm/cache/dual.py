@@ -31,4 +31,4 @@ class DualCache(PrefixCache):
         refresh = window.first_step
         lo = torch.where(refresh, 0, self.cached_start(state, window))
         hi = torch.where(refresh, state.length, window.block_end)
-        return row_range_plan(state, window, m.kv, lo, hi, shift=m.shift, refresh=bool(refresh.all()))
+        return row_range_plan(state, window, m.kv, lo, hi, shift=m.shift, refresh=refresh)

@@ -46,9 +46,12 @@ class KVMemory(RowMemory):
 
 
 def row_range_plan(state: GenerationState, window: Window, kv: KVStore | None, lo: Tensor, hi: Tensor, *,
-                   shift: int, refresh: bool) -> ForwardPlan:
+                   shift: int, refresh: bool | Tensor) -> ForwardPlan:
     """A range plan storing columns ``[lo[r], hi[r])`` of each window row ([b] host each), also computing
-    (as a peek) whatever the window's logits span needs; one shared bound when the rows agree."""
+    (as a peek) whatever the window's logits span needs; one shared bound when the rows agree. ``refresh``:
+    whether each row ([b] host bool) or every row refreshes."""
+    if isinstance(refresh, Tensor):
+        refresh = bool(refresh.all())
     need_lo, need_hi = window.logits_start - shift, window.logits_end - shift
     start, end = min(int(lo.min()), need_lo), max(int(hi.max()), need_hi)
     if bool((lo == lo[0]).all()) and bool((hi == hi[0]).all()):
@@ -83,4 +86,4 @@ class PrefixCache(CacheManager):
         refresh = window.first_step
         lo = torch.where(refresh, 0, self.cached_start(state, window))
         hi = torch.full_like(lo, state.length)
-        return row_range_plan(state, window, m.kv, lo, hi, shift=m.shift, refresh=bool(refresh.all()))
+        return row_range_plan(state, window, m.kv, lo, hi, shift=m.shift, refresh=refresh)

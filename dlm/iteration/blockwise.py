@@ -129,7 +129,7 @@ class Blockwise(IterationManager):
         """Move every live row whose block is complete to its next block (or end it); find the active rows."""
         p: BlockProgress = state.progress
         while True:
-            work, live = torch.stack((self._own(state).any(dim=1), ~state.done)).cpu()  # one read of the device
+            work, live = self._read_work(state)
             complete = live & ~work
             if not bool(complete.any()):
                 break
@@ -142,6 +142,11 @@ class Blockwise(IterationManager):
             p.block[moving] += 1
             self._enter(state, moving)
         p.active, p.active_cancels = live & work, state.cancels
+
+    def _read_work(self, state: GenerationState) -> tuple[Tensor, Tensor]:
+        """The one read of the device in a step: [B] host bools, rows with work in their block and live rows."""
+        work, live = torch.stack((self._own(state).any(dim=1), ~state.done)).cpu()
+        return work, live
 
     def _active(self, state: GenerationState) -> Tensor:
         """[B] host bool: rows still generating with pending positions in their block."""
