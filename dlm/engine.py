@@ -4,10 +4,11 @@ An :class:`Engine` keeps a few running generations (*cohorts*, each a :class:`~d
 and a queue of rows waiting to start. Each :meth:`Engine.step`:
 
 1. **admits** queued rows at the step boundary: the newcomers are started by the pipeline (their own canvas,
-   their components' run memory, their random streams) and appended to a running cohort
-   (:meth:`~dlm.state.GenerationState.cat`) whose generation region starts far enough right for their
-   prompts; rows that fit no cohort start a new one, its region placed at the next multiple of ``bucket``
-   columns so that later newcomers fit it too;
+   their components' run memory, their random streams) and appended to the running cohort
+   (:meth:`~dlm.state.GenerationState.cat`). The generation region sits at a multiple of ``bucket`` columns;
+   a newcomer whose prompt is longer than the room before it makes the cohort grow on the left
+   (:meth:`~dlm.state.GenerationState.shift`: every running row keeps computing exactly what it did), and
+   when the rows that needed the room leave, the padding every row has is dropped again;
 2. runs **one step** of every cohort (one forward per cohort, its rows batched);
 3. **retires** the rows that are done: their outputs are handed back and the cohort keeps only the others
    (:meth:`~dlm.state.GenerationState.take`), so a finished row stops costing compute at once.
@@ -15,7 +16,8 @@ and a queue of rows waiting to start. Each :meth:`Engine.step`:
 A row gives exactly what it gives alone whenever it joined: every component keeps its memory per row, rows
 are independent in the forward (padding is masked, positions are the row's own), each row draws from its own
 random stream, and each row moves through its blocks at its own pace. Pipelines whose components do not
-declare ``joinable`` still never make a newcomer wait: it starts a cohort of its own.
+declare ``joinable`` still never make a newcomer wait: it starts a cohort of its own (so does one whose run
+memory cannot move with the canvas, when its prompt does not fit).
 
 Admission is bounded by the caller (the server checks a memory budget, :func:`row_bytes`) and by
 ``max_rows``, the rows running at once over all cohorts.
@@ -72,7 +74,7 @@ class Engine:
     on_step: Callable[[GenerationState], None] | None = None  # called after each cohort's step
     cohorts: list[GenerationState] = field(default_factory=list)
     queue: deque = field(default_factory=deque)
-    stats: dict = field(default_factory=lambda: {"steps": 0, "joins": 0, "cohorts": 0, "forwards": 0})
+    stats: dict = field(default_factory=lambda: {"steps": 0, "joins": 0, "cohorts": 0, "forwards": 0, "shifts": 0})
 
     def __post_init__(self) -> None:
         if self.max_rows < 1:
@@ -134,25 +136,39 @@ class Engine:
     # --- admission and retirement -----------------------------------------------------------------------
 
     def admit(self) -> None:
-        """Start queued rows while there is room: in a running cohort when they fit it, else a new one."""
+        """Start queued rows while there is room: in the running cohort (made wider on the left when a
+        newcomer's prompt needs it), or, when the pipeline cannot join rows, in a cohort of their own."""
         room = self.max_rows - self.running
         if room <= 0 or not self.queue:
             return
         batch = [self.queue.popleft() for _ in range(min(room, len(self.queue)))]
-        joinable = self.pipeline.joinable
-        groups: dict[int, list[Request]] = {}
+        if not self.pipeline.joinable:
+            self.cohorts.append(self._start(batch, self._region(max(len(r.ids) for r in batch))))
+            self.stats["cohorts"] += 1
+            return
+        rest = []
         for req in batch:
-            home = self._home(len(req.ids)) if joinable else None
-            groups.setdefault(-1 - len(groups) if home is None else home, []).append(req)
-        for home, reqs in groups.items():
-            if home >= 0:
-                cohort = self.cohorts[home]
-                fresh = self._start(reqs, cohort.gen_start)
-                self.cohorts[home] = cohort.cat(fresh)
-                self.stats["joins"] += len(reqs)
+            home = self._home(len(req.ids))
+            if home is None:
+                rest.append(req)
             else:
-                self.cohorts.append(self._start(reqs, self._region(max(len(r.ids) for r in reqs))))
+                self._join(home, [req])
+        if rest:
+            need = self._region(max(len(r.ids) for r in rest))
+            wider = [i for i, c in enumerate(self.cohorts) if c.shiftable]
+            if wider:  # make room on the left of the fullest cohort: its rows compute what they did
+                i = max(wider, key=lambda i: self.cohorts[i].batch_size)
+                self.cohorts[i] = self.cohorts[i].shift(need - self.cohorts[i].gen_start)
+                self.stats["shifts"] += 1
+                self._join(i, rest)
+            else:
+                self.cohorts.append(self._start(rest, need))
                 self.stats["cohorts"] += 1
+
+    def _join(self, home: int, reqs: list[Request]) -> None:
+        cohort = self.cohorts[home]
+        self.cohorts[home] = cohort.cat(self._start(reqs, cohort.gen_start))
+        self.stats["joins"] += len(reqs)
 
     def _home(self, prompt_length: int) -> int | None:
         """The running cohort a newcomer with this prompt length joins (the fullest that fits), or None."""
@@ -164,6 +180,14 @@ class Engine:
         caps = self.pipeline.model.capabilities
         limit = caps.max_length - (self._gen_length or 0)
         return max(prompt_length, min(math.ceil(prompt_length / self.bucket) * self.bucket, limit))
+
+    def _trim(self, state: GenerationState) -> GenerationState:
+        """Drop whole buckets of padding that every row of ``state`` has on its left (less to compute)."""
+        spare = int(state.pad.min()) // self.bucket * self.bucket
+        if spare and state.shiftable:
+            self.stats["shifts"] += 1
+            return state.shift(-spare)
+        return state
 
     def _start(self, reqs: list[Request], gen_start: int) -> GenerationState:
         return self.pipeline.start(input_ids=[r.ids for r in reqs], seeds=[r.seed for r in reqs],
@@ -179,7 +203,7 @@ class Engine:
         for i, r in enumerate(finished.tolist()):
             results.append(Result(state.tags[r], _row(out, i)))
         stay = (~done).nonzero()[:, 0]
-        return state.take(stay) if len(stay) else None
+        return self._trim(state.take(stay)) if len(stay) else None
 
 
 def _row(out: GenerationOutput, i: int) -> GenerationOutput:

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["RowMemory", "row_field", "shared_field", "derived_field", "take_rows", "cat_rows"]
+__all__ = ["RowMemory", "row_field", "shared_field", "derived_field", "column_field", "column_index_field",
+           "take_rows", "cat_rows", "shift_columns"]
 
 
 def row_field(*, dim: int = 0, **kwargs: Any):
@@ -38,6 +39,33 @@ def row_field(*, dim: int = 0, **kwargs: Any):
 def shared_field(**kwargs: Any):
     """A dataclass field that is the same for every row of a generation (equal in states that are joined)."""
     return field(metadata={"shared": True}, **kwargs)
+
+
+def column_field(*, dim: int = 1, fill: Any = 0, row_dim: int = 0, **kwargs: Any):
+    """A tensor field with canvas columns on ``dim`` (slot ``c`` is column ``c``): when the canvas grows or
+    shrinks on the left (:meth:`~dlm.state.GenerationState.shift`), the field moves with it, new columns
+    holding ``fill``."""
+    return field(metadata={"row_dim": row_dim, "col_dim": dim, "fill": fill}, **kwargs)
+
+
+def column_index_field(**kwargs: Any):
+    """A tensor (or int) field whose *values* are canvas columns: they move by the shift of the canvas."""
+    return field(metadata={"column_index": True}, **kwargs)
+
+
+def shift_columns(value: Any, n: int, dim: int, fill: Any = 0) -> Any:
+    """``value`` with ``n`` columns added before column 0 on ``dim`` (``n < 0``: the first ``-n`` dropped)."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if n >= 0:
+            shape = list(value.shape)
+            shape[dim] = n
+            return torch.cat((torch.full(shape, fill, dtype=value.dtype, device=value.device), value), dim=dim)
+        return value.narrow(dim, -n, value.shape[dim] + n).clone()
+    if hasattr(value, "shift_columns"):
+        return value.shift_columns(n)
+    raise TypeError(f"cannot move the columns of {type(value).__name__}")
 
 
 def derived_field(**kwargs: Any):
@@ -99,6 +127,29 @@ class RowMemory:
                                                                           f.metadata.get("row_dim", 0), f.name)
             for f in fields(self)
         })
+
+
+    def shift_columns(self, n: int):
+        """This memory for a canvas with ``n`` columns added on the left (``n < 0``: removed): fields declared
+        with :func:`column_field` move, :func:`column_index_field` values add ``n``, objects with a
+        ``shift_columns`` of their own (a KV buffer, a nested RowMemory) shift themselves."""
+        changed = {}
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if meta.get("derived"):
+                changed[f.name] = _reset(f)
+            elif "col_dim" in meta:
+                changed[f.name] = shift_columns(value, n, meta["col_dim"], meta.get("fill", 0))
+            elif meta.get("column_index"):
+                changed[f.name] = None if value is None else value + n
+            elif hasattr(value, "shift_columns"):
+                changed[f.name] = value.shift_columns(n)
+        return replace(self, **changed)
+
+
+def shiftable(value: Any) -> bool:
+    """Whether run memory ``value`` can follow its canvas growing or shrinking on the left."""
+    return value is None or hasattr(value, "shift_columns")
 
 
 def _reset(f) -> Any:

@@ -185,6 +185,34 @@ class GenerationState:
             cancels=self.cancels + 1,
         )
 
+    @property
+    def shiftable(self) -> bool:
+        """Every component's run memory can follow the canvas growing or shrinking on the left (:meth:`shift`)."""
+        from dlm.memory import shiftable
+
+        return shiftable(self.progress) and all(shiftable(v) for v in self.memory.values())
+
+    def shift(self, n: int) -> "GenerationState":
+        """This generation with ``n`` padding columns added on the left of every row (``n < 0``: ``-n`` removed,
+        which must all be padding): the generation region moves to column ``gen_start + n``. Every row computes
+        exactly what it computed before (its positions are its columns minus its padding, and both move), so
+        a running generation can make room for a newcomer's longer prompt, or drop padding no row needs."""
+        from dlm.memory import shift_columns
+
+        if n < 0 and (int(self.pad.min()) < -n):
+            raise ValueError(f"cannot drop {-n} columns: some row has only {int(self.pad.min())} padding columns")
+        return replace(
+            self,
+            canvas=shift_columns(self.canvas, n, 1, self.eos_ids[0]),
+            pad=self.pad + n,
+            gen_start=self.gen_start + n,
+            provisional=shift_columns(self.provisional, n, 1, False),
+            progress=None if self.progress is None else self.progress.shift_columns(n),
+            memory={k: None if v is None else v.shift_columns(n) for k, v in self.memory.items()},
+            last_window=None,
+            cancels=self.cancels + 1,
+        )
+
     # --- the one writer of the canvas -------------------------------------------------------------------
 
     def commit(self, window: Window, commit: Commit) -> None:

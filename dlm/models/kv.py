@@ -72,6 +72,14 @@ class KVBuffer:
         """A new buffer with this buffer's rows followed by ``other``'s (rows joining a generation)."""
         return self._wrap(torch.cat((self.keys, other.keys), dim=1), torch.cat((self.values, other.values), dim=1))
 
+    def shift_columns(self, n: int) -> "KVBuffer":
+        """A new buffer for a canvas with ``n`` columns added on the left (``n < 0``: the first ``-n`` removed);
+        every slot keeps its column's K/V."""
+        if n >= 0:
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, n, 0))  # noqa: E731
+            return self._wrap(pad(self.keys), pad(self.values))
+        return self._wrap(self.keys[:, :, :, -n:].clone(), self.values[:, :, :, -n:].clone())
+
     def copy_rows(self, dst: Tensor, src: "KVBuffer", src_rows: Tensor) -> None:
         """Rows ``dst`` of this buffer become rows ``src_rows`` of ``src`` (a candidate kept)."""
         self.keys[:, dst] = src.keys[:, src_rows]
