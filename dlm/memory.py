@@ -22,7 +22,7 @@ Rows are *batch* rows: tensor fields have the batch's rows, not the window's.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -107,7 +107,15 @@ def cat_rows(a: Any, b: Any, dim: int = 0, name: str = "value") -> Any:
 
 @dataclass
 class RowMemory:
-    """Base of per-row run memory dataclasses: generic :meth:`take` and :meth:`cat` over the fields."""
+    """Base of per-row run memory dataclasses: generic :meth:`take` and :meth:`cat` over the fields.
+
+    ``movable``: the class declares every field that holds canvas columns (:func:`column_field`) or column
+    numbers (:func:`column_index_field`), so :meth:`shift_columns` can follow the canvas growing or shrinking
+    on the left. False by default: a generation holding such memory is never shifted (the engine then starts
+    newcomers that need more room in a generation of their own, which is exact too).
+    """
+
+    movable: ClassVar[bool] = False
 
     def take(self, rows: Tensor):
         """This memory for ``rows`` only (a [b] long index into the batch rows, in the new order)."""
@@ -149,7 +157,13 @@ class RowMemory:
 
 def shiftable(value: Any) -> bool:
     """Whether run memory ``value`` can follow its canvas growing or shrinking on the left."""
-    return value is None or hasattr(value, "shift_columns")
+    if value is None:
+        return True
+    if isinstance(value, RowMemory):
+        return type(value).movable and all(shiftable(getattr(value, f.name)) for f in fields(value)
+                                           if not f.metadata.get("derived") and "col_dim" not in f.metadata
+                                           and hasattr(getattr(value, f.name), "shift_columns"))
+    return hasattr(value, "shift_columns")
 
 
 def _reset(f) -> Any:

@@ -41,6 +41,8 @@ class PrefixCacheConfig(BaseModel):
 class KVMemory(RowMemory):
     """A block cache's run memory: the KV store of the batch's rows and the model's logit shift."""
 
+    movable = True  # nothing in canvas columns but the store, which moves itself
+
     kv: KVStore
     shift: int = shared_field(default=0)
 

@@ -25,6 +25,8 @@ class BlockProgress(RowMemory):
     that joined later) may be at different blocks.
     """
 
+    movable = True  # no column fields: blocks are counted from gen_start
+
     block: Tensor  # [B] long (host): index of each row's current block
     step: Tensor  # [B] long (host): step index inside the row's current block
     tick: Tensor  # [B] long (host): index into a timestep schedule (Dream's); ticks that commit nothing are skipped
