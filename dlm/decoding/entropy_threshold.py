@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
+from dlm.decoding.proposal import propose, row_spans
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -46,9 +46,10 @@ class EntropyThresholdConfig(BaseModel):
 
 class EntropyThreshold(DecodingStrategy):
     Config = EntropyThresholdConfig
+    joinable = True
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows)
+                            rows=window.rows, spans=row_spans(window))
         return Commit(entropy_select(entropy(logits), window.eligible, c.threshold, strict=c.strict), tokens)
