@@ -368,9 +368,10 @@ def test_rows_joining_a_dream_blockwise_generation_give_their_alone_output(dream
 
 @settings(max_examples=10)
 @given(rows=joins, tau=st.sampled_from([0.0, 0.1, 0.6]), cache=st.sampled_from(["prefix", "dual"]))
-def test_rows_joining_a_cached_dream_blockwise_generation_give_their_alone_output(dream_one_layer, rows, tau, cache):
-    """``dream_blockwise`` with Fast-dLLM's caches: each row's K/V are kept and served as alone (one layer)."""
+def test_rows_joining_a_cached_dream_blockwise_generation_give_their_alone_output(dream_ckpt, rows, tau, cache):
+    """``dream_blockwise`` with Fast-dLLM's caches: each row's K/V are kept and served as alone (rows at their
+    first-column step, at later steps and at other blocks share one forward)."""
     it = {"name": "dream_blockwise", "gen_length": 12, "block_length": 4, "steps": 12}
-    pipe = dream_pipeline(dream_one_layer, iteration=it, decoding={"name": "threshold", "threshold": tau},
+    pipe = dream_pipeline(dream_ckpt, iteration=it, decoding={"name": "threshold", "threshold": tau},
                           cache={"name": cache})
     assert_joins_give_alone(pipe, [r for r, _ in rows], [t for _, t in rows])

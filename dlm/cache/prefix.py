@@ -29,7 +29,7 @@ from torch import Tensor
 from dlm.cache.base import CacheManager
 from dlm.cache.fast_dllm import block_cache_problem
 from dlm.memory import RowMemory, shared_field
-from dlm.messages import CacheEnv, ForwardPlan, KVStore, ModelCapabilities, Window
+from dlm.messages import CacheEnv, ForwardPlan, KVStore, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
 
 
@@ -80,8 +80,9 @@ class PrefixCache(CacheManager):
         """[b] host: first column a cached (non-refresh) step stores per row: its block, or the column its
         window needs (one before the window for shifted models)."""
         shift = self.memory(state).shift
-        own = torch.clamp(window.block_start, min=window.start)  # each row's own window start
-        return torch.minimum(window.block_start, own - shift)
+        sub = window.get(SubBlocks)  # a row's own span inside its block (dream_blockwise), when given
+        own = sub.start if sub is not None else torch.clamp(window.block_start, min=window.start)
+        return torch.minimum(window.block_start, own.cpu() - shift)
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         m: KVMemory = self.memory(state)
