@@ -231,3 +231,27 @@ def test_rows_joining_a_causal_generation_give_what_they_give_alone(causal_ckpts
     join_at = [0] + data.draw(st.lists(st.integers(0, 10), min_size=len(prompts) - 1, max_size=len(prompts) - 1))
     seeds = data.draw(st.lists(st.integers(0, 1000), min_size=len(prompts), max_size=len(prompts)))
     _check_joins(pipe, prompts, join_at, seeds)
+
+
+@settings(max_examples=4)
+@given(shifts=st.lists(st.integers(-3, 6), min_size=1, max_size=4))
+@pytest.mark.parametrize("name,config", [("credit", {"threshold": 0.9, "alpha": 3.0}),
+                                         ("klass", {"confidence": 0.2, "kl": 0.5}),
+                                         ("freedave", {"drafts": 3}), ("sched", JOIN_CASES["sched"][0])])
+def test_a_generation_growing_and_shrinking_on_the_left_keeps_each_rows_output(tiny_ckpt, name, config, shifts):
+    """The strategies' run memory follows the canvas (GenerationState.shift, as the engine makes room for a
+    longer prompt): every row still gives its alone tokens and NFE."""
+    pipe = Pipeline.from_config(pipeline_config(
+        tiny_ckpt, decoding={"name": name, **config},
+        iteration={"name": "blockwise", "gen_length": 16, "block_length": 4, "steps": 16}))
+    prompts, seeds = [[5, 6, 7], [8, 9]], [0, 1]
+    state = pipe.start(input_ids=prompts, seeds=seeds)
+    assert state.shiftable
+    for n in shifts:
+        if pipe.done(state):
+            break
+        pipe.step(state)
+        state = state.shift(max(n, -int(state.pad.min())))
+    pipe.run(state)
+    out = pipe.output(state)
+    assert [(g.tolist(), n) for g, n in zip(out.generated, out.nfe)] == alone_outputs(pipe, prompts, seeds)

@@ -14,7 +14,7 @@ rows at different blocks (a row that joined later) each keep and reset their own
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, row_spans, threshold_select
-from dlm.memory import RowMemory
+from dlm.memory import RowMemory, column_index_field
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -54,26 +54,36 @@ class CreditConfig(BaseModel):
 class CreditMemory(RowMemory):
     """Per batch row: the credit table of the row's own window and what it is of.
 
-    ``key`` is (block, first column, width) of the row's own window (:func:`~dlm.decoding.proposal.row_spans`),
-    the table's slot ``j`` holding its column ``first + j``; a row whose key changes (a new block, a moved
-    window) starts a fresh table. The table is allocated at the first step (it needs the vocabulary) and grows
-    to the widest window seen; slots past a row's width stay 0.
+    The table is of the row's own window (:func:`~dlm.decoding.proposal.row_spans`): its block, its first
+    column and its width; slot ``j`` holds column ``first + j``. A row whose window changes (a new block, a
+    moved window) starts a fresh table. The table is allocated at the first step (it needs the vocabulary)
+    and grows to the widest window seen; slots past a row's width stay 0. ``movable``: the first column
+    follows the canvas when it grows or shrinks on the left (the slots are relative to it).
     """
 
-    key: Tensor  # [B, 3] long (host): (block, first column, width) of the table; -1: none yet
-    decisions: Tensor  # [B] long (host): steps the row took with that table
+    movable = True
+
+    block: Tensor  # [B] long (host): block of the row's table (-1: none yet)
+    first: Tensor = column_index_field()  # [B] long (host): canvas column of slot 0
+    width: Tensor = field(default=None)  # [B] long (host): columns of the row's window
+    decisions: Tensor = field(default=None)  # [B] long (host): steps the row took with that table
     table: Tensor | None = None  # [B, T, V] float32 credit (None until the first step)
 
     @staticmethod
     def fresh(batch: int) -> "CreditMemory":
-        return CreditMemory(torch.full((batch, 3), -1, dtype=torch.long), torch.zeros(batch, dtype=torch.long))
+        none = lambda: torch.full((batch,), -1, dtype=torch.long)  # noqa: E731
+        return CreditMemory(block=none(), first=none(), width=none(), decisions=torch.zeros(batch, dtype=torch.long))
+
+    def key(self, rows: Tensor) -> Tensor:
+        """[b, 3] (block, first column, width) of ``rows``' tables."""
+        return torch.stack((self.block[rows], self.first[rows], self.width[rows]), dim=1)
 
     def cat(self, other: "CreditMemory") -> "CreditMemory":
         a, b = self.table, other.table
         if a is not None or b is not None:  # bring both tables to one shape: missing rows and slots hold no credit
             ref = a if a is not None else b
             width = max(t.shape[1] for t in (a, b) if t is not None)
-            a, b = (_padded(t, len(m.key), width, ref) for t, m in ((a, self), (b, other)))
+            a, b = (_padded(t, len(m.block), width, ref) for t, m in ((a, self), (b, other)))
         return RowMemory.cat(replace(self, table=a), replace(other, table=b))
 
 
@@ -100,14 +110,14 @@ class Credit(DecodingStrategy):
         lo, hi = row_spans(window)  # [b] host: each row's own window, in window columns
         whole = not bool(lo.any()) and bool((hi == window.width).all())
         key = torch.stack((window.block, window.start + lo, hi - lo), dim=1)
-        stale = (m.key[rows] != key).any(dim=1)  # rows entering a new block (or window) start a fresh table
-        m.key[rows] = key
+        stale = (m.key(rows) != key).any(dim=1)  # rows entering a new block (or window) start a fresh table
+        m.block[rows], m.first[rows], m.width[rows] = key.unbind(dim=1)
         m.decisions[rows[stale]] = 0
         width, vocab = int((hi - lo).max()), logits.shape[-1]
         if m.table is None or m.table.shape[2] != vocab:
-            m.table = torch.zeros(len(m.key), width, vocab, dtype=torch.float32, device=dev)
+            m.table = torch.zeros(len(m.block), width, vocab, dtype=torch.float32, device=dev)
         elif m.table.shape[1] < width:
-            m.table = _padded(m.table, len(m.key), width, m.table)
+            m.table = _padded(m.table, len(m.block), width, m.table)
         if whole:  # every row's own window is the window (one row, or rows in one block)
             own_logits, own_masked = logits, window.eligible
         else:  # each row's own columns, from slot 0 (what the row has alone)

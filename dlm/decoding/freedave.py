@@ -19,7 +19,7 @@ state (:class:`FreeDaveMemory`), per batch row, and count only in the block they
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
-from dlm.memory import RowMemory
+from dlm.memory import RowMemory, column_field
 from dlm.messages import Candidates, Commit, Keep, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -61,9 +61,11 @@ class FreeDaveConfig(BaseModel):
 class FreeDaveMemory(RowMemory):
     """Per batch row: the predictions of the last draft the row reached, and the block they were made in."""
 
-    tokens: Tensor  # [B, L] long: proposals of the last reached draft, by canvas column
-    confidence: Tensor  # [B, L] float64: their confidence
-    block: Tensor  # [B] long (host): the block they were made in (-1: none yet)
+    movable = True  # the predictions are by canvas column and follow the canvas growing or shrinking
+
+    tokens: Tensor = column_field()  # [B, L] long: proposals of the last reached draft, by canvas column
+    confidence: Tensor = column_field()  # [B, L] float64: their confidence
+    block: Tensor = field(default=None)  # [B] long (host): the block they were made in (-1: none yet)
 
 
 class FreeDave(DecodingStrategy):

@@ -26,7 +26,7 @@ from torch import Tensor
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, row_spans, top_k_select
 from dlm.errors import DecodingError
-from dlm.memory import RowMemory, shared_field
+from dlm.memory import RowMemory, column_index_field
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -66,12 +66,16 @@ class KlassMemory(RowMemory):
     """Per batch row: the KL history and the last forward's distribution of each generation-region column.
 
     ``previous`` is allocated (zeros, the authors' value before a first forward) at the first step, which
-    brings the vocabulary; rows joined before and after that get zeros too (:meth:`cat`).
+    brings the vocabulary; rows joined before and after that get zeros too (:meth:`cat`). ``movable``: slots are
+    counted from ``first``, which follows the canvas when it grows or shrinks on the left.
     """
+
+    movable = True
 
     kl_history: Tensor  # [B, L - first, history] float64, newest last
     previous: Tensor | None = None  # [B, L - first, V] float64 distribution at the row's last forward
-    first: int = shared_field(default=0)  # canvas column of slot 0 (the generation region's start)
+    first: int = column_index_field(default=0)  # canvas column of slot 0 (the generation region's start; the
+    # same in joined states)
 
     def cat(self, other: "KlassMemory") -> "KlassMemory":
         a, b = self.previous, other.previous

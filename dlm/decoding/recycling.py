@@ -30,6 +30,8 @@ from dlm.state import GenerationState
 class RecyclingPools(RowMemory):
     """Per batch row: its n-gram pool (token lists, newest last), and the candidates the pools propose."""
 
+    movable = True  # tokens only, no canvas columns
+
     pools: list  # [B] deques of at most ``size`` n-grams
 
     @staticmethod
