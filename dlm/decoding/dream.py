@@ -64,7 +64,8 @@ class DreamDecoding(DecodingStrategy):
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         probs = filtered_probs(logits, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k)
-        spans = row_spans(window)
+        draws = c.temperature > 0 or c.alg_temp > 0 or c.alg == "origin"
+        spans = row_spans(window) if draws else None  # the rows' own columns, read only when something is drawn
         tokens, chosen = draw(probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
                               rows=window.rows, spans=spans)
         quota = window.quota.clamp(min=1)

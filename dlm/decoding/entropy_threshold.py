@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, row_spans
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -51,5 +51,5 @@ class EntropyThreshold(DecodingStrategy):
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows, spans=row_spans(window))
+                            rows=window.rows, spans=draw_spans(window, c.temperature))
         return Commit(entropy_select(entropy(logits), window.eligible, c.threshold, strict=c.strict), tokens)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, row_spans
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -57,7 +57,7 @@ class Hierarchical(DecodingStrategy):
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows, spans=row_spans(window))
+                            rows=window.rows, spans=draw_spans(window, c.temperature))
         logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]  # [b, W], logits' dtype
         select = hierarchical_select(logp.exp(), window.eligible, c.low_threshold, c.threshold)
         return Commit(select, tokens)

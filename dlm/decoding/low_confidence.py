@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, row_spans, top_k_select
+from dlm.decoding.proposal import draw_spans, propose, top_k_select
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.messages import Commit, Window
@@ -30,7 +30,7 @@ class LowConfidence(DecodingStrategy):
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
-            rows=window.rows, spans=row_spans(window),
+            rows=window.rows, spans=draw_spans(window, self.config.temperature),
         )
         quota = window.quota.clamp(min=1)
         return Commit(top_k_select(confidence, window.eligible, quota), tokens)

@@ -38,6 +38,12 @@ def row_spans(window: Window) -> Spans:
     return lo, torch.maximum((g.block_end - window.start).clamp(0, width), lo)
 
 
+def draw_spans(window: Window, temperature: float) -> Spans | None:
+    """The rows' own columns (:func:`row_spans`) for proposals drawn at ``temperature``; None when greedy (no
+    draws, so nothing to read)."""
+    return row_spans(window) if temperature > 0 else None
+
+
 def _whole(spans: Spans | None, width: int) -> bool:
     return spans is None or (not bool(spans[0].any()) and bool((spans[1] == width).all()))
 

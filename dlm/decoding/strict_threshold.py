@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import row_spans, threshold_select
+from dlm.decoding.proposal import draw_spans, threshold_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -39,6 +39,6 @@ class StrictThreshold(DecodingStrategy):
         probs = filtered_probs(logits, temperature=c.temperature, top_p=top_p, top_k=None)
         tokens, confidence = draw(
             probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator, rows=window.rows,
-            spans=row_spans(window),
+            spans=draw_spans(window, c.temperature),
         )
         return Commit(threshold_select(confidence, window.eligible, c.threshold, strict=True), tokens)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, row_spans, threshold_select
+from dlm.decoding.proposal import draw_spans, propose, threshold_select
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.messages import Commit, Window
@@ -31,6 +31,6 @@ class Threshold(DecodingStrategy):
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
-            rows=window.rows, spans=row_spans(window),
+            rows=window.rows, spans=draw_spans(window, self.config.temperature),
         )
         return Commit(threshold_select(confidence, window.eligible, self.config.threshold), tokens)

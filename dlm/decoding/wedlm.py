@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, row_spans
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -45,7 +45,7 @@ class WeDLMDecoding(DecodingStrategy):
         c = self.config
         logits = window.window_logits(logits)
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows, spans=row_spans(window))  # [b, W]
+                            rows=window.rows, spans=draw_spans(window, c.temperature))  # [b, W]
         eligible = window.eligible
         cols = torch.arange(window.width, device=eligible.device)[None, :]
         first = torch.where(eligible, cols, window.width).min(dim=1, keepdim=True).values  # [b, 1]

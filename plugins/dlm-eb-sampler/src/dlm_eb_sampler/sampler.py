@@ -32,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from dlm.decoding import DecodingStrategy, RowRNG, propose, row_spans
+from dlm.decoding import DecodingStrategy, RowRNG, draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.state import GenerationState
 
@@ -74,12 +74,12 @@ class EBSampler(DecodingStrategy):
     """Commit the most reliable positions while their summed entropy, minus the largest, stays ≤ γ."""
 
     Config = EBSamplerConfig
-    joinable = True  # no run memory; each row draws over its own window (row_spans)
+    joinable = True  # no run memory; each row draws over its own window (draw_spans)
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
-            rows=window.rows, spans=row_spans(window),
+            rows=window.rows, spans=draw_spans(window, self.config.temperature),
         )
         entropy = token_entropy(logits)
         score = confidence if self.config.order == "confidence" else -entropy
