@@ -37,6 +37,7 @@ HOST = {
     "done",  # blockwise: any active row left (host)
     "advance",  # blockwise: the step bound, checked on the host steps
     "row_range_plan",  # prefix/dual: per-row write bounds from the host geometry
+    "row_spans", "_whole",  # sampling: each row's own columns of the window, from the host geometry
 }
 ALLOWED = DEVICE | HOST
 

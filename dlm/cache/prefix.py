@@ -82,7 +82,7 @@ class PrefixCache(CacheManager):
         shift = self.memory(state).shift
         sub = window.get(SubBlocks)  # a row's own span inside its block (dream_blockwise), when given
         own = sub.start if sub is not None else torch.clamp(window.block_start, min=window.start)
-        return torch.minimum(window.block_start, own.cpu() - shift)
+        return torch.minimum(window.block_start, own - shift)
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         m: KVMemory = self.memory(state)
