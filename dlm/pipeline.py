@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from dlm import compat
 from dlm.cache.base import CacheManager
 from dlm.config import PipelineConfig, apply_threads, build_config, default_config_path, load_config
 from dlm.decoding.base import DecodingStrategy
@@ -106,13 +107,18 @@ class Pipeline:
         names = config.to_dict() if config else {}
 
         def name(kind: str, component) -> str:
-            return names.get(kind, {}).get("name", type(component).__name__)
+            return names.get(kind, {}).get("name") or compat.registered_name(kind, component)
 
+        components = {"iteration": iteration, "decoding": decoding, "cache": cache}
+        labels = {kind: name(kind, comp) for kind, comp in {**components, "model": model}.items()}
+        # each component against the model (its own check and its declared model requirements), then every pair
+        # of components against each other's declarations (dlm.compat)
         problems = [
-            f"{kind} {name(kind, comp)!r} cannot be used with model {name('model', model)!r}: {problem}"
-            for kind, comp in (("iteration", iteration), ("cache", cache))
-            if (problem := comp.check(model.capabilities))
+            f"{kind} {labels[kind]!r} cannot be used with model {labels['model']!r}: {problem}"
+            for kind, comp in components.items()
+            for problem in compat.model_problems(kind, comp, model.capabilities)
         ]
+        problems += compat.problems(components, labels)
         gen_length = getattr(iteration.config, "gen_length", None)
         if isinstance(gen_length, int) and gen_length >= model.capabilities.max_length:
             problems.append(
@@ -122,7 +128,7 @@ class Pipeline:
                 "prompt length"
             )
         if problems:
-            raise CompositionError("; ".join(problems))
+            raise CompositionError("\n".join(problems))
 
     # --- construction -------------------------------------------------------------------------------
 

@@ -233,7 +233,7 @@ def test_rows_joining_block_diffusion_under_the_block_cache_give_their_alone_out
 
 @pytest.mark.parametrize("model,iteration,decoding", [
     ("qwen2", {"name": "autoregressive", "gen_length": 8}, {"name": "low_confidence"}),
-    ("qwen2", {"name": "jacobi", "gen_length": 8}, {"name": "low_confidence"}),
+    ("qwen2", {"name": "jacobi", "gen_length": 8, "n": 3}, {"name": "jacobi"}),
     ("wedlm", {"name": "wedlm", "gen_length": 8}, {"name": "threshold", "threshold": 0.3}),
 ], ids=["autoregressive", "jacobi", "wedlm"])
 @settings(max_examples=8)

@@ -186,5 +186,5 @@ def test_composition_is_checked_before_any_forward(tiny_ckpt):
     pipe = make(tiny_ckpt, "none")
     caps = pipe.model.capabilities
     pipe.model.capabilities = dataclasses.replace(caps, kv_cache=False)
-    with pytest.raises(CompositionError, match="cache 'DualCache'.*cannot run through a KV buffer"):
+    with pytest.raises(CompositionError, match="cache 'dual'.*cannot run through a KV buffer"):
         Pipeline(pipe.model, pipe.iteration, pipe.decoding, DualCache(DualCacheConfig()))

@@ -279,9 +279,9 @@ class OneGeometryForAll(Blockwise):
                                                         g.total_steps))
 
 
-def test_kit_reports_windows_with_unmasked_eligible_positions():
+def test_kit_reports_windows_with_committed_eligible_positions():
     found = failing("iteration", EligibleEverywhere, {"gen_length": 16, "block_length": 8, "steps": 16})
-    assert "not masked" in found["windows"]
+    assert "committed" in found["windows"]
 
 
 def test_kit_reports_geometry_that_is_not_per_row():

@@ -105,3 +105,14 @@ def test_nothing_cites_notes_outside_the_repository():
                 if EXTERNAL_NOTES.search(line):
                     found.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()[:120]}")
     assert not found, "citations of notes outside the repository:\n" + "\n".join(found)
+
+
+def test_the_compatibility_matrix_is_generated_from_the_declarations():
+    """docs/configuration.md's compatibility tables are what ``python -m dlm.compat`` prints now."""
+    from dlm import compat
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    match = re.search(r"<!-- compat-matrix -->\n(.*?)\n<!-- /compat-matrix -->", text, re.S)
+    assert match, "no <!-- compat-matrix --> block in docs/configuration.md"
+    assert match.group(1) == compat.compatibility_section(), (
+        "docs/configuration.md's compatibility matrix is stale: replace its block with `python -m dlm.compat`")

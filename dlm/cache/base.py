@@ -28,7 +28,7 @@ into a cache's buffers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from pydantic import BaseModel
 
@@ -43,6 +43,8 @@ class CacheManager(ABC):
     """Decides what the model computes at each step and what it may reuse."""
 
     Config: ClassVar[type[BaseModel]]
+    provides: ClassVar[frozenset[str]] = frozenset()  # features guaranteed to the other components (dlm.compat)
+    requires: ClassVar[Mapping[str, str]] = {}  # feature -> why it is needed; nothing declared: composes with all
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

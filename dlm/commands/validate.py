@@ -11,7 +11,9 @@ import argparse
 
 import yaml
 
-from dlm.config import default_config, load_config
+from dlm import compat
+from dlm.config import PipelineConfig, default_config, load_config
+from dlm.errors import CompositionError
 
 HELP = "check a pipeline YAML file (default: the built-in pipeline) and print it with defaults filled in"
 
@@ -22,12 +24,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a setting, e.g. --set decoding.threshold=0.8 (repeatable)")
 
 
+def check_composition(config: PipelineConfig) -> None:
+    """Refuse the iteration, decoding and cache sections that cannot work together (their declarations,
+    :mod:`dlm.compat`); the model is not loaded, so its checks wait until the pipeline is built."""
+    sections = {kind: getattr(config, kind) for kind in compat.KINDS}
+    found = compat.problems({k: s.cls for k, s in sections.items()}, {k: s.name for k, s in sections.items()})
+    if found:
+        raise CompositionError("\n".join(f"{config.source}: {problem}" for problem in found))
+
+
 def run(args: argparse.Namespace) -> int:
+    config = default_config(args.overrides) if args.file is None else load_config(args.file, args.overrides)
+    check_composition(config)
     if args.file is None:
-        config = default_config(args.overrides)
         print("# the built-in default pipeline (dlm/configs/default.yaml), every default filled in")
     else:
-        config = load_config(args.file, args.overrides)
         print(f"# {args.file}: valid")
     print(yaml.safe_dump(config.to_dict(), sort_keys=False).rstrip())
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from pydantic import BaseModel
 from torch import Tensor
@@ -33,6 +33,8 @@ class DecodingStrategy(ABC):
 
     Config: ClassVar[type[BaseModel]]
     joinable: ClassVar[bool] = False  # rows may join a running generation (per-row geometry and RowMemory)
+    provides: ClassVar[frozenset[str]] = frozenset()  # features guaranteed to the other components (dlm.compat)
+    requires: ClassVar[Mapping[str, str]] = {}  # feature -> why it is needed; nothing declared: composes with all
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

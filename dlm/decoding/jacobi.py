@@ -46,6 +46,14 @@ def accepted(drafts: Tensor, greedy: Tensor, eligible: Tensor) -> Tensor:
 class JacobiDecoding(DecodingStrategy):
     Config = JacobiDecodingConfig
     joinable = True
+    provides = frozenset({"verified_prefix"})
+    requires = {
+        "drafts": "its rejected predictions become drafts (provisional tokens) that the next step verifies; this "
+                  "iteration counts only MASK positions as pending, so drafts would be left unverified",
+        "next_token": "it accepts a draft that equals the model's greedy prediction from the text before it, which "
+                      "is the autoregressive output only for a causal model with next-token logits (such as qwen2; "
+                      "use iteration jacobi)",
+    }
 
     def start(self, state: GenerationState) -> RecyclingPools | None:
         if self.config.pool_size > 0:

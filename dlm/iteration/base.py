@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Mapping
 
 import torch
 from pydantic import BaseModel
@@ -46,6 +46,8 @@ class IterationManager(ABC):
 
     Config: ClassVar[type[BaseModel]]
     joinable: ClassVar[bool] = False  # rows may join a running generation: per-row progress (a RowMemory)
+    provides: ClassVar[frozenset[str]] = frozenset()  # features guaranteed to the other components (dlm.compat)
+    requires: ClassVar[Mapping[str, str]] = {}  # feature -> why it is needed; nothing declared: composes with all
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config

@@ -100,6 +100,7 @@ class Blockwise(IterationManager):
 
     Config = BlockwiseConfig
     joinable = True
+    provides = frozenset({"drafts"})  # a block's pending positions include drafts: it ends when all are committed
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
               gen_start: int | None = None) -> GenerationState:

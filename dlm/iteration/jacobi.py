@@ -44,6 +44,12 @@ class JacobiConfig(BaseModel):
 
 class Jacobi(SlidingWindowManager):
     Config = JacobiConfig
+    requires = {
+        "verified_prefix": "its window is the committed text followed by unverified drafts, and its output equals "
+                           "greedy autoregressive decoding only if each step commits just the drafts it verified; this "
+                           "rule commits confident positions anywhere in the window, predicted from unverified drafts "
+                           "and MASK placeholders; other rules run under iteration autoregressive or wedlm",
+    }
 
     def window(self, state: GenerationState) -> Window:
         starts = first_pending(state)  # [B]

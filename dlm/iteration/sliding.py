@@ -69,6 +69,7 @@ class SlidingWindowManager(IterationManager):
     """Shared part of the causal decoders: the canvas, EOS early stop, the end of a row, a step bound."""
 
     joinable = True
+    provides = frozenset({"drafts"})  # a row's window starts at its first pending column, drafts included
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.attention != "causal":

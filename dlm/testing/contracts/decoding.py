@@ -23,7 +23,7 @@ from dlm.messages import Candidates, Commit, Finish, Geometry, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import CPU, OTHER_PROMPTS, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
-from dlm.testing.contracts.fixtures import tiny_model
+from dlm.testing.contracts.fixtures import model_for
 from dlm.testing.contracts.probes import (
     _batched_vs_single,
     _check_finished,
@@ -148,7 +148,8 @@ def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, ge
 
 
 def _decoding_make(cls, config_dict):
-    return lambda: (tiny_model(), Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
+    model = model_for(cls(_config(cls, config_dict)))
+    return lambda: (model, Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
                     NoCache(NoCacheConfig()))
 
 
@@ -183,7 +184,7 @@ def _decoding_batched(cls, config_dict):
 
 
 def _decoding_generation(cls, config_dict):
-    model = tiny_model()
+    model = model_for(cls(_config(cls, config_dict)))
     for iteration in (BlockwiseConfig(**SMALL_ITERATION), BlockwiseConfig(gen_length=16, block_length=4, steps=4)):
         it = Blockwise(iteration)
         out = _generate(model, it, cls(_config(cls, config_dict)), NoCache(NoCacheConfig()))
@@ -196,7 +197,7 @@ def _decoding_generation(cls, config_dict):
 def _decoding_memory(cls, config_dict):
     """The strategy object holds only its config: no generation changes its attributes (run memory is on the
     state), and an object that already ran a generation gives, in the next, exactly what a fresh one gives."""
-    model = tiny_model()
+    model = model_for(cls(_config(cls, config_dict)))
     one_block = BlockwiseConfig(gen_length=8, block_length=8, steps=8)  # both generations end and start in block 0
     make = lambda strategy: (model, Blockwise(one_block), strategy, NoCache(NoCacheConfig()))  # noqa: E731
     used = cls(_config(cls, config_dict))

@@ -10,10 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from dlm import compat
 from dlm.cache.base import CacheManager
+from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.base import IterationManager
 from dlm.models.base import ModelAdapter
-from dlm.registry import resolve
+from dlm.registry import entries, resolve
 from dlm.tools import checkpoints
 from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicable
 
@@ -50,17 +52,49 @@ def tiny_model(n_layers: int = 2, family: str = "llada") -> ModelAdapter:
     return _MODELS[family, n_layers]
 
 
-def model_for(component: CacheManager | IterationManager) -> ModelAdapter:
-    """The first tiny model of :data:`FAMILIES` that ``component`` accepts (its ``check`` passes)."""
+def model_for(component: CacheManager | IterationManager | DecodingStrategy) -> ModelAdapter:
+    """The first tiny model of :data:`FAMILIES` that ``component`` accepts (its ``check`` passes and its declared
+    model requirements are met, :mod:`dlm.compat`)."""
+    kind = _kind(component)
     reasons = []
     for family in FAMILIES:
         if family == "llada" or family in _checkpoint_writers():
             model = tiny_model(family=family)
-            problem = component.check(model.capabilities)
-            if problem is None:
+            problems = compat.model_problems(kind, component, model.capabilities)
+            if not problems:
                 return model
-            reasons.append(f"{family}: {problem}")
+            reasons.append(f"{family}: {'; '.join(problems)}")
     raise NotApplicable("no tiny test model fits: " + "; ".join(reasons))
+
+
+def _kind(component: Any) -> str:
+    for kind, base in (("iteration", IterationManager), ("decoding", DecodingStrategy), ("cache", CacheManager)):
+        if isinstance(component, base):
+            return kind
+    raise TypeError(f"{type(component).__name__} is not an iteration manager, decoding strategy or cache manager")
+
+
+def partner(kind: str, default: Any, *others: Any) -> Any:
+    """``default`` (a component of ``kind``) when it composes with ``others`` by their declarations
+    (:mod:`dlm.compat`), else the first registered component of ``kind`` that does, with its default config.
+    The kit drives a component with the most common partners, and with others only where it must (the
+    ``jacobi`` iteration needs the ``jacobi`` decoding rule)."""
+    def fits(candidate: Any) -> bool:
+        components = {kind: candidate, **{_kind(o): o for o in others}}
+        return not compat.problems(components)
+
+    if fits(default):
+        return default
+    for name in entries(kind):
+        try:
+            cls = resolve(kind, name)
+            candidate = cls(cls.Config())
+        except Exception:  # noqa: BLE001 - a broken plugin or one without a default config is no partner
+            continue
+        if fits(candidate):
+            return candidate
+    raise NotApplicable(f"no registered {kind} component composes with "
+                        + ", ".join(type(o).__name__ for o in others))
 
 
 def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:

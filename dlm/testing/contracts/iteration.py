@@ -1,10 +1,11 @@
 """Checks of an iteration manager: ``windows`` (each window lies in the generation region, names rows
-that are not done, marks only masked positions eligible, and carries per-row geometry: ``[b]`` host tensors
+that are not done, marks only pending positions eligible (MASK or a draft), and carries per-row geometry: ``[b]`` host tensors
 indexed like its rows), ``never_rewrites`` (prompt and committed tokens never change), ``terminates``,
 ``deterministic``, ``batched``, ``concurrent`` (two generations through one pipeline at once; the manager
 keeps its progress on the state, never on itself) and ``joins`` (rows started with ``gen_start`` join a
 running generation, for a manager declaring ``joinable = True``); :class:`_IterationProbe` wraps the
-manager's ``window`` to check each step."""
+manager's ``window`` to check each step. The manager is driven by ``low_confidence``, or, when its declarations
+refuse that rule (:mod:`dlm.compat`), by the first registered decoding strategy they accept."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dlm.messages import Window
 from dlm.pipeline import GenerationOutput
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import _fail
-from dlm.testing.contracts.fixtures import model_for
+from dlm.testing.contracts.fixtures import model_for, partner
 from dlm.testing.contracts.probes import (
     _batched_vs_single,
     _check_finished,
@@ -53,9 +54,9 @@ class _IterationProbe:
                   f"[{state.gen_start}, {state.length})")
         if window.eligible.shape != (len(rows), window.width) or window.eligible.dtype != torch.bool:
             _fail(f"{where}: eligible must be bool {(len(rows), window.width)}, got {tuple(window.eligible.shape)}")
-        masked = state.masked()[window.rows, window.start : window.end]
-        if bool((window.eligible & ~masked).any()):
-            _fail(f"{where}: marks positions eligible that are not masked (they would be rewritten)")
+        pending = state.pending()[window.rows, window.start : window.end]  # MASK, or a draft not yet committed
+        if bool((window.eligible & ~pending).any()):
+            _fail(f"{where}: marks positions eligible that are committed (they would be rewritten)")
         if window.quota.shape != (len(rows),) or bool((window.quota < 0).any()):
             _fail(f"{where}: quota must be [{len(rows)}] and non-negative, got {window.quota.tolist()}")
         if window.mask_id != state.mask_id:
@@ -64,9 +65,9 @@ class _IterationProbe:
         return window
 
     def check_canvas(self, state: GenerationState) -> None:
-        canvas, done = state.canvas.clone(), state.done.clone()
+        canvas, done, pending = state.canvas.clone(), state.done.clone(), state.pending().clone()
         if self.previous is not None:
-            before, was_done = self.previous
+            before, was_done, was_pending = self.previous
             changed = canvas != before
             if bool(changed[:, : state.gen_start].any()):
                 _fail(f"after window {self.windows}: a prompt or padding column changed")
@@ -76,12 +77,12 @@ class _IterationProbe:
             ends = torch.isin(gen, torch.tensor(state.eos_ids, device=gen.device))
             first_end = torch.where(ends.any(1), ends.int().argmax(1), gen.shape[1])
             after_end = torch.arange(gen.shape[1], device=gen.device)[None, :] > first_end[:, None]
-            rewritten = (old != state.mask_id) & (gen != old) & ~(after_end & ends)
+            rewritten = ~was_pending[:, state.gen_start :] & (gen != old) & ~(after_end & ends)
             if bool(rewritten.any()):
                 r, c = rewritten.nonzero()[0].tolist()
                 _fail(f"after window {self.windows}: row {r} generation column {c} was rewritten from "
                       f"{int(old[r, c])} to {int(gen[r, c])}")
-        self.previous = (canvas, done)
+        self.previous = (canvas, done, pending)
 
 
 def _check_geometry(window: Window, where: str) -> None:
@@ -101,9 +102,10 @@ def _check_geometry(window: Window, where: str) -> None:
 
 
 def _iteration_make(cls, config_dict):
-    model = model_for(cls(_config(cls, config_dict)))
-    return lambda: (model, cls(_config(cls, config_dict)), LowConfidence(LowConfidenceConfig()),
-                    NoCache(NoCacheConfig()))
+    manager = cls(_config(cls, config_dict))
+    model = model_for(manager)
+    decoding = type(partner("decoding", LowConfidence(LowConfidenceConfig()), manager))  # the jacobi iteration: jacobi
+    return lambda: (model, cls(_config(cls, config_dict)), decoding(decoding.Config()), NoCache(NoCacheConfig()))
 
 
 def _iteration_run(cls, config_dict) -> tuple[GenerationOutput, _IterationProbe]:
