@@ -70,7 +70,7 @@ class Engine:
 
     pipeline: Pipeline
     max_rows: int = 16  # rows running at once, all cohorts together
-    bucket: int = 8  # a new cohort's generation region starts at a multiple of this many columns
+    bucket: int = 4  # a new cohort's generation region starts at a multiple of this many columns
     on_step: Callable[[GenerationState], None] | None = None  # called after each cohort's step
     cohorts: list[GenerationState] = field(default_factory=list)
     queue: deque = field(default_factory=deque)
