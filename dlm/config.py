@@ -45,6 +45,7 @@ DEVICE_TYPES = ("cpu", "cuda")
 MAX_SEED = 2**63 - 1  # row r draws from seed + r, which must stay below torch's 2**64 limit
 MAX_THREADS = 1024
 DEFAULT_CONFIG = "default.yaml"
+EXTENSION_PREFIX = "x-"  # top-level keys ignored: holders of YAML anchors (docs/configuration.md)
 
 
 def default_config_path() -> Path:
@@ -134,6 +135,8 @@ class PipelineConfig(BaseModel):
         out: dict[str, Any] = {
             s: {"name": getattr(self, s).name, **getattr(self, s).config.model_dump(mode="json")} for s in SECTIONS
         }
+        if out["model"].get("path", "") is None:  # left out means the embedded model; an explicit null is refused
+            del out["model"]["path"]
         out.update(self.run.model_dump())
         return out
 
@@ -296,6 +299,9 @@ def build_config(raw: Any, *, source: str = "<dict>", overrides=None) -> Pipelin
     problems = _Problems()
     values = parse_overrides(overrides)
     labels = _override_labels(overrides)
+    # top-level keys starting with "x-" hold YAML anchors for merge keys (`x-base: &base {...}` then
+    # `iteration: {<<: *base, steps: 8}`), as in Compose files; they configure nothing themselves
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
     in_file = set(raw)
     raw = _apply(dict(raw), values, labels, problems, source)
 
