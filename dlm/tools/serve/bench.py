@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -157,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"same answers from both servers: {same:.1%}")
     if args.json_out:
-        machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
+        from dlm.config import default_config_path, load_config
+        from dlm.provenance import provenance
+
+        cfg = load_config(args.config or default_config_path(), args.overrides)
+        machine = {**provenance(device=cfg.run.device, dtype=cfg.run.dtype), "server_threads": args.threads,
+                   "tokens_counted": "completion tokens (usage.completion_tokens): generated, never the prompt"}
         with open(args.json_out, "w") as f:
             json.dump({"settings": vars(args), "machine": machine, "rows": rows, "same_answers": same}, f, indent=2)
     return 0 if same == 1.0 else 1
