@@ -278,3 +278,12 @@ def test_cli_resolves_a_hub_id_from_hf_home_and_names_a_missing_one(tmp_path, ti
     missing = bounded_cli("generate", "--set", "model.path=toy-org/absent", "ab", env=env)
     assert_refused(missing, "generate", "'toy-org/absent'", "nor in the Hugging Face cache", "huggingface-cli download",
                    "DLM_ALLOW_DOWNLOAD=1")
+
+
+def test_a_huge_gen_length_is_refused_before_any_validator_iterates_up_to_it(tmp_path):
+    path = tmp_path / "huge.yaml"
+    path.write_text("model: {name: llada}\niteration: {name: blockwise, gen_length: %d, block_length: 3}\n"
+                    "decoding: low_confidence\n" % 10**40)
+    t0 = time.monotonic()
+    config_error(path, "iteration.gen_length", "beyond dlm's bound")
+    assert time.monotonic() - t0 < 5
