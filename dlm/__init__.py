@@ -14,15 +14,18 @@ from dlm.errors import (
     InputError,
     PluginError,
 )
+from dlm._compat import moved
+from dlm.messages import PLUGIN_API
 from dlm.pipeline import GenerationOutput, Pipeline
-from dlm.state import Commit, GenerationState, Window
+from dlm.state import GenerationState
+
+__getattr__ = moved("dlm", {"Window": "dlm.messages:Window", "Commit": "dlm.messages:Commit"})
 
 __all__ = [
     "Pipeline",
     "GenerationOutput",
     "GenerationState",
-    "Window",
-    "Commit",
+    "PLUGIN_API",
     "DlmError",
     "ConfigError",
     "ComponentError",
@@ -32,4 +35,4 @@ __all__ = [
     "InputError",
     "DecodingError",
 ]
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,24 +1,48 @@
 """The messages the four components exchange, in one neutral module that imports no component.
 
-One step of the loop (:meth:`dlm.pipeline.Pipeline._loop`) passes these values around:
+This module is the one import home of every message type (versioned as :data:`PLUGIN_API`; CHANGELOG.md lists every change).
+One step of the loop (:meth:`dlm.pipeline.Pipeline.step`) passes these values around:
 
-- the iteration manager emits a :class:`Window` (what to denoise now, and the block geometry);
+- the iteration manager emits a :class:`Window`: which rows and columns to denoise now, and each row's place
+  in the schedule (:class:`Geometry`: its block, its step inside the block, its block's columns);
 - the decoding strategy may :meth:`~dlm.decoding.base.DecodingStrategy.prepare` it: ask for the logits of a
-  wider span (:meth:`Window.widen`) or attach :class:`Candidates` (several canvases of a row in one forward);
-- the cache manager emits a :class:`ForwardPlan` (which columns to compute, which K/V to reuse);
+  wider span (:meth:`Window.widen`) or attach an extension (:class:`Candidates`: several canvases of a row
+  in one forward);
+- the cache manager emits a :class:`ForwardPlan` (which columns to compute, which K/V to reuse, which
+  logits to return), built with what a :class:`CacheEnv` gives it (the model's capabilities, KV stores);
 - the model adapter (described by its :class:`ModelCapabilities`) runs the plan and returns logits;
 - the decoding strategy answers with a :class:`Commit`, which :meth:`dlm.state.GenerationState.commit` checks
   and writes into the canvas.
+
+**A small core and typed extensions.** Each message holds the fields every component reads; what one family
+of algorithms needs travels as an *extension*: a small frozen dataclass attached with :meth:`Message.extend`
+and read with :meth:`Message.get` (``window.get(SubBlocks)``; None when absent). A new family defines its own
+extension type next to its components instead of adding a field that every component must know.
+
+Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
+:class:`Candidates` (windows), :class:`Drafts`, :class:`Finish` and :class:`Keep` (commits),
+:class:`Ordered` and :class:`CandidateBatch` (plans).
 
 Every component imports this module; it imports only torch, so no component depends on another.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Any, Callable, Literal, Protocol, TypeVar
 
+import torch
 from torch import Tensor
+
+PLUGIN_API = "2.0"  # the version of the component interfaces; CHANGELOG.md lists what each version changed
+
+E = TypeVar("E")
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated since plugin API 2.0 (CHANGELOG.md); use {new}", DeprecationWarning,
+                  stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -40,9 +64,10 @@ class ModelCapabilities:
 
 
 class KVStore(Protocol):
-    """Per-layer keys and values indexed by canvas column (slot ``c`` holds column ``c``'s K/V).
+    """Per-layer keys and values indexed by canvas column (slot ``c`` holds column ``c``'s K/V), per row.
 
     :class:`dlm.models.kv.KVBuffer` is the implementation; a plan names one, the model writes and reads it.
+    ``take``/``cat`` keep rows and append rows (a row leaving or joining a running generation).
     """
 
     keys: Tensor  # [n_layers, B, n_kv_heads, L, head_dim]
@@ -57,15 +82,103 @@ class KVStore(Protocol):
 
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]: ...
 
+    def take(self, rows: Tensor) -> "KVStore": ...
+
+    def cat(self, other: "KVStore") -> "KVStore": ...
+
+    def copy_rows(self, dst: Tensor, src: "KVStore", src_rows: Tensor) -> None: ...
+
+
+@dataclass(frozen=True)
+class CacheEnv:
+    """What a cache manager gets of the model when a generation starts: its capabilities and KV stores.
+
+    Caches never import :mod:`dlm.models`; this is everything they need of it.
+    """
+
+    capabilities: ModelCapabilities
+    new_kv: Callable[[int, int], KVStore]  # (rows, columns) -> a zeroed store
+
+
+class Message:
+    """Base of the messages with typed extensions (frozen dataclasses with an ``extensions`` tuple)."""
+
+    extensions: tuple
+
+    def get(self, kind: type[E]) -> E | None:
+        """The attached extension of type ``kind`` (or a subclass), or None."""
+        for item in self.extensions:
+            if isinstance(item, kind):
+                return item
+        return None
+
+    def has(self, kind: type) -> bool:
+        return self.get(kind) is not None
+
+    def extend(self, *items: Any):
+        """This message with ``items`` attached (each replacing an attached one of the same type)."""
+        kept = tuple(e for e in self.extensions if not any(type(e) is type(i) for i in items))
+        return replace(self, extensions=kept + tuple(i for i in items if i is not None))
+
+    def without(self, kind: type):
+        """This message with the extensions of type ``kind`` removed."""
+        return replace(self, extensions=tuple(e for e in self.extensions if not isinstance(e, kind)))
+
+
+# --- windows ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where each row of a window is in the schedule. Row-shaped tensors are indexed like ``Window.rows``.
+
+    Rows of one generation need not be in the same place: a row that joined a running batch is at its own
+    block 0, step 0 while the others are further on, and rows of a batch move on from a block as soon as
+    their own block is complete. All four are host (CPU) tensors, so a component may branch on them
+    without waiting for the device.
+    """
+
+    step: Tensor  # [b] long: step of each row inside its current block (0 = the block's first step)
+    block: Tensor  # [b] long: index of each row's current block (0 for schedules without blocks)
+    block_start: Tensor  # [b] long: canvas columns of each row's current block
+    block_end: Tensor  # [b] long
+    total_steps: int | None = None  # the schedule's step budget T over a whole generation (None: no fixed budget)
+
+    @staticmethod
+    def uniform(b: int, *, step: int = 0, block: int = 0, block_start: int, block_end: int,
+                total_steps: int | None = None) -> "Geometry":
+        """Every one of ``b`` rows at the same place."""
+        full = lambda v: torch.full((b,), int(v), dtype=torch.long)  # noqa: E731
+        return Geometry(full(step), full(block), full(block_start), full(block_end), total_steps)
+
+    @property
+    def first_step(self) -> Tensor:
+        """[b] bool: the row is at its block's first step (Fast-dLLM's caches refresh; block memory resets)."""
+        return self.step == 0
+
+
+@dataclass(frozen=True)
+class SubBlocks:
+    """Window extension: each row's current sub-block (Fast-dLLM v2's sub-blocks inside a block)."""
+
+    start: Tensor  # [b] first canvas column of each row's current sub-block
+    end: Tensor  # [b] one past its last column
+
+
+@dataclass(frozen=True)
+class Reorder:
+    """Window extension (causal models): the forward sees committed columns before pending ones, each at its
+    own position (WeDLM's topological reordering), so every pending column attends to every committed one."""
+
 
 @dataclass(frozen=True)
 class Candidates:
-    """``K`` candidate canvases per window row, each the current canvas with a commit applied on top.
+    """Window extension: ``K`` candidate canvases per window row, each the canvas with a commit applied on top.
 
-    One forward evaluates all of them (as ``b·K`` rows, each with a private copy of its row's K/V); the
-    decoding strategy then gets logits ``[b, K, S, V]`` and returns a :class:`Commit` whose ``keep`` names
-    the candidate whose K/V the cache keeps. Used by draft-and-verify decoding (FreeDave, Wu et al. 2025,
-    arXiv 2510.00294).
+    One forward evaluates all of them (the cache plans them as ``b·K`` rows, each with a private copy of its
+    row's K/V: :meth:`dlm.cache.base.CacheManager.plan_candidates`); the decoding strategy then gets logits
+    ``[b, K, S, V]`` and returns a :class:`Commit` with :class:`Keep` naming the candidate whose K/V the cache
+    keeps. Used by draft-and-verify decoding (FreeDave, Wu et al. 2025, arXiv 2510.00294).
     """
 
     select: Tensor  # [b, K, W] bool: positions candidate k commits (window columns)
@@ -77,14 +190,13 @@ class Candidates:
 
 
 @dataclass(frozen=True)
-class Window:
-    """What the iteration manager asks to denoise in this step, and where the step is in the schedule.
+class Window(Message):
+    """What the iteration manager asks to denoise in this step.
 
-    ``rows`` are the rows taking part (not done, still masked in the window); all row-shaped tensors here
-    are indexed like ``rows``. Columns ``[start, end)`` of the canvas are the window. The block geometry
-    (``block``, ``block_start``/``block_end``, per-row sub-blocks, ``step``, the step budget ``total_steps``)
-    is everything a cache or a
-    strategy may need to know of the schedule, so no component reads another's private progress.
+    ``rows`` are the rows taking part (not done, with an eligible position); row-shaped tensors here are
+    indexed like ``rows``. Columns ``[start, end)`` of the canvas are the union of the rows' windows;
+    ``eligible`` marks what each row may commit (only inside its own window). ``geometry`` says where each row
+    is in the schedule (per row), so no component reads another's private progress.
 
     Logits come for the span ``[logits_start, logits_end)`` (the window unless a strategy widened it, see
     :meth:`widen`); :meth:`window_logits` cuts the window's part out of them.
@@ -95,34 +207,49 @@ class Window:
     end: int  # one past the last canvas column of the window
     eligible: Tensor  # [b, end-start] bool: positions that may be committed now (masked, or provisional)
     quota: Tensor  # [b] long: tokens the schedule asks for in this step (top-k rules use it)
-    step: int  # index of this step inside the current block (0 = the block's first step)
     mask_id: int  # the MASK token id, never a valid proposal
-    block: int = 0  # index of the current block (0 for schedules without blocks)
-    block_start: int | None = None  # canvas columns of the current block (union over rows whose blocks
-    block_end: int | None = None  # follow their own positions); None: the window's columns
-    sub_start: Tensor | None = None  # [b] first canvas column of each row's current sub-block (None: none)
-    sub_end: Tensor | None = None  # [b] one past its last column
+    geometry: Geometry
     logits_start: int | None = None  # span of the logits this step returns; None: the window's columns
     logits_end: int | None = None
-    candidates: Candidates | None = None  # several canvases per row in this step's forward (see Candidates)
-    reorder: bool = False  # causal models: the forward sees committed columns before pending ones, each at its
-    # own position (WeDLM's topological reordering), so every pending column attends to every committed one
-    total_steps: int | None = None  # the schedule's step budget T over the whole generation (None: no fixed budget)
+    extensions: tuple = ()
 
     def __post_init__(self) -> None:
-        for name, value in (("block_start", self.start), ("block_end", self.end),
-                            ("logits_start", self.start), ("logits_end", self.end)):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, value)
+        if self.logits_start is None:
+            object.__setattr__(self, "logits_start", self.start)
+        if self.logits_end is None:
+            object.__setattr__(self, "logits_end", self.end)
 
     @property
     def width(self) -> int:
         return self.end - self.start
 
+    # per-row geometry, for short
     @property
-    def first_step(self) -> bool:
-        """The block's first step (where Fast-dLLM's caches refresh and per-block memory resets)."""
-        return self.step == 0
+    def step(self) -> Tensor:
+        """[b] long (host): each row's step inside its block."""
+        return self.geometry.step
+
+    @property
+    def block(self) -> Tensor:
+        """[b] long (host): each row's block index."""
+        return self.geometry.block
+
+    @property
+    def block_start(self) -> Tensor:
+        return self.geometry.block_start
+
+    @property
+    def block_end(self) -> Tensor:
+        return self.geometry.block_end
+
+    @property
+    def first_step(self) -> Tensor:
+        """[b] bool (host): the row is at its block's first step."""
+        return self.geometry.first_step
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.geometry.total_steps
 
     @property
     def widened(self) -> bool:
@@ -141,44 +268,160 @@ class Window:
         lo = self.start - self.logits_start
         return logits[..., lo : lo + self.width, :]
 
+    # --- names of plugin API 1.x, kept for one minor release ---
+    @property
+    def candidates(self) -> Candidates | None:
+        _deprecated("Window.candidates", "window.get(Candidates)")
+        return self.get(Candidates)
+
+    @property
+    def sub_start(self) -> Tensor | None:
+        _deprecated("Window.sub_start", "window.get(SubBlocks).start")
+        sub = self.get(SubBlocks)
+        return None if sub is None else sub.start
+
+    @property
+    def sub_end(self) -> Tensor | None:
+        _deprecated("Window.sub_end", "window.get(SubBlocks).end")
+        sub = self.get(SubBlocks)
+        return None if sub is None else sub.end
+
+    @property
+    def reorder(self) -> bool:
+        _deprecated("Window.reorder", "window.has(Reorder)")
+        return self.has(Reorder)
+
+
+# --- commits ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
-class Commit:
+class Drafts:
+    """Commit extension (Jacobi decoding): eligible positions to fill with a *provisional* token from
+    ``Commit.tokens``, which later steps may revise; committed tokens never change."""
+
+    mask: Tensor  # [b, W] bool
+
+
+@dataclass(frozen=True)
+class Finish:
+    """Commit extension (early exit: SchED, Prophet): rows to finish now. Every position of theirs still
+    pending in the logits span takes its token from ``fill`` ([b, S] over the span), and the row ends. The
+    span must hold every pending position of a finishing row (widen it to the generation)."""
+
+    rows: Tensor  # [b] bool
+    fill: Tensor  # [b, S] long
+
+
+@dataclass(frozen=True)
+class Keep:
+    """Commit extension (candidate steps): the candidate whose K/V the cache keeps, per row."""
+
+    index: Tensor  # [b] long
+
+
+class Commit(Message):
     """A decoding strategy's decision: which window positions to commit, with which tokens.
 
-    Optional parts, each for a family of algorithms:
-
-    - ``drafts`` (Jacobi decoding): eligible positions to fill with a *provisional* token from ``tokens``,
-      which later steps may revise; committed tokens never change.
-    - ``finish`` + ``fill`` (early exit: SchED, Prophet): rows to finish now; every position of theirs still
-      pending in the logits span takes its token from ``fill`` ([b, S] over the span), and the row leaves the
-      batch. The span must hold every pending position of a finishing row (widen it to the generation).
-    - ``keep`` (candidate steps): the candidate whose K/V the cache keeps, per row.
+    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`.
     """
 
-    select: Tensor  # [b, W] bool, rows as in the window
-    tokens: Tensor  # [b, W] long, meaningful where ``select`` (or ``drafts``)
-    drafts: Tensor | None = None  # [b, W] bool: provisional (revisable) tokens to write
-    finish: Tensor | None = None  # [b] bool: rows that end now
-    fill: Tensor | None = None  # [b, S] long: tokens for the finishing rows' pending positions in the span
-    keep: Tensor | None = None  # [b] long: index of the candidate kept (candidate steps only)
+    __slots__ = ("select", "tokens", "extensions")
+
+    def __init__(self, select: Tensor, tokens: Tensor, *extensions: Any, drafts: Tensor | None = None,
+                 finish: Tensor | None = None, fill: Tensor | None = None, keep: Tensor | None = None) -> None:
+        items = [e for e in extensions if e is not None]
+        if drafts is not None or finish is not None or keep is not None:
+            _deprecated("Commit(drafts=, finish=, fill=, keep=)", "Commit(select, tokens, Drafts(...), Finish(...), Keep(...))")
+            if drafts is not None:
+                items.append(Drafts(drafts))
+            if finish is not None:
+                items.append(Finish(finish, fill))
+            if keep is not None:
+                items.append(Keep(keep))
+        object.__setattr__(self, "select", select)  # [b, W] bool, rows as in the window
+        object.__setattr__(self, "tokens", tokens)  # [b, W] long, meaningful where ``select`` (or drafts)
+        object.__setattr__(self, "extensions", tuple(items))
+
+    def __setattr__(self, name, value) -> None:
+        raise AttributeError("Commit is immutable; use extend()")
+
+    def __repr__(self) -> str:
+        return f"Commit(select={self.select!r}, tokens={self.tokens!r}, extensions={self.extensions!r})"
+
+    def extend(self, *items: Any) -> "Commit":
+        kept = tuple(e for e in self.extensions if not any(type(e) is type(i) for i in items))
+        return Commit(self.select, self.tokens, *kept, *items)
+
+    def without(self, kind: type) -> "Commit":
+        return Commit(self.select, self.tokens, *(e for e in self.extensions if not isinstance(e, kind)))
+
+    # --- names of plugin API 1.x, kept for one minor release ---
+    @property
+    def drafts(self) -> Tensor | None:
+        _deprecated("Commit.drafts", "commit.get(Drafts).mask")
+        d = self.get(Drafts)
+        return None if d is None else d.mask
+
+    @property
+    def finish(self) -> Tensor | None:
+        _deprecated("Commit.finish", "commit.get(Finish).rows")
+        f = self.get(Finish)
+        return None if f is None else f.rows
+
+    @property
+    def fill(self) -> Tensor | None:
+        _deprecated("Commit.fill", "commit.get(Finish).fill")
+        f = self.get(Finish)
+        return None if f is None else f.fill
+
+    @property
+    def keep(self) -> Tensor | None:
+        _deprecated("Commit.keep", "commit.get(Keep).index")
+        k = self.get(Keep)
+        return None if k is None else k.index
+
+
+# --- forward plans ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ForwardPlan:
-    """What one forward pass computes and what it reuses.
+class Ordered:
+    """Plan extension (causal models, WeDLM's reordered window): ``columns`` lists each row's columns in
+    attention order. Query ``i`` of a row attends to the slots before the row's smallest column (the cached
+    prefix) and to the columns at list places ``<= i``, each keeping its own RoPE position. A row may repeat
+    its *last* column to match the others' count (the repeat sees the same keys, so it rewrites the same K/V)."""
+
+
+@dataclass(frozen=True)
+class CandidateBatch:
+    """Plan extension (candidate steps): the forward runs on ``canvas`` (``b·K`` rows: each window row's
+    candidates, in row-major order) with padding ``pad``; the plan's ``kv`` is a private copy of the rows' K/V
+    (None without a cache). The plan's ``rows`` index these ``b·K`` rows; ``source_rows`` are the batch rows
+    they come from, ``count`` is K."""
+
+    canvas: Tensor  # [b·K, L] long
+    pad: Tensor  # [b·K] long
+    source_rows: Tensor  # [b] long: batch rows of the window
+    count: int  # K
+    batch_kv: KVStore | None  # the batch's own store, where the kept candidate's K/V go (the plan's ``kv`` is
+    # the candidates' private copy)
+
+
+@dataclass(frozen=True)
+class ForwardPlan(Message):
+    """What one forward pass computes, what it reuses, and which logits it returns.
 
     Columns computed: the range ``[start, end)``, or, when ``columns`` is given, exactly those columns of
     each row (any set, any order; a row may repeat one of its columns to match the others' count, which
     rewrites the same K/V). With a KV store the model writes the computed columns' K/V into their slots and
     attends to slots ``[0, key_end)``: columns it did not compute are read as cached. A range plan may store
-    only part of what it computes (``write_start``/``write_end``): a cache asked for logits beyond its own
-    columns computes them as a peek, leaving its K/V (and so its approximation) as they would be without it.
+    only part of what it computes (``write_start``/``write_end``, one bound for every row or one per row): a
+    column computed outside them is a *peek*, computed for logits only, leaving the cache's K/V (and so its
+    approximation) as they would be without it. Rows at different places of the schedule use per-row bounds.
 
-    An ``ordered`` plan (causal models, WeDLM's reordered window) lists each row's columns in attention order:
-    query ``i`` of a row attends to the slots before the row's smallest column (the cached prefix) and to the
-    columns at list places ``<= i``, each keeping its own RoPE position. A row may repeat its *last* column to
-    match the others' count (the repeat sees the same keys, so it rewrites the same K/V).
+    The model returns the logits of canvas columns ``[logits_start, logits_end)`` (the window's logits span;
+    the model applies its own logit shift), so a plan carries everything ``model.forward`` needs.
     """
 
     rows: Tensor  # [b] long: batch rows to run
@@ -188,11 +431,12 @@ class ForwardPlan:
     kv: KVStore | None  # None: attend among the computed columns only, nothing cached
     key_end: int  # with kv: attend to slots [0, key_end)
     refresh: bool  # this forward (re)writes the cache for every column it will later read
+    logits_start: int | None = None  # canvas columns whose logits are returned (None: the window's logits span,
+    logits_end: int | None = None  # filled in by the pipeline)
     columns: Tensor | None = None  # [b, q] long: the columns each row computes (None: the range)
-    write_start: int | None = None  # range plans: only columns [write_start, write_end) store their fresh
-    write_end: int | None = None  # K/V (None: every computed column); the others are computed for logits only
-    ordered: bool = False  # with ``columns`` on a causal model: attention is causal in the columns' order (each
-    # query sees the slots before its row's first column and the columns up to itself in the list), not by position
+    write_start: int | Tensor | None = None  # range plans: columns [write_start, write_end) store their K/V
+    write_end: int | Tensor | None = None  # (None: every computed column; a [b] tensor: a bound per row)
+    extensions: tuple = ()
 
     def __post_init__(self) -> None:
         if self.write_start is None:
@@ -200,11 +444,27 @@ class ForwardPlan:
         if self.write_end is None:
             object.__setattr__(self, "write_end", self.end)
 
+    def for_window(self, window: "Window") -> "ForwardPlan":
+        """This plan, returning ``window``'s logits span unless it names its own."""
+        if self.logits_start is not None and self.logits_end is not None:
+            return self
+        return replace(self, logits_start=window.logits_start, logits_end=window.logits_end)
+
     @property
     def writes_all(self) -> bool:
-        return self.write_start == self.start and self.write_end == self.end
+        return (isinstance(self.write_start, int) and isinstance(self.write_end, int)
+                and self.write_start <= self.start and self.write_end >= self.end)
 
     @property
     def buffer_rows(self) -> Tensor | None:
         """Row index for the KV store (None means all rows, a cheap slice)."""
         return None if self.all_rows else self.rows
+
+    @property
+    def ordered(self) -> bool:
+        return self.has(Ordered)
+
+
+__all__ = [
+    "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
+    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "ForwardPlan", "Ordered", "CandidateBatch"]

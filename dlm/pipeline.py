@@ -12,16 +12,13 @@ import torch
 from torch import Tensor
 
 from dlm.cache.base import CacheManager
-from dlm.candidates import forward_candidates
 from dlm.config import PipelineConfig, apply_threads, build_config, default_config_path, load_config
 from dlm.decoding.base import DecodingStrategy
+from dlm.distributed import local_device
 from dlm.errors import CompositionError, InputError
 from dlm.iteration.base import IterationManager
-from dlm.messages import Commit, ForwardPlan, Window
-from dlm.distributed import local_device
+from dlm.messages import CacheEnv, Candidates
 from dlm.models.base import ModelAdapter
-from dlm.models.compiled import compile_transformer
-from dlm.models.parallel import shard_transformer
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 
@@ -104,8 +101,8 @@ class Pipeline:
     ) -> None:
         self.model, self.iteration, self.decoding, self.cache = model, iteration, decoding, cache
         self.seed = seed
-        self._candidates = None  # the current candidate step's forward, until its commit keeps one
         self.config = config
+        self.env = CacheEnv(capabilities=model.capabilities, new_kv=model.new_kv)
         names = config.to_dict() if config else {}
 
         def name(kind: str, component) -> str:
@@ -162,9 +159,9 @@ class Pipeline:
                 )
             model = config.model.cls.load(config.model.config, dtype=config.torch_dtype, device=device)
             if config.run.tensor_parallel > 1:
-                shard_transformer(model, config.run.tensor_parallel)
+                model.shard(config.run.tensor_parallel)
         if config.run.compile:
-            compile_transformer(model)
+            model.compile()
         elif not isinstance(model, config.model.cls):
             raise CompositionError(
                 f"{config.source}: model= is a {type(model).__name__}, but the config's model section names "
@@ -235,6 +232,65 @@ class Pipeline:
                 )
         return [r.long() for r in rows]
 
+    @property
+    def joinable(self) -> bool:
+        """Rows may join a running generation of this pipeline (every component keeps per-row run memory)."""
+        return all(getattr(c, "joinable", False) for c in (self.iteration, self.decoding, self.cache))
+
+    def start(
+        self,
+        prompts: Sequence[str] | str | None = None,
+        *,
+        input_ids: Tensor | Sequence[Sequence[int]] | None = None,
+        seeds: Sequence[int] | None = None,
+        gen_start: int | None = None,
+        tags: Sequence[Any] | None = None,
+    ) -> GenerationState:
+        """A new generation's state, ready for :meth:`step`: the canvas, and every component's run memory.
+
+        ``gen_start`` places the generation region (default: after the longest prompt), so rows started
+        apart share a layout and can be joined (:meth:`GenerationState.cat`); ``tags`` label the rows.
+        """
+        rows = self._as_rows(prompts, input_ids)
+        if seeds is not None and len(seeds) != len(rows):
+            raise InputError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
+        if tags is not None and len(tags) != len(rows):
+            raise InputError(f"tags has {len(tags)} entries for {len(rows)} prompts")
+        device = self.model.device
+        state = self.iteration.start(rows, self.model.capabilities, device, **({} if gen_start is None else
+                                                                               {"gen_start": gen_start}))
+        state.rng = RowRNG(self.seed if seeds is None else seeds, state.batch_size, device)
+        if tags is not None:
+            state.tags = list(tags)
+        state.memory["cache"] = self.cache.start(state, self.env)
+        state.memory["decoding"] = self.decoding.start(state)
+        return state
+
+    def done(self, state: GenerationState) -> bool:
+        """No row of ``state`` has work left."""
+        return self.iteration.done(state)
+
+    def step(self, state: GenerationState) -> None:
+        """One step of the algorithm: window, plan, forward, select, commit, advance."""
+        window = self.decoding.prepare(state, self.iteration.window(state))
+        plan = self.cache.plan(state, window).for_window(window)
+        if window.has(Candidates):
+            plan = self.cache.plan_candidates(state, plan, window)
+        logits = self.model.forward(state, plan)  # [b, S, V] over the window's logits span ([b, K, S, V])
+        state.count_forward(window.rows)
+        commit = self.decoding.select(state, window, logits, state.rng)
+        self.cache.keep(state, plan, commit)
+        state.commit(window, commit)
+        self.iteration.advance(state)
+
+    def run(self, state: GenerationState, trace: Trace | None = None) -> GenerationState:
+        """Step ``state`` until every row is done (the whole loop)."""
+        while not self.iteration.done(state):
+            self.step(state)
+            if trace is not None:
+                trace(state)
+        return state
+
     def generate(
         self,
         prompts: Sequence[str] | str | None = None,
@@ -246,66 +302,29 @@ class Pipeline:
         """Generate for a batch of prompts of any lengths; each row gives what it gives alone.
 
         Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r`` (or
-        ``seeds[r]``), so a batch row reproduces a single-prompt call made with that seed.
+        ``seeds[r]``), so a batch row reproduces a single-prompt call made with that seed. Thread-safe: one
+        pipeline may run several generations at once (all run memory is on each generation's state).
         """
         if trace is not None and not callable(trace):
             raise InputError(f"trace must be a callable taking the GenerationState, got {type(trace).__name__}")
-        rows = self._as_rows(prompts, input_ids)
-        if seeds is not None and len(seeds) != len(rows):
-            raise InputError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
-        device = self.model.device
-        state = self.iteration.start(rows, self.model.capabilities, device)
-        generator = RowRNG(self.seed if seeds is None else seeds, state.batch_size, device)
+        state = self.start(prompts, input_ids=input_ids, seeds=seeds)
         t0 = time.perf_counter()
-        self.cache.start(state, self.model)
-        self.decoding.start(state)
-        try:
-            self._loop(state, generator, trace)
-        finally:
-            self.decoding.finish()
-            self.cache.finish()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return self._output(state, time.perf_counter() - t0)
+        self.run(state, trace)
+        if state.device.type == "cuda":
+            torch.cuda.synchronize(state.device)
+        return self.output(state, time.perf_counter() - t0)
 
-    def _loop(self, state: GenerationState, generator: RowRNG, trace: Trace | None) -> None:
-        """The whole algorithm: window, plan, forward, select, commit, advance."""
-        while not self.iteration.done(state):
-            window = self.decoding.prepare(state, self.iteration.window(state))
-            plan = self.cache.plan(state, window)
-            logits = self._forward(state, plan, window)  # [b, S, V] over the window's logits span
-            state.count_forward(plan.rows)
-            commit = self.decoding.select(logits, window, generator)
-            self._keep(commit)
-            state.commit(window, commit)
-            self.iteration.advance(state)
-            if trace is not None:
-                trace(state)
-
-    def _forward(self, state: GenerationState, plan: ForwardPlan, window: Window):
-        if window.candidates is None:
-            return self.model.forward(state, plan, window)
-        self._candidates = forward_candidates(self.model, state, plan, window)
-        return self._candidates.logits  # [b, K, S, V]
-
-    def _keep(self, commit: Commit) -> None:
-        """After a candidate step: the kept candidate's K/V become its row's."""
-        if self._candidates is not None:
-            self._candidates.keep(commit)
-            self._candidates = None
-
-    def _output(self, state: GenerationState, seconds: float) -> GenerationOutput:
-        steps = torch.stack(state.tokens_per_step, dim=1).cpu() if state.tokens_per_step else None
+    def output(self, state: GenerationState, seconds: float = 0.0) -> GenerationOutput:
+        """The result of every row of ``state``, in row order."""
+        steps = state.tokens_per_step
         canvas = state.canvas.cpu()
         tok = self.model.tokenizer
         end_ids = set(state.eos_ids)
-        sequences, generated, texts, per_step = [], [], [], []
+        sequences, generated, texts = [], [], []
         for r in range(state.batch_size):
             sequences.append(canvas[r, int(state.pad[r]) :].clone())
             gen = canvas[r, state.gen_start :].clone()
             generated.append(gen)
-            row_steps = [] if steps is None else [int(c) for c in steps[r] if c > 0]
-            per_step.append(row_steps)
             if tok is not None:
                 ids = gen.tolist()
                 cut = next((i for i, t in enumerate(ids) if t in end_ids), len(ids))
@@ -315,7 +334,7 @@ class Pipeline:
             generated=generated,
             texts=texts if tok is not None else None,
             nfe=[int(n) for n in state.nfe.cpu()],
-            tokens_per_step=per_step,
+            tokens_per_step=[[c for c in row if c > 0] for row in steps],
             seconds=seconds,
             state=state,
         )

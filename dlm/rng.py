@@ -31,3 +31,15 @@ class RowRNG:
         return torch.stack(
             [torch.rand(shape, dtype=dtype, generator=self.generators[r], device=self.device) for r in rows.tolist()]
         )
+
+    def take(self, rows: Tensor) -> "RowRNG":
+        """The streams of ``rows`` (in that order), continuing where they are: a row that leaves keeps its stream."""
+        out = RowRNG.__new__(RowRNG)
+        out.device, out.generators = self.device, [self.generators[r] for r in rows.tolist()]
+        return out
+
+    def cat(self, other: "RowRNG") -> "RowRNG":
+        """This batch's streams followed by ``other``'s (rows joining a running generation)."""
+        out = RowRNG.__new__(RowRNG)
+        out.device, out.generators = self.device, self.generators + other.generators
+        return out

@@ -13,25 +13,39 @@ its own in ``progress``, which no other component reads: they learn the geometry
 :class:`~dlm.messages.Window`.
 
 A position is *pending* while it holds MASK or a provisional (draft) token; committed tokens never change.
+
+**Run memory lives here.** Each component's per-run memory is on the state, per row (see :mod:`dlm.memory`):
+``progress`` (the iteration manager's), ``memory["cache"]`` and ``memory["decoding"]``, and the per-row
+random streams ``rng``. The components keep only their configs, so one pipeline runs any number of
+generations at once. Rows leave (:meth:`GenerationState.take`) and join (:meth:`GenerationState.cat`)
+between steps: continuous batching (:mod:`dlm.engine`) is built on these two.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
+from dlm._compat import moved
 from dlm.errors import DecodingError
-from dlm.messages import Commit, Window
+from dlm.memory import cat_rows, take_rows
+from dlm.messages import Drafts, Finish
 
-__all__ = ["GenerationState", "Window", "Commit"]
+if TYPE_CHECKING:
+    from dlm.messages import Commit, Window
+
+__all__ = ["GenerationState"]
+
+
+__getattr__ = moved("dlm.state", {"Window": "dlm.messages:Window", "Commit": "dlm.messages:Commit"})
 
 
 @dataclass
 class GenerationState:
-    """Canvas and per-row bookkeeping of one batched generation."""
+    """Canvas, per-row bookkeeping and the components' run memory of one batched generation."""
 
     canvas: Tensor  # [B, L] long: pad | prompt | generation region
     pad: Tensor  # [B] long: left-padding columns of each row
@@ -42,11 +56,28 @@ class GenerationState:
     eos_ids: tuple[int, ...]  # end tokens of the model, EOS first
     nfe: Tensor  # [B] long: forward passes each row took part in
     done: Tensor  # [B] bool: row finished (all blocks complete or stopped at EOS)
-    tokens_per_step: list[Tensor] = field(default_factory=list)  # per step: [B] tokens committed
     provisional: Tensor | None = None  # [B, L] bool: positions holding a revisable draft token (None: none yet)
-    progress: Any = None  # the iteration manager's own typed per-run data; no other component reads it
+    progress: Any = None  # the iteration manager's run memory (a RowMemory of its own); no other component reads it
+    memory: dict[str, Any] = field(default_factory=dict)  # "cache", "decoding": the other components' run memory
+    rng: Any = None  # the per-row random streams (dlm.rng.RowRNG), set when the generation starts
+    tags: list | None = None  # per row: who the row belongs to (a request, an input index), kept through take/cat
+    history: Tensor | None = None  # [B, H] long: tokens committed at each step a row took part in (its own count)
+    steps: Tensor | None = None  # [B] long: steps each row took part in (entries of ``history`` used)
+    last_commits: Tensor | None = None  # [B] long: tokens the last step committed per row (0 outside its window)
     last_window: Window | None = None  # the window of the step just taken (for traces)
-    cancels: int = 0  # calls of cancel() so far: a manager caching its active rows recomputes them when it moves
+    step_bound: int = 0  # host upper bound of ``steps`` (steps taken by the generation)
+    cancels: int = 0  # changes of the row set from outside the loop (cancel, take, cat): cached row sets go stale
+
+    def __post_init__(self) -> None:
+        b = self.canvas.shape[0]
+        if self.history is None:
+            self.history = torch.zeros(b, 0, dtype=torch.long, device=self.canvas.device)
+        if self.steps is None:
+            self.steps = torch.zeros(b, dtype=torch.long, device=self.canvas.device)
+        if self.last_commits is None:
+            self.last_commits = torch.zeros(b, dtype=torch.long, device=self.canvas.device)
+        if self.tags is None:
+            self.tags = list(range(b))
 
     @property
     def batch_size(self) -> int:
@@ -64,7 +95,7 @@ class GenerationState:
     def padded(self) -> bool:
         """True when some row has left padding (then attention needs a key mask).
 
-        Read once per generation (``pad`` never changes), so the forwards do not wait for the device."""
+        Read once per row set (``pad`` never changes), so the forwards do not wait for the device."""
         cached = self.__dict__.get("_padded")
         if cached is None:
             cached = self.__dict__["_padded"] = bool(self.pad.any())
@@ -85,8 +116,104 @@ class GenerationState:
 
     @property
     def block(self) -> int:
-        """Block index of the step just taken (0 before the first step)."""
-        return 0 if self.last_window is None else self.last_window.block
+        """Largest block index of the step just taken (0 before the first step); per row: ``last_window``."""
+        if self.last_window is None or not len(self.last_window.rows):
+            return 0
+        return int(self.last_window.geometry.block.max())
+
+    @property
+    def tokens_per_step(self) -> list[list[int]]:
+        """Per row: tokens committed at each step it took part in."""
+        history, steps = self.history.cpu(), self.steps.cpu()
+        return [history[r, : int(steps[r])].tolist() for r in range(self.batch_size)]
+
+    # --- rows leave and join ----------------------------------------------------------------------------
+
+    def take(self, rows: Tensor | list[int]) -> "GenerationState":
+        """A state holding only ``rows`` (in that order), with every component's run memory cut to them."""
+        rows = torch.as_tensor(rows, dtype=torch.long).cpu()
+        dev = rows.to(self.device)
+        changed = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("gen_start", "gen_length", "mask_id", "eos_ids", "cancels", "last_window", "step_bound"):
+                continue
+            if f.name == "memory":
+                changed[f.name] = {k: take_rows(v, dev) for k, v in value.items()}
+            else:
+                changed[f.name] = take_rows(value, dev)
+        return replace(self, **changed, last_window=None, cancels=self.cancels + 1)
+
+    def cat(self, other: "GenerationState") -> "GenerationState":
+        """This state's rows followed by ``other``'s: rows started (by the same pipeline) to join this run.
+
+        The two must share the canvas layout (``gen_start``, ``gen_length``, the canvas length).
+        """
+        if (self.gen_start, self.gen_length, self.length) != (other.gen_start, other.gen_length, other.length):
+            raise ValueError(
+                f"cannot join a state with generation region at column {other.gen_start} ({other.gen_length} "
+                f"tokens, canvas {other.length}) to one at column {self.gen_start} ({self.gen_length} tokens, canvas "
+                f"{self.length}); start the newcomers with gen_start={self.gen_start}"
+            )
+        if self.provisional is not None or other.provisional is not None:
+            a = self.provisional if self.provisional is not None else torch.zeros_like(self.canvas, dtype=torch.bool)
+            b = other.provisional if other.provisional is not None else torch.zeros_like(other.canvas, dtype=torch.bool)
+            provisional = torch.cat((a, b))
+        else:
+            provisional = None
+        width = max(self.history.shape[1], other.history.shape[1])
+        grow = lambda h: torch.nn.functional.pad(h, (0, width - h.shape[1]))  # noqa: E731
+        if set(self.memory) != set(other.memory):
+            raise ValueError(f"cannot join states with run memory {sorted(self.memory)} and {sorted(other.memory)}")
+        return replace(
+            self,
+            canvas=torch.cat((self.canvas, other.canvas)),
+            pad=torch.cat((self.pad, other.pad)),
+            prompt_lengths=torch.cat((self.prompt_lengths, other.prompt_lengths)),
+            nfe=torch.cat((self.nfe, other.nfe)),
+            done=torch.cat((self.done, other.done)),
+            provisional=provisional,
+            progress=cat_rows(self.progress, other.progress, name="progress"),
+            memory={k: cat_rows(v, other.memory[k], name=k) for k, v in self.memory.items()},
+            rng=cat_rows(self.rng, other.rng, name="rng"),
+            tags=list(self.tags) + list(other.tags),
+            history=torch.cat((grow(self.history), grow(other.history))),
+            steps=torch.cat((self.steps, other.steps)),
+            last_commits=torch.cat((self.last_commits, other.last_commits)),
+            last_window=None,
+            step_bound=max(self.step_bound, other.step_bound),
+            cancels=self.cancels + 1,
+        )
+
+    @property
+    def shiftable(self) -> bool:
+        """Every component's run memory can follow the canvas growing or shrinking on the left (:meth:`shift`)."""
+        from dlm.memory import shiftable
+
+        return shiftable(self.progress) and all(shiftable(v) for v in self.memory.values())
+
+    def shift(self, n: int) -> "GenerationState":
+        """This generation with ``n`` padding columns added on the left of every row (``n < 0``: ``-n`` removed,
+        which must all be padding): the generation region moves to column ``gen_start + n``. Every row computes
+        exactly what it computed before (its positions are its columns minus its padding, and both move), so
+        a running generation can make room for a newcomer's longer prompt, or drop padding no row needs."""
+        from dlm.memory import shift_columns
+
+        if n < 0 and (int(self.pad.min()) < -n):
+            raise ValueError(f"cannot drop {-n} columns: some row has only {int(self.pad.min())} padding columns")
+        return replace(
+            self,
+            canvas=shift_columns(self.canvas, n, 1, self.eos_ids[0]),
+            pad=self.pad + n,
+            gen_start=self.gen_start + n,
+            provisional=shift_columns(self.provisional, n, 1, False),
+            progress=None if self.progress is None else self.progress.shift_columns(n),
+            memory={k: None if v is None else v.shift_columns(n) for k, v in self.memory.items()},
+            last_window=None,
+            cancels=self.cancels + 1,
+        )
+
+    # --- the one writer of the canvas -------------------------------------------------------------------
 
     def commit(self, window: Window, commit: Commit) -> None:
         """Write ``commit`` into the canvas, after checking the invariants every strategy must keep.
@@ -101,11 +228,12 @@ class GenerationState:
             raise DecodingError(
                 f"commit has shape {tuple(select.shape)}, the window is {tuple(window.eligible.shape)}"
             )
-        written = select if commit.drafts is None else select | commit.drafts
+        drafts, finish = commit.get(Drafts), commit.get(Finish)
+        written = select if drafts is None else select | drafts.mask
         counts = select.sum(dim=1)
         starved = (counts == 0) & window.eligible.any(dim=1)
-        if commit.finish is not None:
-            starved &= ~commit.finish
+        if finish is not None:
+            starved &= ~finish.rows
         # the three invariants in one host read (one synchronisation per step instead of three)
         ineligible, masks, stalled = torch.stack((
             (written & ~window.eligible).any(), (written & (commit.tokens == self.mask_id)).any(), starved.any(),
@@ -122,14 +250,24 @@ class GenerationState:
         rows, cols = window.rows, slice(window.start, window.end)
         region = self.canvas[rows, cols]
         self.canvas[rows, cols] = torch.where(written, commit.tokens, region)
-        if commit.drafts is not None or self.provisional is not None:
-            self._mark_provisional(window, select, commit.drafts)
-        per_row = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
-        per_row[rows] = counts
-        if commit.finish is not None:
-            per_row[rows] += self._finish(window, commit)
-        self.tokens_per_step.append(per_row)
+        if drafts is not None or self.provisional is not None:
+            self._mark_provisional(window, select, None if drafts is None else drafts.mask)
+        if finish is not None:
+            counts = counts + self._finish(window, finish)
+        self._record(rows, counts)
         self.last_window = window
+
+    def _record(self, rows: Tensor, counts: Tensor) -> None:
+        """Per-row step history: ``counts`` [b] tokens committed by ``rows`` in this step."""
+        self.last_commits.zero_()
+        self.last_commits[rows] = counts
+        # the history grows in chunks; a row's next entry is at its own step count, which never exceeds
+        # ``step_bound`` (a host count, so growing needs no read of the device)
+        if self.step_bound >= self.history.shape[1]:
+            self.history = torch.nn.functional.pad(self.history, (0, max(16, self.history.shape[1])))
+        self.history[rows, self.steps[rows]] = counts
+        self.steps[rows] += 1
+        self.step_bound += 1
 
     def _mark_provisional(self, window: Window, select: Tensor, drafts: Tensor | None) -> None:
         if self.provisional is None:
@@ -140,13 +278,13 @@ class GenerationState:
             region |= drafts & ~select
         self.provisional[rows, cols] = region
 
-    def _finish(self, window: Window, commit: Commit) -> Tensor:
+    def _finish(self, window: Window, finish: Finish) -> Tensor:
         """Commit every pending position of the finishing rows from ``fill``; end them. [b] tokens written."""
-        finish = commit.finish
-        if commit.fill is None or finish.shape != window.rows.shape:
-            raise DecodingError("a commit that finishes rows needs finish [b] and fill [b, span] tokens")
+        rows_finishing = finish.rows
+        if finish.fill is None or rows_finishing.shape != window.rows.shape:
+            raise DecodingError("a commit that finishes rows needs Finish(rows [b], fill [b, span] tokens)")
         lo, hi = window.logits_start, window.logits_end
-        pending = self.pending()[window.rows] & finish[:, None]  # [b, L]
+        pending = self.pending()[window.rows] & rows_finishing[:, None]  # [b, L]
         outside = pending.clone()
         outside[:, lo:hi] = False
         if bool(outside.any()):
@@ -155,13 +293,13 @@ class GenerationState:
                 "widen the window to the whole generation region to finish rows"
             )
         span = pending[:, lo:hi]
-        if bool((span & (commit.fill == self.mask_id)).any()):
+        if bool((span & (finish.fill == self.mask_id)).any()):
             raise DecodingError("a decoding strategy finished a row with the MASK token")
         rows = window.rows
-        self.canvas[rows, lo:hi] = torch.where(span, commit.fill, self.canvas[rows, lo:hi])
+        self.canvas[rows, lo:hi] = torch.where(span, finish.fill, self.canvas[rows, lo:hi])
         if self.provisional is not None:
             self.provisional[rows, lo:hi] &= ~span
-        self.done[rows[finish]] = True
+        self.done[rows[rows_finishing]] = True
         return span.sum(dim=1)
 
     def cancel(self, rows: Tensor | list[int]) -> None:

@@ -1,21 +1,25 @@
-"""Small components that use each extension of the interfaces, as a plugin author would write them.
+"""Small components that use each extension of the interfaces (plugin API 2.0), as a plugin author would
+write them.
 
-Each is the smallest honest user of one capability: per-row strategy memory (:class:`AgreeTwice`), a wider
-logits span and finishing rows (:class:`ExitWhenConfident`), per-row column sets (:class:`RecomputePending`),
-candidate steps (:class:`FirstCandidate`) and provisional tokens (:class:`DraftAll`); plus deliberately
-broken variants the contract kit must catch.
+Each is the smallest honest user of one capability: per-row strategy memory kept on the state
+(:class:`AgreeTwice`), a wider logits span and finishing rows (:class:`ExitWhenConfident`), per-row column
+sets (:class:`RecomputePending`), candidate steps planned by the cache (:class:`FirstCandidate`) and
+provisional tokens (:class:`DraftAll`); each keeps only its config on ``self``, reads each row's own
+geometry, and declares ``joinable``. Plus deliberately broken variants the contract kit must catch.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from dlm.cache import ForwardPlan, NoCache, PrefixCache, Window
-from dlm.decoding import Candidates, Commit, DecodingStrategy, RowRNG, propose, threshold_select, top_k_select
+from dlm.cache import NoCache, PrefixCache
+from dlm.decoding import DecodingStrategy, RowRNG, propose, threshold_select, top_k_select
+from dlm.memory import RowMemory, shared_field
+from dlm.messages import CacheEnv, Candidates, Commit, Drafts, Finish, ForwardPlan, Keep, KVStore, Window
 from dlm.state import GenerationState
 
 
@@ -23,55 +27,69 @@ class Empty(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# --- 1. per-row strategy memory, on the state ----------------------------------------------------------
+
+
+@dataclass
+class AgreeMemory(RowMemory):
+    """AgreeTwice's run memory, one entry per batch row."""
+
+    previous: Tensor  # [B, L] proposal at the row's last step, -1 none
+    block: Tensor  # [B] (host) block the row's memory is of, -1 none
+
+
 class AgreeTwice(DecodingStrategy):
     """Commit the positions whose proposal is the same in two consecutive steps of the block (a KLASS-like
     stability rule), plus the most confident one. Memory: each row's previous proposals, reset per block."""
 
     Config = Empty
+    joinable = True
 
-    def start(self, state: GenerationState) -> None:
-        self.previous = torch.full_like(state.canvas, -1)  # [B, L] proposal at the row's last step, -1 none
-        self.block = torch.full((state.batch_size,), -1, dtype=torch.long)  # [B] block the memory is of
+    def start(self, state: GenerationState) -> AgreeMemory:
+        return AgreeMemory(previous=torch.full_like(state.canvas, -1),
+                           block=torch.full((state.batch_size,), -1, dtype=torch.long))
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
+        m: AgreeMemory = self.memory(state)
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         rows, cols = window.rows, slice(window.start, window.end)
-        stale = self.block[rows] != window.block  # rows entering a new block forget the old one
-        self.previous[rows[stale]] = -1
-        self.block[rows] = window.block
-        stable = self.previous[rows, cols] == tokens
+        host = rows.cpu()
+        stale = m.block[host] != window.block  # [b]: rows entering a new block forget the old one (per row)
+        m.previous[rows[stale.to(rows.device)]] = -1
+        m.block[host] = window.block
+        stable = m.previous[rows, cols] == tokens
         select = threshold_select(confidence, window.eligible, 2.0) | (stable & window.eligible)
-        self.previous[rows, cols] = tokens
+        m.previous[rows, cols] = tokens
         return Commit(select, tokens)
-
-    def finish(self) -> None:
-        del self.previous, self.block
 
 
 class LeakyAgreeTwice(AgreeTwice):
-    """Broken: memory made once per object and never reset, so a generation sees the previous one's."""
+    """Broken: memory made once per object (kept on ``self``) and never reset, so a generation sees the
+    previous one's."""
 
-    def start(self, state: GenerationState) -> None:
-        if not hasattr(self, "previous"):
-            self.previous = torch.full((16, 64), -1, dtype=torch.long)
-            self.block = torch.full((16,), -1, dtype=torch.long)
-
-    def finish(self) -> None:
-        pass
+    def start(self, state: GenerationState) -> AgreeMemory:
+        if not hasattr(self, "kept"):
+            self.kept = AgreeMemory(previous=torch.full((16, 64), -1, dtype=torch.long),
+                                    block=torch.full((16,), -1, dtype=torch.long))
+        return self.kept
 
 
 class SharedAgreeTwice(AgreeTwice):
     """Broken: one memory for every row (indexed by window column, not by row)."""
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
+        m: AgreeMemory = self.memory(state)
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         cols = slice(window.start, window.end)
-        stable = self.previous[0, cols][None, :] == tokens
+        stable = m.previous[0, cols][None, :] == tokens
         select = threshold_select(confidence, window.eligible, 2.0) | (stable & window.eligible)
-        self.previous[0, cols] = tokens[-1]
+        m.previous[0, cols] = tokens[-1]
         return Commit(select, tokens)
+
+
+# --- 3. logits beyond the window, finishing rows ----------------------------------------------------------
 
 
 class ExitConfig(BaseModel):
@@ -83,54 +101,76 @@ class ExitConfig(BaseModel):
 class ExitWhenConfident(DecodingStrategy):
     """Top-k decoding with an early exit (SchED / Prophet shaped): logits of the whole generation region every
     step; a row whose mean top-1 probability over its pending positions reaches ``confidence`` is finished
-    with its proposals."""
+    with its proposals. The pending positions beyond the window come from the state (``state.pending()``)."""
 
     Config = ExitConfig
+    joinable = True
 
     def prepare(self, state: GenerationState, window: Window) -> Window:
-        self.pending = state.pending()  # [B, L] for the finish decision
         return window.widen(min(state.gen_start, window.start), state.length)
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)  # [b, S] over the span
         lo = window.start - window.logits_start
         w_tokens, w_conf = tokens[:, lo : lo + window.width], confidence[:, lo : lo + window.width]
         select = top_k_select(w_conf, window.eligible, window.quota.clamp(min=1))
-        pending = self.pending[window.rows, window.logits_start : window.logits_end]
+        pending = state.pending()[window.rows, window.logits_start : window.logits_end]
         mean = (confidence * pending).sum(dim=1) / pending.sum(dim=1).clamp(min=1)
-        return Commit(select, w_tokens, finish=mean >= self.config.confidence, fill=tokens)
+        return Commit(select, w_tokens, Finish(mean >= self.config.confidence, tokens))
+
+
+# --- 4. per-row column sets ----------------------------------------------------------------------------
+
+
+@dataclass
+class RecomputeMemory(RowMemory):
+    """RecomputePending's run memory: the KV store, and what each row had masked at its last forward."""
+
+    kv: KVStore
+    seen: Tensor  # [B, L] bool: masked as of each row's last forward
+    shift: int = shared_field(default=0)
 
 
 class RecomputePending(PrefixCache):
-    """A dKV-Cache-shaped policy: a full refresh at each block's first step; otherwise each row computes only
-    its still-masked columns and the columns committed since its last forward, as a per-row column set."""
+    """A dKV-Cache-shaped policy: a full refresh at each row's block's first step; otherwise each row computes
+    only its still-masked columns and the columns committed since its last forward, as a per-row column set.
+    Rows at different steps share one forward: a row at its first step computes every column.
+
+    Not ``joinable``: a column set stores the K/V of every column it computes (it cannot peek), and every row
+    must compute the whole logits span of the step, so a row sharing a step with a row at another block would
+    refresh columns it would not refresh alone. Rows arriving later start a generation of their own."""
 
     Config = Empty
+    joinable = False
 
-    def start(self, state: GenerationState, model) -> None:
-        super().start(state, model)
-        self.seen = state.masked().clone()  # [B, L] masked as of each row's last forward
+    def start(self, state: GenerationState, env: CacheEnv) -> RecomputeMemory:
+        return RecomputeMemory(kv=env.new_kv(state.batch_size, state.length), seen=state.masked().clone(),
+                               shift=env.capabilities.logit_shift)
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
+        m: RecomputeMemory = self.memory(state)
         rows = window.rows
         masked = state.masked()[rows]
-        if window.first_step:
-            self.seen[rows] = masked
+        first = window.first_step.to(state.device)  # [b], per row
+        seen, m.seen[rows] = m.seen[rows], masked
+        if bool(first.all()):
             return ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=0, end=state.length,
-                               kv=self.kv, key_end=state.length, refresh=True)
-        need = masked | (self.seen[rows] & ~masked)  # still masked, or committed since the last forward
-        need[:, window.logits_start - self.shift : window.logits_end - self.shift] = True
-        self.seen[rows] = masked
+                               kv=m.kv, key_end=state.length, refresh=True)
+        need = masked | (seen & ~masked) | first[:, None]  # still masked, committed since, or refreshing
+        need[:, window.logits_start - m.shift : window.logits_end - m.shift] = True
         count = int(need.sum(dim=1).max())
         # each row's columns first (ascending), then repeats of its first column to reach ``count``
         order = torch.sort((~need).long(), dim=1, stable=True).indices[:, :count]  # [b, count]
-        first = order[:, :1].expand_as(order)
-        ranks = torch.arange(count)[None, :]
-        columns = torch.where(ranks < need.sum(dim=1, keepdim=True), order, first)
+        first_col = order[:, :1].expand_as(order)
+        ranks = torch.arange(count, device=state.device)[None, :]
+        columns = torch.where(ranks < need.sum(dim=1, keepdim=True), order, first_col)
         return ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=int(columns.min()),
-                           end=int(columns.max()) + 1, kv=self.kv, key_end=state.length, refresh=False,
+                           end=int(columns.max()) + 1, kv=m.kv, key_end=state.length, refresh=False,
                            columns=columns)
+
+
+# --- 5. candidate steps -----------------------------------------------------------------------------------
 
 
 class CandidateConfig(BaseModel):
@@ -145,20 +185,26 @@ class FirstCandidate(DecodingStrategy):
     eligible position), decide from the first one's logits by LLaDA's top-k rule, and keep the first."""
 
     Config = CandidateConfig
+    joinable = True
 
     def prepare(self, state: GenerationState, window: Window) -> Window:
         b, w = window.eligible.shape
-        select = torch.zeros(b, 2, w, dtype=torch.bool)
+        select = torch.zeros(b, 2, w, dtype=torch.bool, device=window.eligible.device)
         first = window.eligible.int().argmax(dim=1)
         select[torch.arange(b), 1, first] = True
-        tokens = torch.full((b, 2, w), self.config.token, dtype=torch.long)
-        return replace(window, candidates=Candidates(select, tokens))
+        tokens = torch.full((b, 2, w), self.config.token, dtype=torch.long, device=window.eligible.device)
+        return window.extend(Candidates(select, tokens))
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits[:, 0], mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
-        keep = torch.zeros(len(window.rows), dtype=torch.long) if self.config.keep else None
-        return Commit(top_k_select(confidence, window.eligible, window.quota.clamp(min=1)), tokens, keep=keep)
+        commit = Commit(top_k_select(confidence, window.eligible, window.quota.clamp(min=1)), tokens)
+        if self.config.keep:
+            commit = commit.extend(Keep(torch.zeros(len(window.rows), dtype=torch.long, device=tokens.device)))
+        return commit
+
+
+# --- 6. provisional tokens --------------------------------------------------------------------------------
 
 
 class DraftAll(DecodingStrategy):
@@ -166,28 +212,33 @@ class DraftAll(DecodingStrategy):
     confident one; drafts are revised by later steps until committed."""
 
     Config = Empty
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator,
                                      rows=window.rows)
         select = threshold_select(confidence, window.eligible, 2.0)
-        return Commit(select, tokens, drafts=window.eligible & ~select)
+        return Commit(select, tokens, Drafts(window.eligible & ~select))
 
 
 __all__ = ["AgreeTwice", "LeakyAgreeTwice", "SharedAgreeTwice", "ExitWhenConfident", "RecomputePending",
            "FirstCandidate", "DraftAll", "NoCache"]
 
 
+# --- broken caches ----------------------------------------------------------------------------------------
+
+
 class BlockOnly(PrefixCache):
-    """Broken: cached steps compute the block alone, whatever logits span the window asks for."""
+    """Broken: cached steps compute the blocks alone, whatever logits span the window asks for."""
 
     Config = Empty
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
-        refresh = window.first_step
-        return ForwardPlan(rows=window.rows, all_rows=len(window.rows) == state.batch_size,
-                           start=0 if refresh else window.block_start, end=state.length if refresh else window.block_end,
-                           kv=self.kv, key_end=state.length, refresh=refresh)
+        refresh = bool(window.first_step.all())
+        start = 0 if refresh else int(window.block_start.min())
+        end = state.length if refresh else int(window.block_end.max())
+        return ForwardPlan(rows=window.rows, all_rows=len(window.rows) == state.batch_size, start=start, end=end,
+                           kv=self.memory(state).kv, key_end=state.length, refresh=refresh)
 
 
 class ColumnsMissingTheWindow(RecomputePending):
@@ -197,7 +248,7 @@ class ColumnsMissingTheWindow(RecomputePending):
         plan = super().plan(state, window)
         if plan.columns is None:
             return plan
-        last = window.end - 1 - self.shift
+        last = window.end - 1 - self.memory(state).shift
         cols = torch.where(plan.columns == last, plan.columns[:, :1], plan.columns)
         return ForwardPlan(rows=plan.rows, all_rows=plan.all_rows, start=int(cols.min()), end=int(cols.max()) + 1,
                            kv=plan.kv, key_end=plan.key_end, refresh=False, columns=cols)

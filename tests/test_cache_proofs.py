@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlm import CompositionError, Pipeline
-from dlm.cache.base import ForwardPlan
 from dlm.cache.dual import DualCache, DualCacheConfig
+from dlm.messages import ForwardPlan
 from dlm.models.kv import KVBuffer
 from conftest import pipeline_config
 
@@ -24,27 +26,34 @@ def make(ckpt, cache, decoding=None, **it):
 
 
 def spy_logits(pipe):
-    """Record (window columns, logits) of every forward."""
+    """Record (plan, canvas, window, logits) of every forward."""
     record = []
-    orig = pipe.model.forward
+    orig_forward, orig_plan = pipe.model.forward, pipe.cache.plan
+    windows = []
 
-    def forward(state, plan, window):
-        logits = orig(state, plan, window)
-        record.append((plan, state.canvas.clone(), window, logits.clone()))
+    def plan(state, window):
+        windows.append(window)
+        return orig_plan(state, window)
+
+    def forward(state, plan):
+        logits = orig_forward(state, plan)
+        record.append((plan, state.canvas.clone(), windows[-1], logits.clone()))
         return logits
 
+    pipe.cache.plan = plan
     pipe.model.forward = forward
     return record
 
 
 def full_forward_logits(pipe, state_canvas, state, window):
-    """Uncached logits of the window's columns for the given canvas."""
+    """Uncached logits of the window's logits span for the given canvas."""
     plan = ForwardPlan(rows=window.rows, all_rows=False, start=0, end=state_canvas.shape[1], kv=None,
-                       key_end=state_canvas.shape[1], refresh=False)
+                       key_end=state_canvas.shape[1], refresh=False, logits_start=window.logits_start,
+                       logits_end=window.logits_end)
     saved = state.canvas
     state.canvas = state_canvas
     try:
-        return pipe.model.__class__.forward(pipe.model, state, plan, window)
+        return pipe.model.__class__.forward(pipe.model, state, plan)
     finally:
         state.canvas = saved
 
@@ -66,13 +75,20 @@ def test_one_layer_cached_logits_equal_uncached(one_layer_ckpt, cache, prompts, 
 @settings(max_examples=6)
 @given(prompts=prompts_st)
 def test_refresh_logits_equal_full_forward(tiny_ckpt, cache, prompts):
+    """Each row refreshes at the first step of each of its blocks (rows may be at different blocks under the
+    threshold rule): its logits there are those of a full forward, whatever the other rows of the step do."""
     pipe = make(tiny_ckpt, cache, {"name": "threshold", "threshold": 0.7})
     record = spy_logits(pipe)
     out = pipe.generate(input_ids=prompts)
-    refreshes = [r for r in record if r[0].refresh]
-    assert len(refreshes) == 2  # one per block
-    for plan, canvas, window, logits in refreshes:
-        torch.testing.assert_close(logits, full_forward_logits(pipe, canvas, out.state, window), rtol=0, atol=1e-10)
+    refreshed = 0
+    for plan, canvas, window, logits in record:
+        first = window.first_step.to(logits.device)
+        assert plan.refresh == bool(first.all())
+        if bool(first.any()):
+            full = full_forward_logits(pipe, canvas, out.state, window)
+            torch.testing.assert_close(logits[first], full[first], rtol=0, atol=1e-10)
+            refreshed += int(first.sum())
+    assert refreshed == 2 * len(prompts)  # one per block of each row
 
 
 @settings(max_examples=8)
@@ -111,9 +127,11 @@ class RecordingKV(KVBuffer):
 @settings(max_examples=8)
 @given(prompts=prompts_st)
 def test_dual_cache_writes_only_the_current_block_of_its_rows(tiny_ckpt, prompts):
+    """Cached steps store each row's current block only (rows at different blocks: each its own), and no
+    forward touches the K/V of rows it does not run."""
     pipe = make(tiny_ckpt, "dual", {"name": "threshold", "threshold": 0.8})
     log = []
-    orig_new = pipe.model.new_kv
+    orig_new = pipe.env.new_kv
 
     def new_kv(batch, length):
         kv = orig_new(batch, length)
@@ -121,34 +139,52 @@ def test_dual_cache_writes_only_the_current_block_of_its_rows(tiny_ckpt, prompts
         kv.writes = log
         return kv
 
-    pipe.model.new_kv = new_kv
+    pipe.env = dataclasses.replace(pipe.env, new_kv=new_kv)
     blocks = []
     orig_plan = pipe.cache.plan
 
     def plan(state, window):
         p = orig_plan(state, window)
-        blocks.append((p, window.block_start, window.block_end, window.rows.clone()))
+        blocks.append((p, window.block_start, window.block_end, window.rows.clone(), window.first_step))
         return p
 
     pipe.cache.plan = plan
+    changed = []
+    orig_forward = pipe.model.forward
+
+    def forward(state, p):
+        before = (p.kv.keys.clone(), p.kv.values.clone())
+        logits = orig_forward(state, p)
+        diff = (p.kv.keys != before[0]).any(-1).any(2).any(0) | (p.kv.values != before[1]).any(-1).any(2).any(0)
+        changed.append(diff)  # [B, L]: slots whose K/V this forward changed
+        return logits
+
+    pipe.model.forward = forward
     pipe.generate(input_ids=prompts)
     layers = pipe.model.net.spec.n_layers
     assert len(log) == layers * len(blocks)
-    for i, (p, s, e, rows) in enumerate(blocks):
+    cached = 0
+    for i, (p, s, e, rows, first) in enumerate(blocks):
         for w_rows, w_start, w_end in log[i * layers : (i + 1) * layers]:
             expected_rows = None if len(rows) == len(prompts) else rows
             assert (w_rows is None) == (expected_rows is None)
             if w_rows is not None:
                 assert w_rows.tolist() == rows.tolist()
-            if not p.refresh:
-                assert (w_start, w_end) == (s, e)
+        others = torch.ones(len(prompts), dtype=torch.bool)
+        others[rows] = False
+        assert not bool(changed[i][others].any())
+        assert p.refresh == bool(first.all())
+        for r, row in enumerate(rows.tolist()):
+            if not first[r]:  # a cached step of this row: it stores its own block, fresh
+                cached += 1
+                slots = changed[i][row].nonzero()[:, 0]
+                assert len(slots) and int(slots.min()) >= int(s[r]) and int(slots.max()) < int(e[r])
+    assert cached
 
 
 def test_composition_is_checked_before_any_forward(tiny_ckpt):
     pipe = make(tiny_ckpt, "none")
     caps = pipe.model.capabilities
-    import dataclasses
-
     pipe.model.capabilities = dataclasses.replace(caps, kv_cache=False)
     with pytest.raises(CompositionError, match="cache 'DualCache'.*cannot run through a KV buffer"):
         Pipeline(pipe.model, pipe.iteration, pipe.decoding, DualCache(DualCacheConfig()))

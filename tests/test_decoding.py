@@ -1,17 +1,25 @@
-"""Selection rules on synthetic confidences: schedule, top-k, threshold, factor (vs brute force)."""
+"""Selection rules on synthetic confidences: schedule, top-k, threshold, factor (vs brute force); per-row
+draws over each row's own window; and every registered strategy under joins: rows joining a running
+generation at random steps give what they give alone (tokens and NFE)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlm.decoding.factor import factor_select
-from dlm.decoding.proposal import propose, top_k_select
+from dlm.decoding.proposal import propose, row_rand, row_spans, top_k_select
 from dlm.decoding import threshold_select
 from dlm.iteration.blockwise import BlockwiseConfig, transfer_schedule
+from dlm.messages import Geometry, Window
+from dlm.pipeline import Pipeline
+from dlm.registry import entries
 from dlm.rng import RowRNG
+from dlm.testing.joins import alone_outputs, joined_outputs
+from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
+from tests.conftest import pipeline_config
 
 rows_st = st.lists(
     st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), min_size=1, max_size=12), min_size=1, max_size=4
@@ -122,3 +130,128 @@ def test_gumbel_sampling_follows_the_tempered_distribution():
     tokens, _ = propose(logits, mask_id=2, temperature=1.0, generator=RowRNG(0, 1, "cpu"), rows=torch.arange(1))
     freq = torch.bincount(tokens.flatten(), minlength=4).double() / tokens.numel()
     assert torch.allclose(freq, torch.tensor([0.5, 0.3, 0.0, 0.2], dtype=torch.float64), atol=0.03)
+
+
+# --- rows at different blocks draw over their own windows ----------------------------------------------------
+
+
+def test_rows_at_different_blocks_draw_over_their_own_columns_what_they_draw_alone():
+    """A window over two blocks (row 0 in block 0, row 1 in block 1): each row's Gumbel draws over its own
+    block equal those it makes alone over a window that is just its block."""
+    geometry = Geometry(step=torch.tensor([0, 2]), block=torch.tensor([0, 1]), block_start=torch.tensor([10, 14]),
+                        block_end=torch.tensor([14, 18]))
+    window = Window(rows=torch.tensor([0, 1]), start=10, end=18, eligible=torch.ones(2, 8, dtype=torch.bool),
+                    quota=torch.ones(2, dtype=torch.long), mask_id=2, geometry=geometry)
+    lo, hi = row_spans(window)
+    assert lo.tolist() == [0, 4] and hi.tolist() == [4, 8]
+    joined = row_rand(RowRNG(7, 2, "cpu"), window.rows, (8, 5), (lo, hi))
+    alone = [RowRNG(7 + r, 1, "cpu").rand(torch.arange(1), (4, 5))[0] for r in range(2)]
+    assert torch.equal(joined[0, :4], alone[0]) and torch.equal(joined[1, 4:], alone[1])
+    assert not joined[0, 4:].any() and not joined[1, :4].any()
+    uniform = Window(rows=torch.tensor([0, 1]), start=10, end=14, eligible=torch.ones(2, 4, dtype=torch.bool),
+                     quota=torch.ones(2, dtype=torch.long), mask_id=2,
+                     geometry=Geometry.uniform(2, block_start=10, block_end=14))
+    assert [t.tolist() for t in row_spans(uniform)] == [[0, 0], [4, 4]]
+
+
+# --- joins: every registered strategy ---------------------------------------------------------------------------
+
+# per strategy, configs that make it do what it is for on the tiny models (an early exit that fires, klass rows
+# found ready, sampling strategies sampling), each run under blockwise with blocks of 4 (rows of one step at
+# different blocks and steps)
+JOIN_CASES = {
+    "low_confidence": [{}, {"temperature": 1.0}],
+    "random": [{"temperature": 0.7}],
+    "threshold": [{"threshold": 0.3}],
+    "factor": [{"factor": 2.0}],
+    "dream": [{"alg": "entropy"}, {"alg": "origin", "temperature": 0.8, "top_p": 0.9},
+              {"alg": "maskgit_plus", "alg_temp": 0.5, "temperature": 0.5, "top_k": 5}],
+    "strict_threshold": [{"threshold": 0.2, "temperature": 0.7, "top_p": 0.95}],
+    "entropy_threshold": [{"threshold": 2.0}],
+    "hierarchical": [{"threshold": 0.5, "low_threshold": 0.1, "temperature": 0.5}],
+    "credit": [{"threshold": 0.9, "alpha": 3.0}],  # several steps per block: the credit decides
+    "klass": [{"confidence": 0.2, "kl": 0.5}],
+    "freedave": [{"tokens_per_step": 1, "drafts": 3}],
+    "sched": [{"tau_high": 3.0, "tau_low": 0.0, "schedule": "cosine"}],
+    "prophet": [{"gaps": [1e9, 1e9, 0.0]}, {"gaps": [1e9, 0.5, 0.0], "rule": "threshold", "threshold": 0.3}],
+    "eb_sampler": [{"gamma": 0.5, "temperature": 0.5}],  # the plugin (plugins/dlm-eb-sampler), when installed
+}
+REGISTERED = set(entries("decoding"))
+CAUSAL = {  # strategies that need a causal model and their own iteration manager
+    "jacobi": ({"name": "jacobi", "gen_length": 12, "n": 3, "blocks": 2, "r": 0.5}, [{}, {"pool_size": 4}], "qwen2",
+               "append"),
+    "wedlm": ({"name": "wedlm", "gen_length": 12, "window": 4}, [{"threshold": 2.0}], "wedlm", "none"),
+}
+join_prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=5), min_size=2, max_size=3)
+
+
+def test_every_registered_strategy_has_a_join_case():
+    assert REGISTERED <= set(JOIN_CASES) | set(CAUSAL)
+
+
+def _check_joins(pipe: Pipeline, prompts, join_at, seeds):
+    assert pipe.decoding.joinable, f"{type(pipe.decoding).__name__} does not declare joinable"
+    alone = alone_outputs(pipe, prompts, seeds)
+    joined = joined_outputs(pipe, prompts, seeds, join_at)
+    assert joined == alone
+
+
+@settings(max_examples=8)
+@given(data=st.data(), prompts=join_prompts_st)
+@pytest.mark.parametrize("name,config", [(n, c) for n, cs in JOIN_CASES.items() if n in REGISTERED for c in cs],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()) or "-")
+def test_rows_joining_a_running_generation_give_what_they_give_alone(tiny_ckpt, name, config, data, prompts):
+    join_at = [0] + data.draw(st.lists(st.integers(0, 12), min_size=len(prompts) - 1, max_size=len(prompts) - 1))
+    seeds = data.draw(st.lists(st.integers(0, 1000), min_size=len(prompts), max_size=len(prompts)))
+    cache = data.draw(st.sampled_from(["none", "prefix"]))
+    pipe = Pipeline.from_config(pipeline_config(
+        tiny_ckpt, decoding={"name": name, **config}, cache={"name": cache},
+        iteration={"name": "blockwise", "gen_length": 16, "block_length": 4, "steps": 16}))
+    _check_joins(pipe, prompts, join_at, seeds)
+
+
+@pytest.fixture(scope="module")
+def causal_ckpts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("joins")
+    return {"qwen2": make_qwen2_checkpoint(root / "ar", mask_token_id=None, extra_vocab=3, seed=61),
+            "wedlm": make_qwen2_checkpoint(root / "wedlm", seed=62)}
+
+
+@settings(max_examples=8)
+@given(data=st.data(), prompts=join_prompts_st)
+@pytest.mark.parametrize("name,config", [(n, c) for n, (_, cs, _, _) in CAUSAL.items() for c in cs],
+                         ids=lambda v: v if isinstance(v, str) else ",".join(f"{k}={x}" for k, x in v.items()) or "-")
+def test_rows_joining_a_causal_generation_give_what_they_give_alone(causal_ckpts, name, config, data, prompts):
+    iteration, _, model, cache = CAUSAL[name]
+    pipe = Pipeline.from_config({"model": {"name": model, "path": str(causal_ckpts[model])}, "iteration": iteration,
+                                 "decoding": {"name": name, **config}, "cache": {"name": cache}, "dtype": "float64"})
+    if not pipe.joinable:
+        lacking = [type(c).__name__ for c in (pipe.iteration, pipe.cache) if not getattr(c, "joinable", False)]
+        pytest.skip(f"{name} decodes with its causal iteration and cache; {', '.join(lacking)} not joinable yet")
+    join_at = [0] + data.draw(st.lists(st.integers(0, 10), min_size=len(prompts) - 1, max_size=len(prompts) - 1))
+    seeds = data.draw(st.lists(st.integers(0, 1000), min_size=len(prompts), max_size=len(prompts)))
+    _check_joins(pipe, prompts, join_at, seeds)
+
+
+@settings(max_examples=4)
+@given(shifts=st.lists(st.integers(-3, 6), min_size=1, max_size=4))
+@pytest.mark.parametrize("name,config", [("credit", {"threshold": 0.9, "alpha": 3.0}),
+                                         ("klass", {"confidence": 0.2, "kl": 0.5}),
+                                         ("freedave", {"drafts": 3}), ("sched", JOIN_CASES["sched"][0])])
+def test_a_generation_growing_and_shrinking_on_the_left_keeps_each_rows_output(tiny_ckpt, name, config, shifts):
+    """The strategies' run memory follows the canvas (GenerationState.shift, as the engine makes room for a
+    longer prompt): every row still gives its alone tokens and NFE."""
+    pipe = Pipeline.from_config(pipeline_config(
+        tiny_ckpt, decoding={"name": name, **config},
+        iteration={"name": "blockwise", "gen_length": 16, "block_length": 4, "steps": 16}))
+    prompts, seeds = [[5, 6, 7], [8, 9]], [0, 1]
+    state = pipe.start(input_ids=prompts, seeds=seeds)
+    assert state.shiftable
+    for n in shifts:
+        if pipe.done(state):
+            break
+        pipe.step(state)
+        state = state.shift(max(n, -int(state.pad.min())))
+    pipe.run(state)
+    out = pipe.output(state)
+    assert [(g.tolist(), n) for g, n in zip(out.generated, out.nfe)] == alone_outputs(pipe, prompts, seeds)

@@ -16,7 +16,7 @@ from dlm.decoding.freedave import furthest_agreeing
 from dlm.decoding.hierarchical import Hierarchical, hierarchical_select
 from dlm.decoding.klass import Klass
 from dlm.decoding.proposal import threshold_select
-from dlm.messages import Window
+from dlm.messages import Geometry, Window
 from dlm.pipeline import Pipeline
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -40,15 +40,26 @@ def random_case(seed: int, b: int = 3, w: int = 9, scale: float = 3.0):
 def window_of(eligible: torch.Tensor, *, step: int = 0, block: int = 0, quota=None) -> Window:
     b, w = eligible.shape
     quota = torch.full((b,), 2) if quota is None else quota
-    return Window(rows=torch.arange(b), start=0, end=w, eligible=eligible, quota=quota, step=step, mask_id=MASK,
-                  block=block)
+    return Window(rows=torch.arange(b), start=0, end=w, eligible=eligible, quota=quota, mask_id=MASK,
+                  geometry=Geometry.uniform(b, step=step, block=block, block_start=0, block_end=w))
 
 
-def state_for(b: int, w: int) -> GenerationState:
+def state_for(b: int, w: int, strategy=None) -> GenerationState:
+    """A generation of ``b`` rows over ``w`` columns; with ``strategy``, its run memory started on it."""
     zeros = torch.zeros(b, dtype=torch.long)
-    return GenerationState(canvas=torch.full((b, w), MASK), pad=zeros, prompt_lengths=zeros, gen_start=0,
-                           gen_length=w, mask_id=MASK, eos_ids=(0,), nfe=zeros.clone(),
-                           done=torch.zeros(b, dtype=torch.bool))
+    state = GenerationState(canvas=torch.full((b, w), MASK), pad=zeros, prompt_lengths=zeros, gen_start=0,
+                            gen_length=w, mask_id=MASK, eos_ids=(0,), nfe=zeros.clone(),
+                            done=torch.zeros(b, dtype=torch.bool))
+    if strategy is not None:
+        state.memory["decoding"] = strategy.start(state)
+    return state
+
+
+def select(strategy, logits: torch.Tensor, window: Window, state: GenerationState | None = None):
+    """One step of ``strategy`` as the pipeline runs it (a fresh generation unless ``state`` is given)."""
+    b, w = window.eligible.shape
+    state = state_for(b, w, strategy) if state is None else state
+    return strategy.select(state, strategy.prepare(state, window), logits, RowRNG(0, b, torch.device("cpu")))
 
 
 def chosen(select: torch.Tensor, r: int) -> set[int]:
@@ -72,7 +83,7 @@ def run(p: Pipeline, prompts):
 def test_entropy_threshold_commits_the_low_entropy_positions_and_the_lowest(seed, tau, strict):
     logits, eligible = random_case(seed)
     strategy = EntropyThreshold(EntropyThreshold.Config(threshold=tau, strict=strict))
-    commit = strategy.select(logits, window_of(eligible), RowRNG(0, 3, torch.device("cpu")))
+    commit = select(strategy, logits, window_of(eligible))
     for r in range(3):
         probs = [ref.softmax(row) for row in logits[r].tolist()]
         h = [-sum(p * math.log(p + 1e-12) for p in row) for row in probs]
@@ -89,7 +100,7 @@ def test_entropy_threshold_commits_the_low_entropy_positions_and_the_lowest(seed
 def test_hierarchical_commits_run_maxima_confident_positions_and_the_top_one(seed, low, high):
     logits, eligible = random_case(seed)
     strategy = Hierarchical(Hierarchical.Config(threshold=high, low_threshold=low))
-    commit = strategy.select(logits, window_of(eligible), RowRNG(0, 3, torch.device("cpu")))
+    commit = select(strategy, logits, window_of(eligible))
     for r in range(3):
         conf = [ref.softmax(row)[ref.argmax(row, skip=MASK)] for row in logits[r].tolist()]
         assert chosen(commit.select, r) == ref.hierarchical_choose(conf, eligible[r].tolist(), low, high)
@@ -120,13 +131,12 @@ def test_hierarchical_without_its_low_threshold_generates_what_threshold_generat
 
 
 def credit_block(strategy, logits_seq, eligible_seq, block: int = 0):
-    """Drive ``strategy`` through the steps of one block (one generation); the commits of each step."""
-    strategy.start(state_for(*eligible_seq[0].shape))
-    out = [strategy.select(lg, window_of(el, step=i, block=block), RowRNG(0, 3, torch.device("cpu")))
+    """Drive ``strategy`` through the steps of one block (one generation); the commits of each step and the
+    credit table left in the run memory."""
+    state = state_for(*eligible_seq[0].shape, strategy)
+    out = [select(strategy, lg, window_of(el, step=i, block=block), state)
            for i, (lg, el) in enumerate(zip(logits_seq, eligible_seq))]
-    table = strategy.table.clone()
-    strategy.finish()
-    return out, table
+    return out, strategy.memory(state).table.clone()
 
 
 @settings(max_examples=15)
@@ -161,11 +171,10 @@ def test_credit_after_n_steps_with_a_constant_argmax_is_the_decayed_sum(n, seed)
 def test_credit_starts_afresh_in_a_new_block():
     logits, eligible = random_case(7)
     strategy = Credit(Credit.Config())
-    strategy.start(state_for(3, 9))
-    g = RowRNG(0, 3, torch.device("cpu"))
+    state = state_for(3, 9, strategy)
     for step in range(3):
-        strategy.select(logits, window_of(eligible, step=step, block=0), g)
-    first = strategy.select(logits, window_of(eligible, step=0, block=1), g)
+        select(strategy, logits, window_of(eligible, step=step, block=0), state)
+    first = select(strategy, logits, window_of(eligible, step=0, block=1), state)
     fresh, _ = credit_block(Credit(Credit.Config()), [logits], [eligible], block=1)
     assert torch.equal(first.select, fresh[0].select)
 
@@ -188,12 +197,8 @@ def test_klass_matches_its_restatement_over_consecutive_steps(seed, conf, kl, hi
     logits_seq = [base + 0.3 * i * torch.randn(base.shape, generator=g, dtype=torch.float64) for i in range(4)]
     quota = torch.tensor([1, 2, 3])
     strategy = Klass(Klass.Config(confidence=conf, kl=kl, history=history))
-    strategy.start(state_for(3, 9))
-    commits = []
-    for i, lg in enumerate(logits_seq):
-        window = strategy.prepare(state_for(3, 9), window_of(eligible, step=i, quota=quota))
-        commits.append(strategy.select(lg, window, RowRNG(0, 3, torch.device("cpu"))))
-    strategy.finish()
+    state = state_for(3, 9, strategy)
+    commits = [select(strategy, lg, window_of(eligible, step=i, quota=quota), state) for i, lg in enumerate(logits_seq)]
     for r in range(3):
         want = ref.klass_steps([lg[r].tolist() for lg in logits_seq], [eligible[r].tolist()] * 4, [int(quota[r])] * 4,
                                list(range(4)), conf_tau=conf, kl_tau=kl, history=history, mask_id=MASK)

@@ -1,5 +1,6 @@
 """Dream: Qwen2-layout loading, logits equal to transformers' Qwen2 (non-causal), Dream's schedules and
-confidence kinds against an independent re-statement of Dream's sampler, and the cache equivalences."""
+confidence kinds against an independent re-statement of Dream's sampler, the cache equivalences, and rows
+joining a running generation giving what they give alone."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from dlm.cache.base import ForwardPlan
 from dlm.config import build_config
 from dlm.errors import CheckpointError, CompositionError
 from dlm.iteration.base import left_padded_canvas
 from dlm.iteration.dream import dream_quota, dream_timesteps
 from dlm.models.dream import DreamConfig, DreamModel
 from dlm.pipeline import Pipeline
-from dlm.messages import Window
+from dlm.testing.joins import alone_outputs, joined_outputs
+from dlm.messages import ForwardPlan
 from dlm.tools.qwen2_checkpoints import MASK_ID, make_qwen2_checkpoint
 
 CPU = torch.device("cpu")
@@ -63,9 +64,9 @@ def adapter_logits(model, ids: torch.Tensor) -> torch.Tensor:
     state = left_padded_canvas([ids], 0, model.capabilities, CPU)
     n = ids.numel()
     rows = torch.arange(1)
-    plan = ForwardPlan(rows=rows, all_rows=True, start=0, end=n, kv=None, key_end=n, refresh=False)
-    window = Window(rows, 1, n, torch.ones(1, n - 1, dtype=torch.bool), torch.ones(1, dtype=torch.long), 0, MASK_ID)
-    return model.forward(state, plan, window)[0]
+    plan = ForwardPlan(rows=rows, all_rows=True, start=0, end=n, kv=None, key_end=n, refresh=False, logits_start=1,
+                       logits_end=n)
+    return model.forward(state, plan)[0]
 
 
 # --- the adapter ---------------------------------------------------------------------------------------
@@ -324,3 +325,53 @@ def test_whole_region_iteration_refuses_block_causal_models(tmp_path):
         Pipeline.from_config({"model": {"name": "fast_dllm_v2", "path": str(path)},
                               "iteration": {"name": "dream", "gen_length": 8, "steps": 8},
                               "decoding": {"name": "dream"}})
+
+
+# --- rows joining a running generation give what they give alone ----------------------------------------
+
+
+def assert_joins_give_alone(pipe, prompts, join_at):
+    """Every row: the same tokens and NFE when it joins the running generation after ``join_at[i]`` steps as
+    when it runs by itself (per-row ticks, blocks and steps; per-row cache memory)."""
+    seeds = [7 + i for i in range(len(prompts))]
+    assert joined_outputs(pipe, prompts, seeds, join_at) == alone_outputs(pipe, prompts, seeds)
+
+
+joins = st.lists(st.tuples(st.lists(st.integers(3, 80), min_size=1, max_size=7), st.integers(0, 8)), min_size=2,
+                 max_size=3)
+
+
+@settings(max_examples=10)
+@given(rows=joins, alg=st.sampled_from(["entropy", "maskgit_plus"]), temperature=st.sampled_from([0.0, 0.8]),
+       steps=st.sampled_from([3, 6, 10]), cache=st.sampled_from(["none", "prefix"]))
+def test_rows_joining_a_dream_generation_give_their_alone_output(dream_ckpt, rows, alg, temperature, steps, cache):
+    """``dream``: each row skips its own zero-quota ticks, so its forwards do not depend on the others'."""
+    pipe = dream_pipeline(dream_ckpt, iteration={"name": "dream", "gen_length": 10, "steps": steps},
+                          decoding={"name": "dream", "alg": alg, "temperature": temperature}, cache={"name": cache})
+    assert pipe.iteration.joinable
+    assert_joins_give_alone(pipe, [r for r, _ in rows], [t for _, t in rows])
+
+
+@settings(max_examples=10)
+@given(rows=joins, decoding=st.sampled_from([{"name": "threshold", "threshold": 0.1},
+                                              {"name": "threshold", "threshold": 0.6},
+                                              {"name": "dream", "alg": "maskgit_plus"}]),
+       block_length=st.sampled_from([1, 3, 4]))
+def test_rows_joining_a_dream_blockwise_generation_give_their_alone_output(dream_ckpt, rows, decoding, block_length):
+    """``dream_blockwise`` without cache: rows at different blocks, first-column and later steps share forwards."""
+    it = {"name": "dream_blockwise", "gen_length": 3 * block_length, "block_length": block_length,
+          "steps": 3 * block_length}
+    pipe = dream_pipeline(dream_ckpt, iteration=it, decoding=decoding, cache={"name": "none"})
+    assert pipe.iteration.joinable
+    assert_joins_give_alone(pipe, [r for r, _ in rows], [t for _, t in rows])
+
+
+@settings(max_examples=10)
+@given(rows=joins, tau=st.sampled_from([0.0, 0.1, 0.6]), cache=st.sampled_from(["prefix", "dual"]))
+def test_rows_joining_a_cached_dream_blockwise_generation_give_their_alone_output(dream_ckpt, rows, tau, cache):
+    """``dream_blockwise`` with Fast-dLLM's caches: each row's K/V are kept and served as alone (rows at their
+    first-column step, at later steps and at other blocks share one forward)."""
+    it = {"name": "dream_blockwise", "gen_length": 12, "block_length": 4, "steps": 12}
+    pipe = dream_pipeline(dream_ckpt, iteration=it, decoding={"name": "threshold", "threshold": tau},
+                          cache={"name": cache})
+    assert_joins_give_alone(pipe, [r for r, _ in rows], [t for _, t in rows])

@@ -17,7 +17,7 @@ from dlm.decoding.recycling import RecyclingPools
 from dlm.iteration.base import left_padded_canvas
 from dlm.iteration.jacobi import Jacobi
 from dlm.iteration.sliding import SlidingProgress
-from dlm.messages import Window
+from dlm.messages import Candidates, Drafts, Geometry, Keep, Window
 from dlm.rng import RowRNG
 from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
 from tests.test_causal import load, pipeline, record_plans
@@ -47,16 +47,17 @@ def test_the_longest_matching_draft_prefix_plus_one_is_committed_and_the_rest_re
     model = load(ar_ckpt)
     state = left_padded_canvas([torch.tensor([5, 6])], 5, model.capabilities, torch.device("cpu"))
     state.canvas[0, 2:6] = torch.tensor([10, 11, 12, 13])  # drafts; column 6 still MASK
-    window = Window(torch.arange(1), 2, 7, torch.ones(1, 5, dtype=torch.bool), torch.ones(1, dtype=torch.long), 0,
-                    model.capabilities.mask_id)
+    window = Window(torch.arange(1), 2, 7, torch.ones(1, 5, dtype=torch.bool), torch.ones(1, dtype=torch.long),
+                    model.capabilities.mask_id, Geometry.uniform(1, block_start=2, block_end=7))
     greedy = torch.tensor([10, 11, 20, 21, 22])  # matches 2 drafts, then differs
     logits = torch.full((1, 5, model.net.spec.vocab_out), -10.0, dtype=torch.float64)
     logits[0, torch.arange(5), greedy] = 10.0
     strategy = JacobiDecoding(JacobiDecoding.Config())
-    strategy.prepare(state, window)
-    commit = strategy.select(logits, window, RowRNG(0, 1, torch.device("cpu")))
+    state.memory["decoding"] = strategy.start(state)
+    window = strategy.prepare(state, window)
+    commit = strategy.select(state, window, logits, RowRNG(0, 1, torch.device("cpu")))
     assert commit.select[0].tolist() == [True, True, True, False, False]
-    assert commit.drafts[0].tolist() == [False, False, False, True, True]
+    assert commit.get(Drafts).mask[0].tolist() == [False, False, False, True, True]
     assert commit.tokens[0].tolist() == greedy.tolist()
 
 
@@ -120,7 +121,7 @@ def test_the_window_covers_the_next_blocks_once_r_of_the_current_block_is_commit
     model = load(ar_ckpt)
     manager = Jacobi(Jacobi.Config(gen_length=16, n=4, blocks=2, r=0.5))
     state = left_padded_canvas([torch.tensor([5, 6])], 16, model.capabilities, torch.device("cpu"))
-    state.progress = SlidingProgress()
+    state.progress = SlidingProgress.fresh(1)
     assert (manager.window(state).start, manager.window(state).end) == (2, 7)  # block 0 + 1 column
     state.canvas[0, 2:3] = 9  # one token of block 0 committed: 1 < ceil(0.5 * 4)
     assert (manager.window(state).start, manager.window(state).end) == (3, 7)
@@ -132,11 +133,11 @@ def test_a_pool_ngram_continuing_the_last_committed_token_becomes_a_candidate_dr
     model = load(ar_ckpt)
     state = left_padded_canvas([torch.tensor([5, 6])], 6, model.capabilities, torch.device("cpu"))
     state.canvas[0, 2:5] = torch.tensor([30, 31, 32])  # the regular draft
-    pools = RecyclingPools(1, 4)
+    pools = RecyclingPools.fresh(1, 4)
     pools.pools[0] = deque([[7, 6, 40, 41], [50]], maxlen=4)  # the newest n-gram ([50]) is never recycled
-    window = Window(torch.arange(1), 2, 5, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.long), 0,
-                    model.capabilities.mask_id)
-    cand = pools.attach(state, window).candidates
+    window = Window(torch.arange(1), 2, 5, torch.ones(1, 3, dtype=torch.bool), torch.ones(1, dtype=torch.long),
+                    model.capabilities.mask_id, Geometry.uniform(1, block_start=2, block_end=5))
+    cand = pools.attach(state, window).get(Candidates)
     assert cand.count == 2
     assert cand.select[0, 0].tolist() == [False, False, False]
     assert cand.select[0, 1].tolist() == [True, True, False]
@@ -151,9 +152,10 @@ def test_recycling_keeps_a_recycled_draft_and_saves_forwards_on_a_repetitive_mod
                         {"name": "jacobi", "pool_size": pool_size})
         kept, select = [], pipe.decoding.select
 
-        def recording(logits, window, generator):
-            commit = select(logits, window, generator)
-            kept.append(0 if commit.keep is None else int(commit.keep.max()))
+        def recording(state, window, logits, generator):
+            commit = select(state, window, logits, generator)
+            keep = commit.get(Keep)
+            kept.append(0 if keep is None else int(keep.index.max()))
             return commit
 
         pipe.decoding.select = recording

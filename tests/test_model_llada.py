@@ -9,11 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dlm.cache.base import ForwardPlan
+from dlm.messages import ForwardPlan
 from dlm.errors import CheckpointError
 from dlm.iteration.base import left_padded_canvas
 from dlm.models.llada import LLaDAConfig, LLaDAModel
-from dlm.messages import Window
 
 
 def load(path, dtype=torch.float64):
@@ -25,9 +24,9 @@ def full_logits(model, ids: torch.Tensor) -> torch.Tensor:
     state = left_padded_canvas([ids], 0, model.capabilities, torch.device("cpu"))
     rows = torch.arange(1)
     n = ids.numel()
-    plan = ForwardPlan(rows=rows, all_rows=True, start=0, end=n, kv=None, key_end=n, refresh=False)
-    window = Window(rows, 0, n, torch.ones(1, n, dtype=torch.bool), torch.ones(1, dtype=torch.long), 0, 2)
-    return model.forward(state, plan, window)[0]
+    plan = ForwardPlan(rows=rows, all_rows=True, start=0, end=n, kv=None, key_end=n, refresh=False,
+                       logits_start=0, logits_end=n)
+    return model.forward(state, plan)[0]
 
 
 def to_llama(ckpt):

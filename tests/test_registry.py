@@ -69,6 +69,30 @@ def test_a_good_plugin_is_listed_with_its_package_and_usable_from_yaml(install, 
     assert "dlm-greedy" in line and "BROKEN" not in line
 
 
+OLD_API_STRATEGY = """
+import torch
+from pydantic import BaseModel, ConfigDict
+from dlm.decoding import DecodingStrategy
+from dlm.messages import Commit
+
+class AllConfig(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class All(DecodingStrategy):  # plugin API 1.x: select(logits, window, generator)
+    Config = AllConfig
+
+    def select(self, logits, window, generator):
+        return Commit(window.eligible.clone(), logits.argmax(dim=-1).clamp(max=window.mask_id - 1))
+"""
+
+
+def test_a_plugin_written_for_plugin_api_1_still_loads_with_a_deprecation_warning(install):
+    install("dlm-old", {"dlm.decoding": {"old_all": "MODULE:All"}}, OLD_API_STRATEGY)
+    with pytest.warns(DeprecationWarning, match="plugin API 1.x"):
+        cls = resolve("decoding", "old_all")
+    assert cls.__name__ == "All"
+
+
 def test_plugin_raising_at_import_is_named_with_package_and_cause(install, capsys):
     install("dlm-crashy", {"dlm.decoding": {"crashy": "MODULE:Thing"}}, "raise RuntimeError('no GPU driver found')\n")
     with pytest.raises(PluginError) as err:
@@ -108,7 +132,7 @@ def test_plugin_registering_a_class_of_another_group_is_reported(install):
 
 def test_plugin_without_a_config_class_is_reported(install):
     source = "from dlm.decoding.base import DecodingStrategy\nclass NoConfig(DecodingStrategy):\n" \
-             "    def select(self, logits, window, generator):\n        return None\n"
+             "    def select(self, state, window, logits, generator):\n        return None\n"
     install("dlm-noconfig", {"dlm.decoding": {"noconfig": "MODULE:NoConfig"}}, source)
     with pytest.raises(PluginError, match=r"dlm-noconfig.*no pydantic `Config`"):
         resolve("decoding", "noconfig")

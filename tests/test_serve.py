@@ -322,9 +322,10 @@ def test_stopped_worker_answers_503_with_retry_after(endless_pipeline):
     assert "Retry-After" in headers
 
 
-def test_a_failing_generation_answers_an_error_and_the_worker_serves_the_next_request():
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_a_failing_generation_answers_an_error_and_the_worker_serves_the_next_request(batching):
     """A generation that raises (here: every sampled one) fails its own request, not the server."""
-    app = create_app(demo(), model_name="m")
+    app = create_app(demo(), model_name="m", batching=batching)
     variants = app.state.api.variants
     build = variants.pipeline
 
@@ -333,7 +334,7 @@ def test_a_failing_generation_answers_an_error_and_the_worker_serves_the_next_re
         if key[1] is not None:  # sampled requests: a pipeline whose generation breaks
             def broken(*args, **kwargs):
                 raise RuntimeError("out of memory")
-            pipe.generate = broken
+            pipe.generate = pipe.step = broken  # static batching calls generate, continuous calls step
         return pipe
 
     variants.pipeline = pipeline
@@ -346,3 +347,62 @@ def test_a_failing_generation_answers_an_error_and_the_worker_serves_the_next_re
             list(client.completions.create(model="m", prompt="1+1=", temperature=1.0, stream=True))
         assert client.completions.create(model="m", prompt="123+456=").choices[0].text == "579"
         assert health(server)["failed_batches"] == 2
+
+
+def test_a_request_joins_a_running_generation_and_ends_before_it(endless_pipeline):
+    """Continuous batching: a request sent while a long generation runs is admitted at the next step, finishes
+    long before the running one, and gives what it gives alone."""
+    app = create_app(endless_pipeline, max_batch_size=4, model_name="m")
+    with ServerThread(app) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        busy = client.completions.create(model="m", prompt="ab", stream=True, extra_body={"dlm_stream": "steps"})
+        chunks = iter(busy)
+        next(chunks)  # the endless request is running
+        other = client.completions.create(model="m", prompt="b", stream=True)  # the same settings: it joins
+        next(iter(other))
+        running = health(server)
+        assert running["running_rows"] == 2 and running["joins"] >= 1
+        # a request with other settings runs beside them, never waiting for them, and ends first
+        short = client.completions.create(model="m", prompt="abc", max_tokens=8, seed=3)
+        assert health(server)["running_rows"] == 2  # the endless rows still run
+        variants = app.state.api.variants
+        alone = variants.pipeline(variants.key(8, None)).generate(prompts=["abc"], seeds=[3])
+        assert short.choices[0].text == alone.texts[0]
+        busy.close()
+        other.close()
+
+
+def test_memory_budget_bounds_admission_with_429_and_400(endless_pipeline):
+    from dlm.engine import row_bytes
+
+    one = row_bytes(endless_pipeline, 2)
+    app = create_app(endless_pipeline, max_batch_size=4, model_name="m", memory_budget=int(one * 1.5))
+    with ServerThread(app) as server:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=60)
+        busy = client.completions.create(model="m", prompt="ab", stream=True)
+        next(iter(busy))
+        status, err, headers = post(f"{server.url}/v1/completions", {"model": "m", "prompt": "ab"})
+        assert status == 429 and "memory budget" in err["error"]["message"]
+        assert int(headers["Retry-After"]) >= 1
+        status, err, _ = post(f"{server.url}/v1/completions", {"model": "m", "prompt": "ab", "n": 2})
+        assert status == 400 and "memory budget" in err["error"]["message"]  # could never fit: not a retry
+        busy.close()
+        deadline = time.monotonic() + 30  # the budget comes back when the row leaves
+        while health(server)["running_rows"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert app.state.api.worker.reserved == 0
+
+
+def test_serve_command_reads_batching_and_memory_budget():
+    import argparse
+
+    from dlm.commands.serve import add_arguments, memory_size
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--batching", "static", "--memory-budget", "512MiB"])
+    assert (args.batching, args.memory_budget) == ("static", 512 * 2**20)
+    assert p.parse_args([]).batching == "continuous"
+    assert memory_size("2GiB") == 2 * 2**30 and memory_size("1e9") == 10**9
+    with pytest.raises(argparse.ArgumentTypeError, match="not a memory size"):
+        memory_size("lots")

@@ -127,3 +127,33 @@ def test_tutorial_cache_policy_is_found_through_its_entry_point(tmp_path, monkey
 
     cls = resolve("cache", "stride")
     assert issubclass(cls, PrefixCache) and cls.Config().refresh_every == 2
+
+
+def test_the_pages_inline_examples_keep_the_contract():
+    """The ```python blocks without a file (e.g. the strategy with run memory on the state) run, and every
+    component they define passes the contract kit, joins included where it declares joinable."""
+    from dlm.decoding.base import DecodingStrategy
+    from dlm.testing.contracts import check_component
+
+    inline = [body for lang, info, body in blocks() if lang == "python" and not info]
+    assert inline, "the page shows at least one inline example"
+    checked = []
+    for body in inline:
+        namespace: dict = {}
+        exec(compile(body, str(DOC), "exec"), namespace)
+        for value in list(namespace.values()):
+            if isinstance(value, type) and issubclass(value, DecodingStrategy) and value is not DecodingStrategy:
+                report = check_component("decoding", value, {})
+                if getattr(value, "joinable", False):
+                    assert {o.check: o.status for o in report.outcomes}["joins"] == "passed"
+                checked.append(value.__name__)
+    assert "Stable" in checked
+
+
+def test_the_page_states_its_plugin_api_and_where_plugins_show_their_effect():
+    from dlm.messages import PLUGIN_API
+
+    text = " ".join(DOC.read_text().replace("*", "").split())
+    assert f"plugin API {PLUGIN_API}" in text and "ContractReport.api" in text
+    assert "default demo pipeline" in text and "one block" in text  # a cache or exit shows nothing on it
+    assert "examples/long/" in text and "state.pending()" in text

@@ -1,5 +1,6 @@
 """WeDLM decoding: equal to a loop-based restatement of the reference decoder on transformers' Qwen2, the
-reordered forward (every mask sees every filled token), and autoregressive decoding as its window-1 case."""
+reordered forward (every mask sees every filled token), autoregressive decoding as its window-1 case, and
+rows joining a running generation giving what they give alone."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from hypothesis import strategies as st
 
 from dlm.cache.none import NoCache
 from dlm.iteration.base import left_padded_canvas
-from dlm.messages import Window
+from dlm.messages import Geometry, Reorder, Window
 from dlm.models.causal import WeDLMModel
 from dlm.tools.qwen2_checkpoints import EOS_ID, MASK_ID, make_qwen2_checkpoint
-from tests.test_causal import _hf, load, pipeline
+from tests.test_causal import _hf, assert_joins_give_alone, load, pipeline
 
 CPU = torch.device("cpu")
 prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=1, max_size=3)
@@ -102,14 +103,14 @@ def test_the_tiny_model_fills_several_positions_per_forward_at_these_thresholds(
 def test_a_reordered_forward_lets_a_mask_see_a_later_filled_token(wedlm_ckpt):
     model = load(wedlm_ckpt, WeDLMModel)
     state = left_padded_canvas([torch.tensor([5, 6, 7])], 3, model.capabilities, CPU)
-    window = Window(torch.arange(1), 3, 6, torch.tensor([[True, False, True]]), torch.ones(1, dtype=torch.long), 0,
-                    MASK_ID)
+    window = Window(torch.arange(1), 3, 6, torch.tensor([[True, False, True]]), torch.ones(1, dtype=torch.long),
+                    MASK_ID, Geometry.uniform(1, block_start=3, block_end=6))
     cache = NoCache(NoCache.Config())
 
     def mask_logits(filled: int, reorder: bool) -> torch.Tensor:
         state.canvas[0, 4] = filled  # a filled token after the mask at column 3
-        w = Window(**{**window.__dict__, "reorder": reorder})
-        return model.forward(state, cache.plan(state, w), w)[0, 0]
+        w = window.extend(Reorder()) if reorder else window
+        return model.forward(state, cache.plan(state, w).for_window(w))[0, 0]
 
     assert not torch.allclose(mask_logits(20, True), mask_logits(30, True))
     torch.testing.assert_close(mask_logits(20, False), mask_logits(30, False), rtol=0, atol=0)
@@ -124,3 +125,17 @@ def test_a_window_of_one_without_reordering_is_autoregressive_decoding(ar_ckpt, 
                   cache=cache).generate(input_ids=prompts)
     assert [g.tolist() for g in we.generated] == [g.tolist() for g in ar.generated]
     assert we.nfe == ar.nfe
+
+
+joins = st.lists(st.tuples(st.lists(st.integers(3, 60), min_size=1, max_size=6), st.integers(0, 6)), min_size=2,
+                 max_size=3)
+
+
+@pytest.mark.parametrize("cache", ["none", "append"])
+@settings(max_examples=8)
+@given(rows=joins, window=st.integers(1, 5), threshold=st.sampled_from([None, 4.0, 4.3]), reorder=st.booleans())
+def test_rows_joining_a_wedlm_generation_give_their_alone_output(wedlm_ckpt, cache, rows, window, threshold, reorder):
+    """Each row's window slides from its own first mask (its own reordered columns, its own pruned prefix)."""
+    pipe = pipeline(wedlm_ckpt, {"name": "wedlm", "gen_length": 10, "window": window, "reorder": reorder},
+                    {"name": "wedlm", "threshold": threshold, "position_penalty": 0.02}, cache=cache, model="wedlm")
+    assert_joins_give_alone(pipe, rows)

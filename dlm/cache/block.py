@@ -3,12 +3,11 @@
 **Block-level cache (exact).** With block-causal attention a completed block's K/V never change: its
 queries never see later blocks. The manager keeps, per row, ``valid_end``: the canvas column up to which
 the buffer holds final K/V (whole blocks, in the row's own positions, whose tokens were all committed when
-last computed). Each step computes from ``min(valid_end)`` (or the column before the window, for shifted
-logits) to the end of the last block a needed output lies in, and attends to slots ``[0, end)``. Every
-query the window needs therefore sees exactly the keys it sees without cache: the result equals
-``none`` up to float rounding, for any iteration manager and any batch (proved token for token by the tests).
-Columns computed past a row's current block are garbage that the block-causal mask hides from earlier
-blocks and that the row's later steps recompute before they become valid.
+last computed). A row's step computes from ``valid_end`` (or the column before its first eligible position,
+for shifted logits) to the end of the last block an output its eligible positions read lies in (the
+window's logits span on a side a strategy widened), and attends to slots ``[0, end)``. Every query the row
+needs therefore sees exactly the keys it sees without cache: the result equals ``none`` up to float
+rounding, for any iteration manager and any batch (proved token for token by the tests).
 
 **Sub-block cache (approximate, ``sub_block_cache: true``).** As the reference's ``use_block_cache``: inside
 the current block, a step whose sub-block's first position is already committed, and whose block has had a
@@ -17,19 +16,30 @@ forward (stale for the other sub-blocks, like Fast-dLLM's dual cache). A step re
 the sub-block's first position is still masked, or the block has had no full forward yet. The first
 position's own shifted logit is never needed, since that position is committed. Exact for a 1-layer model
 and when the iteration's ``sub_block_size`` equals the block size. The sub-blocks are the iteration
-manager's, read from the window (``Window.sub_start``/``sub_end``), so the two cannot disagree. In a batch the cached forward computes the union of the
-rows' sub-blocks, and it runs only when every row of the step may use the cache; a row may therefore get
-fresher K/V than alone (never staler), so batched sub-block-cache runs can differ from single ones.
+manager's, read from the window (:class:`~dlm.messages.SubBlocks`), so the two cannot disagree.
+
+**Rows at different places.** Everything above is decided per row (its own ``valid_end``, eligible
+positions, sub-block and last full forward, kept in the run memory), and one range forward serves every
+row with per-row write bounds: a sub-block row stores only its sub-block, a full row from its ``valid_end``.
+A full row also stores up to the end of the step's widest block: columns past its own last block are
+garbage that the block-causal mask hides from its earlier blocks, and that its later steps recompute (a
+block's first step is always a full forward) before they become valid; columns before its ``valid_end``
+computed for another row are peeks that read its final K/V. So a row gives in a batch, and when it joins a
+running generation at any step, what it gives alone.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
 
 from dlm.cache.base import CacheManager
-from dlm.messages import ForwardPlan, KVStore, ModelCapabilities, Window
-from dlm.models.base import ModelAdapter
+from dlm.cache.prefix import KVMemory
+from dlm.memory import shared_field
+from dlm.messages import CacheEnv, ForwardPlan, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
 
 
@@ -41,9 +51,18 @@ class BlockCacheConfig(BaseModel):
     )
 
 
+@dataclass
+class BlockMemory(KVMemory):
+    """The KV store and, per row (host), how far it holds final K/V and where its last full block forward was."""
+
+    block_size: int = shared_field(default=0)  # the model's attention block size
+    valid_end: Tensor | None = None  # [B] long (host): slots before it hold final K/V
+    full_at: Tensor | None = None  # [B] long (host): the block start of the row's last full forward over a block
+
+
 class BlockCache(CacheManager):
     Config = BlockCacheConfig
-    kv: KVStore | None = None
+    joinable = True
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if not capabilities.kv_cache:
@@ -55,64 +74,75 @@ class BlockCache(CacheManager):
             )
         return None
 
-    def start(self, state: GenerationState, model: ModelAdapter) -> None:
-        self.kv = model.new_kv(state.batch_size, state.length)
-        self.bs = int(model.capabilities.block_size)
-        self.shift = model.capabilities.logit_shift
-        self.valid_end = torch.zeros(state.batch_size, dtype=torch.long, device=state.device)
-        self.full_at = torch.full((state.batch_size,), -1, dtype=torch.long, device=state.device)
-
-    def finish(self) -> None:
-        self.kv = None
-
-    def _block_floor(self, cols, pad):
-        return pad + torch.div(cols - pad, self.bs, rounding_mode="floor") * self.bs
+    def start(self, state: GenerationState, env: CacheEnv) -> BlockMemory:
+        b = state.batch_size
+        return BlockMemory(env.new_kv(b, state.length), shift=env.capabilities.logit_shift,
+                           block_size=int(env.capabilities.block_size),
+                           valid_end=torch.zeros(b, dtype=torch.long), full_at=torch.full((b,), -1, dtype=torch.long))
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
-        rows, length = window.rows, state.length
-        pad = state.pad[rows]
-        need_lo, need_hi = window.logits_start - self.shift, window.logits_end - self.shift  # outputs the logits read
-        if self.config.sub_block_cache:
-            cached = self._sub_block_plan(state, window, rows, pad, need_lo, need_hi)
-            if cached is not None:
-                return cached
-        last_block_end = self._block_floor(torch.full_like(pad, need_hi - 1), pad) + self.bs
-        end = min(length, int(last_block_end.max()))
-        start = min(int(self.valid_end[rows].min()), need_lo)
-        # after this forward, whole blocks whose tokens are all committed now hold final K/V
+        m: BlockMemory = self.memory(state)
+        bs, shift, length = m.block_size, m.shift, state.length
+        rows = window.rows
         masked = state.masked()[rows]
-        first_mask = torch.where(masked.any(dim=1), masked.int().argmax(dim=1), length)
-        limit = torch.clamp(first_mask, max=end)
-        self.valid_end[rows] = torch.maximum(self.valid_end[rows], self._block_floor(limit, pad).clamp(min=0))
-        if self.config.sub_block_cache:
-            first = window.start + window.eligible.int().argmax(dim=1)
-            block_start = self._block_floor(first, pad)
-            covered = (block_start >= start) & (torch.clamp(block_start + self.bs, max=length) <= end)
-            self.full_at[rows] = torch.where((first > block_start) & covered, block_start, self.full_at[rows])
-        return ForwardPlan(
-            rows=rows, all_rows=len(rows) == state.batch_size, start=start, end=end, kv=self.kv, key_end=end,
-            refresh=True,
-        )
+        eligible = window.eligible.int()
+        reads = [
+            rows,
+            torch.where(masked.any(dim=1), masked.int().argmax(dim=1), length),  # first masked column
+            window.start + eligible.argmax(dim=1),  # first eligible column
+            window.end - 1 - eligible.flip(1).argmax(dim=1),  # last eligible column
+            state.pad[rows],
+        ]
+        sub = window.get(SubBlocks) if self.config.sub_block_cache else None
+        if sub is not None:  # is each row's sub-block's first position committed?
+            first_col = torch.as_tensor(sub.start).to(state.device).clamp(max=length - 1)
+            reads.append((state.canvas[rows, first_col] != state.mask_id).long())
+        host = torch.stack(reads).cpu()  # one read of the device
+        hrows, first_mask, first, last, pad = host[:5]
 
-    def _sub_block_plan(self, state, window, rows, pad, need_lo, need_hi) -> ForwardPlan | None:
-        first = window.start + window.eligible.int().argmax(dim=1)  # first eligible column per row
-        block_start = self._block_floor(first, pad)
-        if window.sub_start is None:  # the iteration manager has no sub-blocks: the sub-block is the block
-            return None
-        sub_start, sub_end = window.sub_start, window.sub_end  # [b] each row's sub-block (the iteration's)
-        ok = (
-            (first > block_start)
-            & (state.canvas[rows, sub_start] != state.mask_id)
-            & (self.full_at[rows] == block_start)
-            & (self.valid_end[rows] >= block_start)
-        )
-        if not bool(ok.all()):
-            return None
-        length = state.length
-        start = min(int(sub_start.min()), need_lo)
-        end = max(int(torch.clamp(torch.minimum(sub_end, block_start + self.bs), max=length).max()), need_hi)
-        key_end = max(end, min(length, int((block_start + self.bs).max())))
-        return ForwardPlan(
-            rows=rows, all_rows=len(rows) == state.batch_size, start=start, end=end, kv=self.kv, key_end=key_end,
-            refresh=False,
-        )
+        def floor(cols: Tensor) -> Tensor:  # start of the attention block holding ``cols``, in each row's positions
+            return pad + torch.div(cols - pad, bs, rounding_mode="floor") * bs
+
+        # the outputs each row's decisions read (its eligible positions; a widened side of the span for all)
+        need_lo, need_hi = first - shift, last + 1 - shift
+        if window.logits_start < window.start:
+            need_lo = torch.full_like(need_lo, window.logits_start - shift)
+        if window.logits_end > window.end:
+            need_hi = torch.full_like(need_hi, window.logits_end - shift)
+        valid, full_at = m.valid_end[hrows], m.full_at[hrows]
+        end = torch.clamp(floor(need_hi - 1) + bs, max=length)  # a full forward: up to its last needed block
+        lo, hi, key = torch.minimum(valid, need_lo), end, end
+        block_start = floor(first)
+        cached = torch.zeros(len(hrows), dtype=torch.bool)
+        if sub is not None:
+            sub_start, sub_end = torch.as_tensor(sub.start).cpu(), torch.as_tensor(sub.end).cpu()
+            cached = (first > block_start) & host[5].bool() & (full_at == block_start) & (valid >= block_start)
+            block_end = torch.clamp(block_start + bs, max=length)
+            sub_hi = torch.maximum(torch.minimum(sub_end, block_end), need_hi)
+            lo = torch.where(cached, torch.minimum(sub_start, need_lo), lo)
+            hi = torch.where(cached, sub_hi, hi)
+            key = torch.where(cached, torch.maximum(sub_hi, block_end), key)
+        full = ~cached
+        if bool(full.any()):
+            # after this forward, whole blocks whose tokens are all committed now hold final K/V
+            limit = torch.minimum(first_mask, end)
+            m.valid_end[hrows] = torch.where(full, torch.maximum(valid, floor(limit).clamp(min=0)), valid)
+            if self.config.sub_block_cache:
+                covered = (block_start >= lo) & (torch.clamp(block_start + bs, max=length) <= end)
+                m.full_at[hrows] = torch.where(full & (first > block_start) & covered, block_start, full_at)
+            # full rows store up to the widest block of the step (see the module doc), so every output of the
+            # logits span they return is exact
+            span_end = torch.clamp(floor(torch.full_like(pad, window.logits_end - shift - 1)) + bs, max=length)
+            top = int(torch.maximum(end, span_end)[full].max())
+            hi = torch.where(full, top, hi)
+            key = torch.where(full, top, key)
+        start = min(int(lo.min()), window.logits_start - shift)
+        stop = max(int(hi.max()), window.logits_end - shift)
+        key_end = max(int(key.max()), stop)
+        if bool((lo == lo[0]).all()) and bool((hi == hi[0]).all()):
+            write_start, write_end = int(lo[0]), int(hi[0])
+        else:
+            write_start, write_end = lo.to(state.device), hi.to(state.device)
+        return ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=start, end=stop, kv=m.kv,
+                           key_end=key_end, refresh=not bool(cached.any()), write_start=write_start,
+                           write_end=write_end)

@@ -6,13 +6,15 @@ own slots in place, and attention reads the prefix *and* suffix K/V cached at th
 
 Exactness: as for ``prefix``, exact for a 1-layer model and when each block completes in its refresh step;
 approximate otherwise (both the prefix and the still-masked suffix K/V go stale while the block fills).
+Rows at different blocks or steps store only their own columns (see :mod:`dlm.cache.prefix`).
 """
 
 from __future__ import annotations
 
+import torch
 from pydantic import BaseModel, ConfigDict
 
-from dlm.cache.prefix import PrefixCache
+from dlm.cache.prefix import KVMemory, PrefixCache, row_range_plan
 from dlm.messages import ForwardPlan, Window
 from dlm.state import GenerationState
 
@@ -24,15 +26,9 @@ class DualCacheConfig(BaseModel):
 class DualCache(PrefixCache):
     Config = DualCacheConfig
 
-
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
+        m: KVMemory = self.memory(state)
         refresh = window.first_step
-        return self.peek(ForwardPlan(
-            rows=window.rows,
-            all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else self.cached_start(window),
-            end=state.length if refresh else window.block_end,
-            kv=self.kv,
-            key_end=state.length,
-            refresh=refresh,
-        ), window)
+        lo = torch.where(refresh, 0, self.cached_start(state, window))
+        hi = torch.where(refresh, state.length, window.block_end)
+        return row_range_plan(state, window, m.kv, lo, hi, shift=m.shift, refresh=refresh)

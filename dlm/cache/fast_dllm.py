@@ -1,4 +1,5 @@
-"""Shared checks of Fast-dLLM's block-wise approximate caches (``prefix`` and ``dual``).
+"""Shared checks of Fast-dLLM's block-wise approximate caches (``prefix`` and ``dual``, and the caches built on
+:class:`~dlm.cache.prefix.PrefixCache`: ``vicinity``, ``dkv``, the ``periodic`` plugin).
 
 Shifted-logit models (Dream) are served: cached steps compute from the column before the window when the
 window needs it (see :meth:`dlm.cache.prefix.PrefixCache.cached_start`).

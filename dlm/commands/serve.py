@@ -19,6 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting for the model before new ones get 429 (default 64)")
     p.add_argument("--max-tokens", type=int, help="the largest max_tokens a request may ask (default: the context)")
+    p.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                   help="continuous: requests join running generations at step boundaries (default); "
+                        "static: one batch at a time")
+    p.add_argument("--memory-budget", type=memory_size, default=None, metavar="SIZE",
+                   help="continuous batching: bytes the running and queued rows may take (KV buffers and logits), "
+                        "e.g. 2GiB or 512MiB; beyond it requests get 429 (default: a quarter of the machine's "
+                        "memory, or of the GPU's)")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -72,12 +79,39 @@ def run(args: argparse.Namespace) -> int:
     from dlm.pipeline import Pipeline
 
     pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)
+    budget = args.memory_budget if args.memory_budget is not None else default_memory_budget(pipeline)
     app = create_app(
         pipeline, model_name=args.model_name, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
-        max_tokens=args.max_tokens,
+        max_tokens=args.max_tokens, batching=args.batching, memory_budget=budget,
     )
     name = args.model_name or default_model_name(pipeline)
     print(f"dlm serve: model {name!r} on http://{args.host}:{args.port} (open it in a browser to watch the canvas)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def memory_size(text: str) -> int:
+    """Bytes from ``2GiB``, ``512MiB``, ``1e9`` or ``1000000``."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write for example 2GiB, 512MiB or 1e9")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def default_memory_budget(pipeline) -> int:
+    """A quarter of the GPU's memory on CUDA, of the machine's memory on CPU."""
+    import os
+
+    import torch
+
+    device = pipeline.model.device
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4

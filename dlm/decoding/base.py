@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 from torch import Tensor
@@ -21,29 +23,47 @@ class DecodingStrategy(ABC):
     in the window; the window's own columns unless :meth:`prepare` widened it; [b, K, S, vocab] in a
     candidate step).
 
-    Per-generation memory (a credit table, the previous step's distributions) lives in attributes created by
-    :meth:`start`, indexed by batch row (``window.rows``), reset per row when ``window.block`` changes, and
-    dropped by :meth:`finish`: a row's memory never influences another row, and one generation never
-    influences the next. Stateless strategies ignore all three hooks.
+    **Run memory** (a credit table, the previous step's distributions) is created by :meth:`start` for every
+    row of the state it is given and returned; the pipeline keeps it on the state (``state.memory["decoding"]``,
+    read back with :meth:`memory`), one entry per batch row (a :class:`~dlm.memory.RowMemory`). A strategy
+    object holds only its config, so it serves several generations at once; rows that join a running
+    generation get memory from their own ``start``. Reset a row's memory when its block changes
+    (``window.block`` is per row). Stateless strategies ignore the hooks.
     """
 
     Config: ClassVar[type[BaseModel]]
+    joinable: ClassVar[bool] = False  # rows may join a running generation (per-row geometry and RowMemory)
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config
 
-    def start(self, state: GenerationState) -> None:
-        """A generation begins: create per-row memory for ``state.batch_size`` rows (default: none)."""
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        select = cls.__dict__.get("select")
+        if select is not None and list(inspect.signature(select).parameters)[1:2] == ["logits"]:
+            warnings.warn(
+                f"{cls.__qualname__}.select(logits, window, generator) is the plugin API 1.x signature; since 2.0 "
+                "it is select(state, window, logits, generator) (CHANGELOG.md). Adapted for now.",
+                DeprecationWarning, stacklevel=2,
+            )
+            old = select
+            cls.select = lambda self, state, window, logits, generator: old(self, logits, window, generator)
+
+    def start(self, state: GenerationState) -> Any:
+        """Rows start: return the run memory for every row of ``state`` (default: none)."""
+        return None
+
+    @staticmethod
+    def memory(state: GenerationState) -> Any:
+        """The run memory :meth:`start` returned, as kept on ``state``."""
+        return state.memory.get("decoding")
 
     def prepare(self, state: GenerationState, window: Window) -> Window:
         """Before the forward: return the window, possibly widened (:meth:`Window.widen`, for logits beyond
-        it) or with :class:`~dlm.messages.Candidates` attached. Default: the window unchanged."""
+        it) or extended (:class:`~dlm.messages.Candidates`). Default: the window unchanged."""
         return window
 
     @abstractmethod
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         """Decide this step's commits. Draw randomness only through ``generator`` (one stream per row,
         e.g. ``generator.rand(window.rows, shape)``), so batched rows reproduce single-prompt runs."""
-
-    def finish(self) -> None:
-        """The generation ended (or failed): drop the memory :meth:`start` created."""

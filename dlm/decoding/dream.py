@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import gumbel_noise, top_k_select
+from dlm.decoding.proposal import gumbel_noise, row_rand, row_spans, top_k_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -58,17 +59,20 @@ def dream_confidence(probs: Tensor, chosen: Tensor, alg: str) -> Tensor:
 
 class DreamDecoding(DecodingStrategy):
     Config = DreamDecodingConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         probs = filtered_probs(logits, temperature=c.temperature, top_p=c.top_p, top_k=c.top_k)
+        draws = c.temperature > 0 or c.alg_temp > 0 or c.alg == "origin"
+        spans = row_spans(window) if draws else None  # the rows' own columns, read only when something is drawn
         tokens, chosen = draw(probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                              rows=window.rows)
+                              rows=window.rows, spans=spans)
         quota = window.quota.clamp(min=1)
         if c.alg == "origin":
-            score = generator.rand(window.rows, (window.width,))
+            score = row_rand(generator, window.rows, (window.width,), spans)
         else:
             score = dream_confidence(probs, chosen, c.alg)
             if c.alg_temp > 0:
-                score = score / c.alg_temp + gumbel_noise(window.rows, (window.width,), generator)
+                score = score / c.alg_temp + gumbel_noise(window.rows, (window.width,), generator, spans)
         return Commit(top_k_select(score, window.eligible, quota), tokens)

@@ -5,18 +5,21 @@ at the top-2 logit margin over (part of) the answer: once it is large enough for
 every position still pending takes its proposal and the row ends. They are decoding strategies, not
 iteration managers or caches, because only a strategy sees the logits and may finish a row: ``prepare``
 widens the window's logits span to the whole generation region (:meth:`~dlm.messages.Window.widen`), and
-the :class:`~dlm.messages.Commit` carries ``finish`` + ``fill``. Any iteration manager and any cache then
-compose with them (``prefix``/``dual`` compute the wider span as a peek that leaves their K/V untouched).
+the :class:`~dlm.messages.Commit` carries a :class:`~dlm.messages.Finish` extension (the rows and their fill
+tokens). Any iteration manager and any cache then compose with them (``prefix``/``dual`` compute the wider
+span as a peek that leaves their K/V untouched).
 
 Progress is ``t / T``: ``t`` counts the row's forwards, this one included (its NFE so far + 1), ``T`` is the
 schedule's step budget (:attr:`~dlm.messages.Window.total_steps`, the ``steps`` of ``blockwise`` and
 Dream's managers). Managers without a step budget (``block_diffusion``) give the decoded fraction of the
-generation region instead.
+generation region instead. Both are per row (a row that joined a running generation counts its own forwards);
+``prepare`` attaches them to the window (:class:`ExitProgress`), and the strategies keep no run memory.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,7 +30,8 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
 from dlm.decoding.proposal import propose
 from dlm.decoding.threshold import Threshold, ThresholdConfig
-from dlm.messages import Commit, Window
+from dlm.errors import DecodingError
+from dlm.messages import Commit, Finish, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 
@@ -56,8 +60,18 @@ def top2_margin(logits: Tensor) -> Tensor:
     return top[..., 0] - top[..., 1]
 
 
+@dataclass(frozen=True)
+class ExitProgress:
+    """Window extension (early exits): each window row's progress ``t / T`` [b] float64, found by ``prepare``
+    before the forward and read by ``select``."""
+
+    progress: Tensor
+
+
 class EarlyExit(DecodingStrategy):
     """A base rule plus an exit test on the logits of the whole generation region (see the module docstring)."""
+
+    joinable = True
 
     def __init__(self, config: BaseModel) -> None:
         super().__init__(config)
@@ -74,20 +88,18 @@ class EarlyExit(DecodingStrategy):
         else:
             pending = state.pending()[rows, state.gen_start :].sum(dim=1)
             progress = 1.0 - pending.to(torch.float64) / max(state.gen_length, 1)
-        self._progress = progress
-        self._gen_start = state.gen_start
-        return window.widen(min(state.gen_start, window.start), state.length)
+        return window.widen(min(state.gen_start, window.start), state.length).extend(ExitProgress(progress))
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
-        commit = self.base.select(window.window_logits(logits), window, generator)
-        region = logits[:, self._gen_start - window.logits_start :]  # [b, G, V] the generation region
-        finish = self.should_exit(top2_margin(region), self._progress.to(logits.device))
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
+        commit = self.base.select(state, window, window.window_logits(logits), generator)
+        region = logits[:, state.gen_start - window.logits_start :]  # [b, G, V] the generation region
+        progress = window.get(ExitProgress)
+        if progress is None:
+            raise DecodingError(f"{type(self).__name__}.select needs the window its prepare returned")
+        finish = self.should_exit(top2_margin(region), progress.progress.to(logits.device))
         if not bool(finish.any()):
             return commit
         fill, _ = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator, rows=window.rows)
         lo = window.start - window.logits_start
         fill[:, lo : lo + window.width] = commit.tokens  # the window keeps the base rule's (maybe sampled) tokens
-        return Commit(commit.select, commit.tokens, finish=finish, fill=fill)
-
-    def finish(self) -> None:
-        self._progress = None
+        return Commit(commit.select, commit.tokens, Finish(finish, fill))

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -45,9 +46,10 @@ class EntropyThresholdConfig(BaseModel):
 
 class EntropyThreshold(DecodingStrategy):
     Config = EntropyThresholdConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows)
+                            rows=window.rows, spans=draw_spans(window, c.temperature))
         return Commit(entropy_select(entropy(logits), window.eligible, c.threshold, strict=c.strict), tokens)

@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -42,7 +43,7 @@ def factor_count(sorted_conf: Tensor, eligible_count: Tensor, factor: float) -> 
 def factor_select(confidence: Tensor, eligible: Tensor, factor: float) -> Tensor:
     """[b, W] bool: the positions the factor rule commits."""
     score = confidence.to(torch.float64).masked_fill(~eligible, -torch.inf)
-    sorted_conf, order = score.sort(dim=1, descending=True)
+    sorted_conf, order = score.sort(dim=1, descending=True, stable=True)
     n = factor_count(sorted_conf, eligible.sum(dim=1), factor)
     ranks = torch.arange(score.shape[1], device=score.device)[None, :]
     select = torch.zeros_like(eligible)
@@ -52,10 +53,11 @@ def factor_select(confidence: Tensor, eligible: Tensor, factor: float) -> Tensor
 
 class Factor(DecodingStrategy):
     Config = FactorConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
-            rows=window.rows,
+            rows=window.rows, spans=draw_spans(window, self.config.temperature),
         )
         return Commit(factor_select(confidence, window.eligible, self.config.factor), tokens)

@@ -13,12 +13,13 @@ after as many steps, so the output is token for token the static rule's with few
 In dlm's loop every forward ends in a commit, so a step commits the reached draft's *target* (its
 predictions are in hand) and remembers the reached draft's predictions: the next step's draft 0 is the
 canvas as it now is. A block's first step has no predictions yet: a plain forward and one static step.
-Greedy only (the lossless claim is for argmax decoding).
+Greedy only (the lossless claim is for argmax decoding). The remembered predictions are run memory on the
+state (:class:`FreeDaveMemory`), per batch row, and count only in the block they were made in (each row's own).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, field
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +27,8 @@ from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
 from dlm.decoding.proposal import propose, top_k_select
-from dlm.messages import Candidates, Commit, Window
+from dlm.memory import RowMemory, column_field
+from dlm.messages import Candidates, Commit, Keep, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 
@@ -55,20 +57,32 @@ class FreeDaveConfig(BaseModel):
     drafts: int = Field(4, ge=1, description="K: drafts evaluated in one forward (1 = the static rule itself)")
 
 
+@dataclass
+class FreeDaveMemory(RowMemory):
+    """Per batch row: the predictions of the last draft the row reached, and the block they were made in."""
+
+    movable = True  # the predictions are by canvas column and follow the canvas growing or shrinking
+
+    tokens: Tensor = column_field()  # [B, L] long: proposals of the last reached draft, by canvas column
+    confidence: Tensor = column_field()  # [B, L] float64: their confidence
+    block: Tensor = field(default=None)  # [B] long (host): the block they were made in (-1: none yet)
+
+
 class FreeDave(DecodingStrategy):
     Config = FreeDaveConfig
+    joinable = True
 
-    def start(self, state: GenerationState) -> None:
-        self.tokens = torch.zeros_like(state.canvas)  # [B, L] proposals of the last reached draft
-        self.confidence = torch.zeros(state.canvas.shape, dtype=torch.float64, device=state.device)  # [B, L]
-        self.block = torch.full((state.batch_size,), -1, dtype=torch.long, device=state.device)  # [B] of them
+    def start(self, state: GenerationState) -> FreeDaveMemory:
+        return FreeDaveMemory(tokens=torch.zeros_like(state.canvas),
+                              confidence=torch.zeros(state.canvas.shape, dtype=torch.float64, device=state.device),
+                              block=torch.full((state.batch_size,), -1, dtype=torch.long))
 
-    def _known(self, window: Window) -> Tensor:
-        """[b] bool: rows holding predictions made in this window's block."""
-        return self.block[window.rows] == window.block
+    def _known(self, state: GenerationState, window: Window) -> Tensor:
+        """[b] bool (host): rows holding predictions made in their current block."""
+        return self.memory(state).block[window.rows.cpu()] == window.block
 
     def prepare(self, state: GenerationState, window: Window) -> Window:
-        known = self._known(window)
+        known = self._known(state, window)
         if self.config.drafts == 1 or not bool(known.any()):
             return window
         n = self.config.tokens_per_step
@@ -76,21 +90,24 @@ class FreeDave(DecodingStrategy):
         k = min(self.config.drafts, needed)
         if k == 1:
             return window
+        m: FreeDaveMemory = self.memory(state)
         cols = slice(window.start, window.end)
-        conf, tokens = self.confidence[window.rows, cols], self.tokens[window.rows, cols]  # [b, W]
+        conf, tokens = m.confidence[window.rows, cols], m.tokens[window.rows, cols]  # [b, W]
+        known = known.to(conf.device)
         eligible = window.eligible & known[:, None]
         select = torch.stack([top_k_select(conf, eligible, torch.full_like(known, n * j, dtype=torch.long))
                               for j in range(k)], dim=1)  # [b, K, W]
-        return replace(window, candidates=Candidates(select, tokens[:, None].expand(-1, k, -1)))
+        return window.extend(Candidates(select, tokens[:, None].expand(-1, k, -1)))
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         n = self.config.tokens_per_step
-        if window.candidates is None:
+        cand = window.get(Candidates)
+        if cand is None:
             logits = logits[:, None]  # [b, 1, W, V]: the canvas as the only draft
             drafts = torch.zeros_like(window.eligible)[:, None]
             draft_tokens = torch.zeros_like(drafts, dtype=torch.long)
         else:
-            drafts, draft_tokens = window.candidates.select, window.candidates.tokens
+            drafts, draft_tokens = cand.select, cand.tokens
         b, k = drafts.shape[:2]
         tokens, confidence = propose(logits.flatten(0, 1), mask_id=window.mask_id, temperature=0.0,
                                      generator=generator, rows=window.rows.repeat_interleave(k))
@@ -100,14 +117,12 @@ class FreeDave(DecodingStrategy):
         targets = drafts | step.unflatten(0, (b, k))
         target_tokens = torch.where(drafts, draft_tokens, tokens)
         best = furthest_agreeing(drafts, draft_tokens, targets, target_tokens)
-        best = torch.where(self._known(window), best, 0)
+        best = torch.where(self._known(state, window).to(best.device), best, 0)
         pick = torch.arange(b, device=best.device), best
+        m: FreeDaveMemory = self.memory(state)
         cols = slice(window.start, window.end)
-        self.tokens[window.rows, cols] = tokens[pick]
-        self.confidence[window.rows, cols] = confidence[pick]
-        self.block[window.rows] = window.block
-        keep = None if window.candidates is None else best
-        return Commit(targets[pick], target_tokens[pick], keep=keep)
-
-    def finish(self) -> None:
-        del self.tokens, self.confidence, self.block
+        m.tokens[window.rows, cols] = tokens[pick]
+        m.confidence[window.rows, cols] = confidence[pick]
+        m.block[window.rows.cpu()] = window.block
+        commit = Commit(targets[pick], target_tokens[pick])
+        return commit if cand is None else commit.extend(Keep(best))

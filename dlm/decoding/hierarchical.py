@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 
 
 def run_ids(eligible: Tensor) -> Tensor:
@@ -51,11 +52,12 @@ class HierarchicalConfig(BaseModel):
 
 class Hierarchical(DecodingStrategy):
     Config = HierarchicalConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows)
+                            rows=window.rows, spans=draw_spans(window, c.temperature))
         logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]  # [b, W], logits' dtype
         select = hierarchical_select(logp.exp(), window.eligible, c.low_threshold, c.threshold)
         return Commit(select, tokens)

@@ -5,6 +5,10 @@ float64 Gumbel noise of scale ``temperature`` added when sampling (Gumbel-max dr
 softmax(logits / T)); the confidence is the float64 softmax probability of the proposed token under the
 un-noised logits. Unlike the reference, MASK is never proposed: a proposed MASK would leave the position
 masked and stall the loop (the MASK logit still counts in the softmax, so confidences are unchanged).
+
+**Rows at different places.** Rows of one step may be at different blocks (per-row geometry); the window
+is then the union of the rows' own windows (:func:`row_spans`). A row draws its random numbers (Gumbel noise,
+random scores) over its own window only, with the shape it has alone, so it draws what it draws alone.
 """
 
 from __future__ import annotations
@@ -12,26 +16,70 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dlm.messages import Window
 from dlm.rng import RowRNG
 
+Spans = tuple[Tensor, Tensor]
 
-def gumbel_noise(rows: Tensor, shape: tuple[int, ...], rng: RowRNG) -> Tensor:
-    """Standard Gumbel noise in float64, ``-log(-log U)`` with U ~ Uniform(0, 1): [len(rows), *shape]."""
-    u = rng.rand(rows, shape)
+
+def row_spans(window: Window) -> Spans:
+    """Each window row's own columns ``[lo, hi)``, counted from the window's start ([b] host long each).
+
+    When every row's block spans the same columns, every row's own window is the whole window (what one row
+    alone gets). Otherwise (rows at different blocks, the window being their union) a row's own window is its
+    block's columns inside the window (``Window.geometry``): the columns it has alone with ``blockwise``, and
+    with Dream's managers, whose cached windows start one column into the block.
+    """
+    g, width = window.geometry, window.width
+    b = len(g.block_start)
+    if b == 0 or (bool((g.block_start == g.block_start[0]).all()) and bool((g.block_end == g.block_end[0]).all())):
+        return torch.zeros(b, dtype=torch.long), torch.full((b,), width, dtype=torch.long)
+    lo = (g.block_start - window.start).clamp(0, width)
+    return lo, torch.maximum((g.block_end - window.start).clamp(0, width), lo)
+
+
+def draw_spans(window: Window, temperature: float) -> Spans | None:
+    """The rows' own columns (:func:`row_spans`) for proposals drawn at ``temperature``; None when greedy (no
+    draws, so nothing to read)."""
+    return row_spans(window) if temperature > 0 else None
+
+
+def _whole(spans: Spans | None, width: int) -> bool:
+    return spans is None or (not bool(spans[0].any()) and bool((spans[1] == width).all()))
+
+
+def row_rand(generator: RowRNG, rows: Tensor, shape: tuple[int, ...], spans: Spans | None = None,
+             dtype: torch.dtype = torch.float64) -> Tensor:
+    """Uniform [0, 1) draws [len(rows), *shape] (``shape[0]`` the window's columns): row ``i`` draws only its
+    own columns ``spans`` (:func:`row_spans`; None: the whole window), as it draws alone; 0 elsewhere."""
+    if _whole(spans, shape[0]):
+        return generator.rand(rows, shape, dtype)
+    lo, hi = spans
+    out = torch.zeros((len(rows), *shape), dtype=dtype, device=generator.device)
+    for i, (a, z) in enumerate(zip(lo.tolist(), hi.tolist())):
+        out[i, a:z] = generator.rand(rows[i : i + 1], (z - a, *shape[1:]), dtype)[0]
+    return out
+
+
+def gumbel_noise(rows: Tensor, shape: tuple[int, ...], rng: RowRNG, spans: Spans | None = None) -> Tensor:
+    """Standard Gumbel noise in float64, ``-log(-log U)`` with U ~ Uniform(0, 1): [len(rows), *shape] (each
+    row drawing over its own ``spans`` of ``shape[0]``, see :func:`row_rand`)."""
+    u = row_rand(rng, rows, shape, spans)
     return -torch.log(-torch.log(u.clamp_(min=torch.finfo(torch.float64).tiny)))
 
 
 def propose(
-    logits: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor
+    logits: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor, spans: Spans | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V] of ``rows``."""
+    """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V] of ``rows``; with
+    ``temperature > 0`` each row draws its noise over its own columns ``spans`` (:func:`row_spans`)."""
     logits64 = logits.to(torch.float64)
     if temperature == 0:
         # argmax in the logits' own dtype: widening to float64 is exact and keeps the order (and the ties), so
         # the tokens are those of the float64 scores at half the memory traffic
         scores = logits.index_fill(-1, torch.tensor([mask_id], device=logits.device), -torch.inf)
     else:
-        scores = logits64 + temperature * gumbel_noise(rows, tuple(logits64.shape[1:]), generator)
+        scores = logits64 + temperature * gumbel_noise(rows, tuple(logits64.shape[1:]), generator, spans)
         scores[..., mask_id] = -torch.inf
     tokens = scores.argmax(dim=-1)  # [b, W]
     log_z = torch.logsumexp(logits64, dim=-1)  # [b, W]

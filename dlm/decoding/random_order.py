@@ -10,8 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, top_k_select
+from dlm.decoding.proposal import propose, row_rand, row_spans, top_k_select
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -23,10 +24,11 @@ class RandomConfig(BaseModel):
 
 class RandomRemasking(DecodingStrategy):
     Config = RandomConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
-        tokens, _ = propose(
-            logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator, rows=window.rows
-        )
-        score = generator.rand(window.rows, (window.width,))
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
+        spans = row_spans(window)
+        tokens, _ = propose(logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
+                            rows=window.rows, spans=spans)
+        score = row_rand(generator, window.rows, (window.width,), spans)
         return Commit(top_k_select(score, window.eligible, window.quota.clamp(min=1)), tokens)

@@ -9,31 +9,37 @@ proposes what follows its first occurrence as the start of the next draft (the r
 The regular draft and these candidates are verified in one forward (a candidate step,
 :class:`~dlm.messages.Candidates`); the candidate with the longest acceptance is kept, the regular one on ties.
 Acceptance never changes what is committed, only how much: the output stays the greedy one.
+
+The pools are run memory on the state (:class:`RecyclingPools`, one pool per batch row), so rows that join a
+running generation bring their own (empty) pools and rows that leave take theirs away.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import replace
+from dataclasses import dataclass
 
 import torch
 
-from dlm.messages import Candidates, Commit, Window
+from dlm.memory import RowMemory
+from dlm.messages import Candidates, Commit, Drafts, Window
 from dlm.state import GenerationState
 
 
-class RecyclingPools:
-    """Per-row n-gram pools (token lists) of one generation, and the candidates they propose."""
+@dataclass
+class RecyclingPools(RowMemory):
+    """Per batch row: its n-gram pool (token lists, newest last), and the candidates the pools propose."""
 
-    def __init__(self, batch_size: int, size: int) -> None:
-        self.pools = [deque(maxlen=size) for _ in range(batch_size)]
-        self.text: torch.Tensor | None = None  # [b, end - gen_start] the rows' generated region before the forward
-        self.gen_start = 0
+    movable = True  # tokens only, no canvas columns
+
+    pools: list  # [B] deques of at most ``size`` n-grams
+
+    @staticmethod
+    def fresh(batch_size: int, size: int) -> "RecyclingPools":
+        return RecyclingPools([deque(maxlen=size) for _ in range(batch_size)])
 
     def attach(self, state: GenerationState, window: Window) -> Window:
         """The window with the rows' recycled drafts attached as candidates (unchanged when there are none)."""
-        self.gen_start = state.gen_start
-        self.text = state.canvas[window.rows, state.gen_start : window.end].clone()
         current = state.canvas[window.rows, window.start : window.end]  # [b, W]
         proposals: list[list[list[int]]] = []
         for i, row in enumerate(window.rows.tolist()):
@@ -61,16 +67,19 @@ class RecyclingPools:
                 at = cols[: len(cand)]
                 select[i, j, at] = True
                 tokens[i, j, at] = torch.tensor(cand, dtype=tokens.dtype, device=tokens.device)
-        return replace(window, candidates=Candidates(select, tokens))
+        return window.extend(Candidates(select, tokens))
 
-    def record(self, window: Window, commit: Commit) -> None:
-        """After a commit: rows whose draft was partly rejected add their text and their new draft."""
-        off = window.start - self.gen_start
+    def record(self, state: GenerationState, window: Window, commit: Commit) -> None:
+        """Before ``commit`` is written: rows whose draft was partly rejected add their text and new draft."""
+        drafts = commit.get(Drafts)
+        if drafts is None:
+            return
+        off = window.start - state.gen_start
         for i, row in enumerate(window.rows.tolist()):
-            redrafted = commit.drafts[i]
+            redrafted = drafts.mask[i]
             if not bool(redrafted.any()):
                 continue
-            text = self.text[i].clone()
+            text = state.canvas[row, state.gen_start : window.end].clone()  # the generated region before the commit
             written = window.eligible[i]
             text[off:] = torch.where(written, commit.tokens[i], text[off:])
             self.pools[row].append(text[text != window.mask_id].tolist())

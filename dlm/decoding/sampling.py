@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dlm.decoding.proposal import gumbel_noise
+from dlm.decoding.proposal import Spans, gumbel_noise
 from dlm.rng import RowRNG
 
 
@@ -48,13 +48,14 @@ def filtered_probs(logits: Tensor, *, temperature: float, top_p: float | None, t
 
 
 def draw(
-    probs: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor
+    probs: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor, spans: Spans | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Tokens [b, W] (argmax at temperature 0, else a draw from ``probs``; never MASK) and ``p(token)``."""
+    """Tokens [b, W] (argmax at temperature 0, else a draw from ``probs``; never MASK) and ``p(token)``; each
+    row draws over its own columns ``spans`` (:func:`dlm.decoding.proposal.row_spans`)."""
     scores = probs.clamp(min=torch.finfo(torch.float64).tiny).log()
     scores = scores.masked_fill(probs == 0, -torch.inf)
     if temperature > 0:
-        scores = scores + gumbel_noise(rows, tuple(probs.shape[1:]), generator)
+        scores = scores + gumbel_noise(rows, tuple(probs.shape[1:]), generator, spans)
     scores[..., mask_id] = -torch.inf
     tokens = scores.argmax(dim=-1)
     return tokens, probs.gather(-1, tokens[..., None])[..., 0]

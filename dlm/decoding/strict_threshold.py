@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import threshold_select
+from dlm.decoding.proposal import draw_spans, threshold_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -30,12 +31,14 @@ class StrictThresholdConfig(BaseModel):
 
 class StrictThreshold(DecodingStrategy):
     Config = StrictThresholdConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         top_p = c.top_p if c.temperature > 0 else None  # v2 filters only when sampling
         probs = filtered_probs(logits, temperature=c.temperature, top_p=top_p, top_k=None)
         tokens, confidence = draw(
-            probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator, rows=window.rows
+            probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator, rows=window.rows,
+            spans=draw_spans(window, c.temperature),
         )
         return Commit(threshold_select(confidence, window.eligible, c.threshold, strict=True), tokens)

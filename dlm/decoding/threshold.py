@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, threshold_select
+from dlm.decoding.proposal import draw_spans, propose, threshold_select
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 from dlm.messages import Commit, Window
 
 
@@ -25,10 +26,11 @@ class ThresholdConfig(BaseModel):
 
 class Threshold(DecodingStrategy):
     Config = ThresholdConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
-            rows=window.rows,
+            rows=window.rows, spans=draw_spans(window, self.config.temperature),
         )
         return Commit(threshold_select(confidence, window.eligible, self.config.threshold), tokens)

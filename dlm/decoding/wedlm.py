@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose
+from dlm.decoding.proposal import draw_spans, propose
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
+from dlm.state import GenerationState
 
 
 class WeDLMDecodingConfig(BaseModel):
@@ -38,12 +39,13 @@ def entropy(logits: Tensor) -> Tensor:
 
 class WeDLMDecoding(DecodingStrategy):
     Config = WeDLMDecodingConfig
+    joinable = True
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         logits = window.window_logits(logits)
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
-                            rows=window.rows)  # [b, W]
+                            rows=window.rows, spans=draw_spans(window, c.temperature))  # [b, W]
         eligible = window.eligible
         cols = torch.arange(window.width, device=eligible.device)[None, :]
         first = torch.where(eligible, cols, window.width).min(dim=1, keepdim=True).values  # [b, 1]

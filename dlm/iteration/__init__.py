@@ -2,16 +2,17 @@
 
 The public API for plugin authors: :class:`IterationManager` (the interface), :class:`BlockProgress` (the
 typed per-run progress a block schedule keeps in ``state.progress``), :func:`left_padded_canvas` (the
-column-aligned canvas every built-in manager starts from), :func:`enter_block` / :func:`block_window` (block
-bookkeeping and its window), :func:`transfer_schedule` (LLaDA's per-step quota) and :func:`stop_at_eos`;
+column-aligned canvas every built-in manager starts from), :func:`block_bounds` / :func:`in_bounds` /
+:func:`block_window` (per-row block columns and the union window), :func:`transfer_schedule` (LLaDA's per-step quota) and :func:`stop_at_eos`;
 for causal decoders :class:`SlidingWindowManager` with :func:`sliding_window` and :func:`first_pending`
 (per-row windows that slide right).
 """
 
+from dlm._compat import moved
 from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
-from dlm.iteration.blockwise import block_window, enter_block, transfer_schedule
+from dlm.iteration.blockwise import block_bounds, block_window, in_bounds, transfer_schedule
 from dlm.iteration.sliding import SlidingWindowManager, first_pending, sliding_window
-from dlm.messages import Window
 
-__all__ = ["IterationManager", "BlockProgress", "Window", "left_padded_canvas", "stop_at_eos", "enter_block",
+__all__ = ["IterationManager", "BlockProgress", "left_padded_canvas", "stop_at_eos", "block_bounds", "in_bounds",
            "block_window", "transfer_schedule", "SlidingWindowManager", "sliding_window", "first_pending"]
+__getattr__ = moved("dlm.iteration", {"Window": "dlm.messages:Window"})

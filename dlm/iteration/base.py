@@ -11,29 +11,41 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from dlm.errors import InputError
+from dlm.memory import RowMemory, derived_field, shared_field
 from dlm.messages import ModelCapabilities, Window
 from dlm.state import GenerationState
 
 
 @dataclass
-class BlockProgress:
-    """Per-run progress of a block schedule, kept in ``state.progress`` by the manager that owns it."""
+class BlockProgress(RowMemory):
+    """Per-row progress of a block schedule, kept in ``state.progress`` by the manager that owns it.
 
-    block: int = 0  # index of the current block
-    start: int = 0  # canvas columns of the current block
-    end: int = 0
-    step: int = 0  # step index inside the current block
-    tick: int = 0  # index into a timestep schedule (Dream's); unlike ``step``, ticks that commit nothing are skipped
-    schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of this block
-    total_steps: int | None = None  # the configured steps over the whole generation (Window.total_steps)
-    rows: Tensor | None = None  # [b] long: active rows found by the last advance (None: not known)
-    rows_cancels: int = -1  # state.cancels when ``rows`` was found (a cancel since makes it stale)
+    ``block`` and ``step`` are host tensors (control flow branches on them); ``schedule`` lives with the
+    canvas. Each row moves on from its block when its own block is complete, so rows of a batch (and rows
+    that joined later) may be at different blocks.
+    """
+
+    movable = True  # no column fields: blocks are counted from gen_start
+
+    block: Tensor  # [B] long (host): index of each row's current block
+    step: Tensor  # [B] long (host): step index inside the row's current block
+    tick: Tensor  # [B] long (host): index into a timestep schedule (Dream's); ticks that commit nothing are skipped
+    schedule: Tensor | None = None  # [B, steps_per_block] long: top-k quota per step of the row's current block
+    total_steps: int | None = shared_field(default=None)  # the configured steps of a generation (Geometry.total_steps)
+    active: Tensor | None = derived_field(default=None)  # [B] bool (host): rows with work, found by the last advance
+    active_cancels: int = derived_field(default=-1)  # state.cancels when ``active`` was found
+
+    @staticmethod
+    def fresh(batch: int, *, total_steps: int | None = None) -> "BlockProgress":
+        zeros = lambda: torch.zeros(batch, dtype=torch.long)  # noqa: E731
+        return BlockProgress(block=zeros(), step=zeros(), tick=zeros(), total_steps=total_steps)
 
 
 class IterationManager(ABC):
     """Which positions are denoised now, and when a block / the whole generation is done."""
 
     Config: ClassVar[type[BaseModel]]
+    joinable: ClassVar[bool] = False  # rows may join a running generation: per-row progress (a RowMemory)
 
     def __init__(self, config: BaseModel) -> None:
         self.config = config
@@ -43,10 +55,13 @@ class IterationManager(ABC):
         return None
 
     @abstractmethod
-    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
-        """A fresh state for ``prompts`` (1-D LongTensors of different lengths). The manager keeps its own
-        per-run progress in ``state.progress`` (a typed object of its own), never on the manager itself, so one
-        manager can drive several generations."""
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
+              gen_start: int | None = None) -> GenerationState:
+        """A fresh state for ``prompts`` (1-D LongTensors of different lengths), its generation region at column
+        ``gen_start`` (default: the longest prompt's length; a larger value left-pads every row, so the rows can
+        join a running generation laid out that way). The manager keeps its per-row progress in
+        ``state.progress`` (a :class:`~dlm.memory.RowMemory` of its own), never on the manager itself, so one
+        manager drives several generations at once."""
 
     @abstractmethod
     def window(self, state: GenerationState) -> Window:
@@ -61,9 +76,11 @@ class IterationManager(ABC):
 
 
 def left_padded_canvas(
-    prompts: list[Tensor], gen_length: int, capabilities: ModelCapabilities, device: torch.device
+    prompts: list[Tensor], gen_length: int, capabilities: ModelCapabilities, device: torch.device, *,
+    gen_start: int | None = None,
 ) -> GenerationState:
-    """State with ``[pad | prompt | MASK × gen_length]`` rows; the generation region is column-aligned."""
+    """State with ``[pad | prompt | MASK × gen_length]`` rows; the generation region is column-aligned at
+    ``gen_start`` (default: the longest prompt's length)."""
     if not prompts:
         raise InputError("no prompts given")
     lengths = [int(p.numel()) for p in prompts]
@@ -83,6 +100,13 @@ def left_padded_canvas(
                 f"{capabilities.max_length - gen_length} tokens or lower gen_length."
             )
     longest = max(lengths)
+    if gen_start is not None:
+        if gen_start < longest:
+            raise InputError(f"gen_start {gen_start} leaves no room for a prompt of {longest} tokens")
+        if gen_start + gen_length > capabilities.max_length:
+            raise InputError(f"gen_start {gen_start} + gen_length {gen_length} exceeds the model's context of "
+                             f"{capabilities.max_length} tokens")
+        longest = gen_start
     canvas = torch.full((len(prompts), longest + gen_length), capabilities.mask_id, dtype=torch.long, device=device)
     pad = torch.tensor([longest - n for n in lengths], dtype=torch.long, device=device)
     for r, p in enumerate(prompts):

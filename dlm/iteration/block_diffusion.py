@@ -17,10 +17,13 @@ the prompt's tail. Per block, left to right:
 3. **Early stop** (on by default): a row ends once it committed an end token (the model's ``eos_ids``,
    ``<|im_end|>`` for Fast-dLLM v2) with no mask before it; the rest of its region is filled with EOS.
 
-Rows move through blocks in lockstep: a row that completes block ``k`` waits (no compute) until every live
-row has, so one forward's columns span at most the rows' current blocks. Each row still computes exactly
-what it computes alone, since its logits depend only on its own canvas (the attention mask is per row) and
-the steps it takes part in depend only on its own progress.
+Each row moves through its blocks at its own pace: its block index and step are its own (per-row
+progress), and a row that completes its block moves on at once, without waiting for the others. One step's
+window is the union of the rows' eligible columns; each row's place travels in the window's per-row
+geometry (its block's canvas columns, its step in the block) and its current sub-block as the window's
+:class:`~dlm.messages.SubBlocks`. A row computes exactly what it computes alone, since its logits depend
+only on its own canvas (the attention mask is per row) and the steps it takes part in depend only on its
+own progress; so rows may also join a running generation at any step.
 
 Differences from the reference, on purpose:
 
@@ -45,20 +48,26 @@ from torch import Tensor
 
 from dlm.errors import DecodingError
 from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
-from dlm.messages import ModelCapabilities, Window
+from dlm.memory import RowMemory, derived_field, shared_field
+from dlm.messages import Geometry, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
 
 
 @dataclass
-class DiffusionProgress:
-    """Per-run progress of ``block_diffusion``, kept in ``state.progress``."""
+class DiffusionProgress(RowMemory):
+    """Per-row progress of ``block_diffusion``, kept in ``state.progress``."""
 
-    block_size: int  # decoding block size (the model's attention block size)
-    ar: bool  # shifted logits: each block starts with an AR step for its first position
-    block: int = 0  # block index, counted from each row's first generated position's block
-    step: int = 0  # step inside the block
-    start: int = 0  # canvas columns spanned by the live rows' current blocks
-    end: int = 0
+    block: Tensor  # [B] long (host): each row's block index, counted from its first generated position's block
+    step: Tensor  # [B] long (host): each row's step inside its block
+    block_size: int = shared_field()  # decoding block size (the model's attention block size)
+    ar: bool = shared_field()  # shifted logits: each block starts with an AR step for its first position
+    active: Tensor | None = derived_field(default=None)  # [B] bool (host): rows with work, found by the last advance
+    active_cancels: int = derived_field(default=-1)  # state.cancels when ``active`` was found
+
+    @staticmethod
+    def fresh(batch: int, *, block_size: int, ar: bool) -> "DiffusionProgress":
+        zeros = lambda: torch.zeros(batch, dtype=torch.long)  # noqa: E731
+        return DiffusionProgress(block=zeros(), step=zeros(), block_size=block_size, ar=ar)
 
 
 class BlockDiffusionConfig(BaseModel):
@@ -79,7 +88,10 @@ class BlockDiffusionConfig(BaseModel):
 
 
 class BlockDiffusion(IterationManager):
+    """Fast-dLLM v2's block diffusion, each row at its own block and step (see the module doc)."""
+
     Config = BlockDiffusionConfig
+    joinable = True
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         bs = self.config.block_length or capabilities.block_size
@@ -94,10 +106,11 @@ class BlockDiffusion(IterationManager):
             return f"sub_block_size ({self.config.sub_block_size}) must divide the block size ({bs})"
         return None
 
-    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
-        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
+              gen_start: int | None = None) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device, gen_start=gen_start)
         bs = int(self.config.block_length or capabilities.block_size)
-        state.progress = DiffusionProgress(block_size=bs, ar=capabilities.logit_shift == 1)
+        state.progress = DiffusionProgress.fresh(state.batch_size, block_size=bs, ar=capabilities.logit_shift == 1)
         self._settle(state)
         return state
 
@@ -106,12 +119,13 @@ class BlockDiffusion(IterationManager):
         return cols[None, :] - state.pad[:, None]  # [B, L]; negative on padding
 
     def _block_starts(self, state: GenerationState) -> Tensor:
-        """[B] position of each row's current block start."""
+        """[B] position of each row's current block start (on the canvas' device)."""
         p: DiffusionProgress = state.progress
-        return (state.prompt_lengths // p.block_size + p.block) * p.block_size
+        return (state.prompt_lengths // p.block_size + p.block.to(state.device)) * p.block_size
 
-    def _sub_blocks(self, state: GenerationState) -> tuple[Tensor, Tensor, Tensor]:
-        """[B, L] bool eligible positions, and [B] canvas columns of each row's current sub-block."""
+    def _sub_blocks(self, state: GenerationState) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """[B, L] bool eligible positions, [B] canvas column of each row's block start, and [B] canvas columns
+        of each row's current sub-block (all on the canvas' device)."""
         p: DiffusionProgress = state.progress
         pos = self._positions(state)
         first = self._block_starts(state)[:, None]
@@ -129,58 +143,72 @@ class BlockDiffusion(IterationManager):
         block_col = first[:, 0] + state.pad  # [B] canvas column of each row's block start
         sub_start = block_col + current[:, 0].clamp(max=p.block_size // sbs) * sbs
         sub_end = torch.minimum(sub_start + sbs, block_col + p.block_size).clamp(max=state.length)
-        return eligible, sub_start, sub_end
+        return eligible, block_col, sub_start, sub_end
 
     def eligible(self, state: GenerationState) -> Tensor:
         """[B, L] bool: what each live row may commit in the next step."""
         return self._sub_blocks(state)[0]
 
-    def _union(self, state: GenerationState) -> None:
-        """Progress start/end: columns spanned by the live rows' current blocks (for the window)."""
-        p: DiffusionProgress = state.progress
-        live = ~state.done
-        starts = (self._block_starts(state) + state.pad)[live]
-        if len(starts):
-            p.start = int(starts.min())
-            p.end = min(state.length, int(starts.max()) + p.block_size)
-
     def _settle(self, state: GenerationState) -> None:
-        """Mark complete rows done; move to the next block once no live row has anything left in this one."""
+        """Mark complete rows done; move each live row with nothing left in its block to its next block (each
+        row on its own); find the active rows."""
         p: DiffusionProgress = state.progress
         state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
-        while not bool(state.done.all()) and not bool(self.eligible(state).any()):
-            p.block += 1
-            p.step = 0
-            if p.block > self.config.gen_length // p.block_size + 1:
+        while True:
+            work, live = torch.stack((self.eligible(state).any(dim=1), ~state.done)).cpu()  # one read of the device
+            complete = live & ~work
+            if not bool(complete.any()):
+                break
+            p.block[complete] += 1
+            p.step[complete] = 0
+            if bool((p.block > state.gen_length // p.block_size + 1).any()):
                 raise DecodingError("block_diffusion ran past the last block with masks left")
-        self._union(state)
+        p.active, p.active_cancels = live & work, state.cancels
+
+    def _active(self, state: GenerationState) -> Tensor:
+        """[B] host bool: rows with an eligible position (found by the last advance unless rows changed since)."""
+        p: DiffusionProgress = state.progress
+        if p.active is None or p.active_cancels != state.cancels:
+            self._settle(state)
+        return p.active
+
+    def done(self, state: GenerationState) -> bool:
+        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: DiffusionProgress = state.progress
-        elig, sub_start, sub_end = self._sub_blocks(state)
-        rows = elig.any(dim=1).nonzero()[:, 0]
+        rows = self._active(state).nonzero()[:, 0]  # host
+        dev_rows = rows.to(state.device)
+        elig, block_col, sub_start, sub_end = self._sub_blocks(state)
+        elig = elig[dev_rows]
         cols = elig.any(dim=0).nonzero()[:, 0]
         start, end = int(cols[0]), int(cols[-1]) + 1
+        block_start = block_col[dev_rows]
+        block_end = torch.clamp(block_start + p.block_size, max=state.length)
+        # host copies of the per-row geometry and sub-blocks, in one read of the device
+        host = torch.stack((block_start, block_end, sub_start[dev_rows], sub_end[dev_rows])).cpu()
+        geometry = Geometry(step=p.step[rows], block=p.block[rows], block_start=host[0], block_end=host[1])
         return Window(
-            rows=rows,
+            rows=dev_rows,
             start=start,
             end=end,
-            eligible=elig[rows, start:end],
+            eligible=elig[:, start:end],
             quota=torch.ones(len(rows), dtype=torch.long, device=state.device),
-            step=p.step,
             mask_id=state.mask_id,
-            block=p.block,
-            block_start=min(p.start, start),
-            block_end=max(p.end, end),
-            sub_start=sub_start[rows],
-            sub_end=sub_end[rows],
+            geometry=geometry,
+            extensions=(SubBlocks(host[2], host[3]),),
         )
 
     def advance(self, state: GenerationState) -> None:
         p: DiffusionProgress = state.progress
-        p.step += 1
-        if p.step > p.block_size + 1:
-            raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
+        if state.last_window is not None:
+            rows = state.last_window.rows.cpu()
+            p.step[rows] += 1
+            over = rows[p.step[rows] > p.block_size + 1]
+            if len(over):
+                row = int(over[0])
+                raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after "
+                                    f"{int(p.step[row])} steps")
         if self.config.early_stop:
             stop_at_eos(state)
         self._settle(state)

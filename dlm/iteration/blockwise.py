@@ -17,7 +17,7 @@ from torch import Tensor
 
 from dlm.errors import DecodingError
 from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
-from dlm.messages import ModelCapabilities, Window
+from dlm.messages import Geometry, ModelCapabilities, Window
 from dlm.state import GenerationState
 
 
@@ -69,87 +69,117 @@ def transfer_schedule(masked: Tensor, steps: int) -> Tensor:
     return base[:, None] + (torch.arange(steps, device=masked.device)[None, :] < rem[:, None]).long()
 
 
-def enter_block(state: GenerationState, block: int, block_length: int) -> BlockProgress:
-    """Point the state's progress at block ``block`` of the generation region (step 0); return it."""
-    progress = state.progress if isinstance(state.progress, BlockProgress) else BlockProgress()
-    progress.block = block
-    progress.start = state.gen_start + block * block_length
-    progress.end = progress.start + block_length
-    progress.step = 0
-    state.progress = progress
-    return progress
+def block_bounds(state: GenerationState, block: Tensor, block_length: int) -> tuple[Tensor, Tensor]:
+    """[B] host: canvas columns ``[start, end)`` of each row's block ``block`` [B] of the generation region."""
+    start = state.gen_start + block * block_length
+    return start, torch.clamp(start + block_length, max=state.length)
 
 
-def block_window(state: GenerationState, rows: Tensor, start: int, end: int, eligible: Tensor, quota: Tensor) -> Window:
-    """The window of ``rows`` over columns ``[start, end)`` inside the current block of ``state.progress``."""
+def in_bounds(state: GenerationState, start: Tensor, end: Tensor) -> Tensor:
+    """[B, L] bool (on the canvas' device): the columns of each row's span ``[start[r], end[r])``."""
+    cols = torch.arange(state.length, device=state.device)[None, :]
+    return (cols >= start.to(state.device)[:, None]) & (cols < end.to(state.device)[:, None])
+
+
+def block_window(state: GenerationState, rows: Tensor, eligible: Tensor, quota: Tensor, start: Tensor,
+                 end: Tensor, *, extensions: tuple = ()) -> Window:
+    """The window of ``rows`` ([b] host) over the union of their spans ``[start[r], end[r])`` ([B] host each),
+    ``eligible`` [B, L] marking what each row may commit (inside its own span), ``quota`` [b]; the geometry
+    comes from ``state.progress`` (a :class:`BlockProgress`)."""
     p: BlockProgress = state.progress
-    return Window(
-        rows=rows, start=start, end=end, eligible=eligible, quota=quota, step=p.step, mask_id=state.mask_id,
-        block=p.block, block_start=p.start, block_end=p.end, total_steps=p.total_steps,
-    )
+    lo, hi = int(start[rows].min()), int(end[rows].max())
+    dev_rows = rows.to(state.device)
+    geometry = Geometry(step=p.step[rows], block=p.block[rows], block_start=start[rows], block_end=end[rows],
+                        total_steps=p.total_steps)
+    return Window(rows=dev_rows, start=lo, end=hi, eligible=eligible[dev_rows, lo:hi], quota=quota,
+                  mask_id=state.mask_id, geometry=geometry, extensions=extensions)
 
 
 class Blockwise(IterationManager):
-    Config = BlockwiseConfig
+    """Semi-autoregressive blocks; each row moves through its blocks at its own pace (see the module doc)."""
 
-    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
-        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        self._begin_block(state, 0)
-        state.progress.total_steps = self.config.steps
+    Config = BlockwiseConfig
+    joinable = True
+
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
+              gen_start: int | None = None) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device, gen_start=gen_start)
+        p = state.progress = BlockProgress.fresh(state.batch_size, total_steps=self.config.steps)
+        p.schedule = torch.zeros(state.batch_size, self.config.steps_per_block, dtype=torch.long, device=device)
+        self._enter(state, torch.ones(state.batch_size, dtype=torch.bool))
+        self._settle(state)
         return state
 
-    def _begin_block(self, state: GenerationState, block: int) -> None:
-        p = enter_block(state, block, self.config.block_length)
-        pending = state.pending()[:, p.start : p.end].sum(dim=1)
-        p.schedule = transfer_schedule(pending, self.config.steps_per_block)
+    def _bounds(self, state: GenerationState) -> tuple[Tensor, Tensor]:
+        return block_bounds(state, state.progress.block, self.config.block_length)
+
+    def _own(self, state: GenerationState) -> Tensor:
+        """[B, L] bool: pending positions of each row's current block."""
+        return state.pending() & in_bounds(state, *self._bounds(state))
+
+    def _enter(self, state: GenerationState, rows: Tensor) -> None:
+        """Rows ``rows`` ([B] host bool) start their current block: step 0 and LLaDA's quota schedule."""
+        p: BlockProgress = state.progress
+        p.step[rows] = 0
+        pending = self._own(state).sum(dim=1)
+        fresh = transfer_schedule(pending, self.config.steps_per_block)
+        p.schedule = torch.where(rows.to(state.device)[:, None], fresh, p.schedule)
+
+    def _settle(self, state: GenerationState) -> None:
+        """Move every live row whose block is complete to its next block (or end it); find the active rows."""
+        p: BlockProgress = state.progress
+        while True:
+            work, live = self._read_work(state)
+            complete = live & ~work
+            if not bool(complete.any()):
+                break
+            last = complete & (p.block + 1 >= self.config.num_blocks)
+            if bool(last.any()):
+                state.done[last.nonzero()[:, 0].to(state.device)] = True
+            moving = complete & ~last
+            if not bool(moving.any()):
+                continue
+            p.block[moving] += 1
+            self._enter(state, moving)
+        p.active, p.active_cancels = live & work, state.cancels
+
+    def _read_work(self, state: GenerationState) -> tuple[Tensor, Tensor]:
+        """The one read of the device in a step: [B] host bools, rows with work in their block and live rows."""
+        work, live = torch.stack((self._own(state).any(dim=1), ~state.done)).cpu()
+        return work, live
 
     def _active(self, state: GenerationState) -> Tensor:
-        """[B] bool: rows still generating that have pending positions (masks, drafts) in the current block."""
+        """[B] host bool: rows still generating with pending positions in their block."""
         p: BlockProgress = state.progress
-        return ~state.done & state.pending()[:, p.start : p.end].any(dim=1)
-
-    def _rows(self, state: GenerationState) -> Tensor:
-        """[b] active rows, found once per step: by the last advance, unless a row was cancelled since."""
-        p: BlockProgress = state.progress
-        if p.rows is None or p.rows_cancels != state.cancels:
-            self._find_rows(state)
-        return p.rows
-
-    def _find_rows(self, state: GenerationState) -> Tensor:
-        """The one host synchronisation of a step: which rows are active (the control flow branches on it,
-        and rows that finished must leave the forward)."""
-        p: BlockProgress = state.progress
-        p.rows, p.rows_cancels = self._active(state).nonzero()[:, 0], state.cancels
-        return p.rows
+        if p.active is None or p.active_cancels != state.cancels:
+            p.active = (~state.done & self._own(state).any(dim=1)).cpu()
+            p.active_cancels = state.cancels
+        return p.active
 
     def done(self, state: GenerationState) -> bool:
-        p: BlockProgress = state.progress
-        if p.rows is not None and p.rows_cancels == state.cancels:
-            return len(p.rows) == 0  # the last advance found no active row only when every row is done
-        return super().done(state)
+        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
-        rows = self._rows(state)
-        eligible = state.pending()[rows, p.start : p.end]
-        if p.step < self.config.steps_per_block:
-            quota = p.schedule[rows, p.step]
-        else:
-            quota = eligible.sum(dim=1)
-        return block_window(state, rows, p.start, p.end, eligible, quota)
+        rows = self._active(state).nonzero()[:, 0]  # host
+        start, end = self._bounds(state)
+        eligible = self._own(state)
+        step = p.step[rows]
+        spb = self.config.steps_per_block
+        scheduled = p.schedule[rows.to(state.device), step.clamp(max=spb - 1).to(state.device)]
+        over = (step >= spb).to(state.device)
+        quota = torch.where(over, eligible[rows.to(state.device)].sum(dim=1), scheduled)
+        return block_window(state, rows, eligible, quota, start, end)
 
     def advance(self, state: GenerationState) -> None:
         p: BlockProgress = state.progress
-        p.step += 1
+        if state.last_window is not None:
+            p.step[state.last_window.rows.cpu()] += 1
         if self.config.early_stop:
             stop_at_eos(state)
-        if len(self._find_rows(state)):
-            if p.step > self.config.block_length:
-                raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
-            return
-        if p.block + 1 < self.config.num_blocks:
-            self._begin_block(state, p.block + 1)
-            if not len(self._find_rows(state)):  # every remaining row stopped early
-                state.done[:] = True
-        else:
-            state.done[:] = True
+        self._settle(state)
+        active = p.active
+        if bool((p.step[active] > self.config.block_length).any()):
+            row = int(active.nonzero()[0, 0])
+            raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after "
+                                f"{int(p.step[row])} steps")

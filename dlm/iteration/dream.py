@@ -9,8 +9,10 @@ strategy (``dream`` with Dream's confidence kinds, or any top-k rule) through ``
 Difference from the reference: Dream runs a forward even in steps whose quota is 0 (e.g. the first step of
 256 steps over 256 tokens), committing nothing. Such a step leaves the canvas unchanged, so here a row with
 quota 0 sits the step out and a step in which every row has quota 0 is skipped: same tokens (greedy),
-fewer forwards. Strategies that ignore the quota (``threshold``) simply continue after ``steps`` with a
-quota of "all remaining" until the region is complete.
+fewer forwards. Each row keeps its own tick: a row skips the ticks in which *it* would commit nothing,
+so it takes exactly the forwards it takes alone, whatever the other rows of the batch (or rows that join a
+running generation) need. Strategies that ignore the quota (``threshold``) simply continue after ``steps``
+with a quota of "all remaining" until the region is complete.
 
 ``dream_blockwise`` is Fast-dLLM's block/cache path for Dream (Wu et al., 2025, arXiv 2505.22618,
 ``generation_utils_block.py`` of their released code): blocks of ``block_length`` left to right; the first
@@ -20,6 +22,12 @@ computes columns from the block start, and the block-start column's own predicti
 of the column before, which is cached and produces no logit. Later steps' windows are
 ``[block_start + 1, block_end)``. Top-k strategies get Dream's per-block schedule (timesteps over
 ``steps_per_block``, tick 0 being the first-column step); ``threshold`` ignores it.
+
+Each row moves through its blocks at its own pace (its block, step and tick are its own): a row whose block
+is complete moves on at once, so one step may hold rows at different blocks, some at their first-column
+step and others at their later steps. The window is the union of the rows' own spans; each row's own span
+(``[block_start, block_start + 1)`` or ``[block_start + 1, block_end)``) travels as its
+:class:`~dlm.messages.SubBlocks`, and the geometry's ``block_start``/``block_end`` are its whole block.
 """
 
 from __future__ import annotations
@@ -30,8 +38,8 @@ from torch import Tensor
 
 from dlm.errors import DecodingError
 from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
-from dlm.iteration.blockwise import BlockwiseConfig, block_window, enter_block
-from dlm.messages import ModelCapabilities, Window
+from dlm.iteration.blockwise import BlockwiseConfig, block_bounds, block_window, in_bounds
+from dlm.messages import Geometry, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
 
 
@@ -40,12 +48,15 @@ def dream_timesteps(steps: int, eps: float, device=None) -> Tensor:
     return torch.linspace(1, eps, steps + 1, device=device)
 
 
-def dream_quota(masked: Tensor, tick: int, steps: int, timesteps: Tensor) -> Tensor:
-    """[B] long: tokens to commit at schedule tick ``tick`` of ``steps`` for ``masked`` [B] masked counts."""
-    if tick >= steps - 1:
-        return masked.clone()
-    t, s = timesteps[tick], timesteps[tick + 1]
-    return (masked.to(torch.float32) * (1 - s / t)).floor().long()
+def dream_quota(masked: Tensor, tick: int | Tensor, steps: int, timesteps: Tensor) -> Tensor:
+    """[B] long: tokens to commit at schedule tick ``tick`` (one int, or [B] per row) of ``steps`` for
+    ``masked`` [B] masked counts (float32 and floor, as Dream; every remaining token from tick ``steps - 1`` on)."""
+    tick = torch.as_tensor(tick, dtype=torch.long, device=masked.device).expand(masked.shape)
+    timesteps = timesteps.to(masked.device)
+    i = tick.clamp(max=steps - 1)
+    t, s = timesteps[i], timesteps[i + 1]
+    quota = (masked.to(torch.float32) * (1 - s / t)).floor().long()
+    return torch.where(tick >= steps - 1, masked, quota)
 
 
 class DreamIterationConfig(BaseModel):
@@ -60,10 +71,12 @@ class DreamIterationConfig(BaseModel):
 class DreamIteration(IterationManager):
     """``dream``: Dream's whole-region schedule.
 
-    The schedule index is the progress' ``tick``, not its ``step``: skipped zero-quota ticks take no forward.
+    A row's schedule index is its progress' ``tick``, not its ``step``: skipped zero-quota ticks take no
+    forward. The whole generation region is the row's one block (block 0).
     """
 
     Config = DreamIterationConfig
+    joinable = True
 
     def __init__(self, config: DreamIterationConfig) -> None:
         super().__init__(config)
@@ -74,42 +87,61 @@ class DreamIteration(IterationManager):
             return f"it denoises the whole region at once, which needs bidirectional attention, not {capabilities.attention}"
         return None
 
-    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
-        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        state.progress = BlockProgress(block=0, start=state.gen_start, end=state.length,  # one block: the region
-                                       total_steps=self.config.steps)
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
+              gen_start: int | None = None) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device, gen_start=gen_start)
+        state.progress = BlockProgress.fresh(state.batch_size, total_steps=self.config.steps)
         self._settle(state)
         return state
 
-    def _masked(self, state: GenerationState) -> Tensor:
-        return state.masked()[:, state.gen_start :].sum(dim=1)
-
-    def _quota(self, state: GenerationState) -> Tensor:
-        masked = self._masked(state)
-        quota = dream_quota(masked.cpu(), state.progress.tick, self.config.steps, self._timesteps).to(state.device)
-        return torch.where(state.done, 0, quota)
-
     def _settle(self, state: GenerationState) -> None:
-        """Skip schedule ticks in which no row would commit anything; mark complete rows done."""
-        state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
-        while not bool(state.done.all()) and not bool((self._quota(state) > 0).any()):
-            state.progress.tick += 1
+        """Mark complete rows done; move each live row past the ticks in which it would commit nothing."""
+        p: BlockProgress = state.progress
+        masked = state.masked()[:, state.gen_start :].sum(dim=1)
+        state.done |= masked == 0
+        masked, done = torch.stack((masked, state.done.long())).cpu()  # one read of the device
+        live = done == 0
+        while True:
+            idle = live & (dream_quota(masked, p.tick, self.config.steps, self._timesteps) == 0)
+            if not bool(idle.any()):
+                break
+            p.tick[idle] += 1
+        p.active, p.active_cancels = live, state.cancels
+
+    def _active(self, state: GenerationState) -> Tensor:
+        """[B] host bool: rows still generating (found by the last advance unless the rows changed since)."""
+        p: BlockProgress = state.progress
+        if p.active is None or p.active_cancels != state.cancels:
+            self._settle(state)
+        return p.active
+
+    def done(self, state: GenerationState) -> bool:
+        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
-        quota = self._quota(state)
-        rows = (quota > 0).nonzero()[:, 0]
-        eligible = state.masked()[rows, state.gen_start :]
-        return block_window(state, rows, state.gen_start, state.length, eligible, quota[rows])
+        p: BlockProgress = state.progress
+        rows = self._active(state).nonzero()[:, 0]  # host
+        eligible = state.masked()
+        dev_rows = rows.to(state.device)
+        counts = eligible[dev_rows, state.gen_start :].sum(dim=1)
+        quota = dream_quota(counts, p.tick[rows], self.config.steps, self._timesteps)
+        start = torch.full((state.batch_size,), state.gen_start, dtype=torch.long)
+        end = torch.full((state.batch_size,), state.length, dtype=torch.long)
+        return block_window(state, rows, eligible, quota, start, end)
 
     def advance(self, state: GenerationState) -> None:
         p: BlockProgress = state.progress
-        p.step += 1
-        p.tick += 1
+        if state.last_window is not None:
+            rows = state.last_window.rows.cpu()
+            p.step[rows] += 1
+            p.tick[rows] += 1
         if self.config.early_stop:
             stop_at_eos(state)
-        if p.step > self.config.steps + self.config.gen_length:
-            raise DecodingError(f"the generation region still has masks after {p.step} steps")
         self._settle(state)
+        over = p.active & (p.step > self.config.steps + self.config.gen_length)
+        if bool(over.any()):
+            row = int(over.nonzero()[0, 0])
+            raise DecodingError(f"the generation region of row {row} still has masks after {int(p.step[row])} steps")
 
 
 class DreamBlockwiseConfig(BlockwiseConfig):
@@ -119,70 +151,102 @@ class DreamBlockwiseConfig(BlockwiseConfig):
 
 
 class DreamBlockwise(IterationManager):
-    """``dream_blockwise``: Fast-dLLM's Dream block path (first column at the refresh, then the rest)."""
+    """``dream_blockwise``: Fast-dLLM's Dream block path (first column at the refresh, then the rest), each
+    row at its own block, step and tick."""
 
     Config = DreamBlockwiseConfig
+    joinable = True
 
     def __init__(self, config: DreamBlockwiseConfig) -> None:
         super().__init__(config)
         self._timesteps = dream_timesteps(config.steps_per_block, config.eps)
 
-    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device) -> GenerationState:
-        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device)
-        self._begin_block(state, 0)
-        state.progress.total_steps = self.config.steps
+    def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
+              gen_start: int | None = None) -> GenerationState:
+        state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device, gen_start=gen_start)
+        state.progress = BlockProgress.fresh(state.batch_size, total_steps=self.config.steps)
+        self._settle(state)
         return state
 
-    def _begin_block(self, state: GenerationState, block: int) -> None:
-        enter_block(state, block, self.config.block_length).tick = 0
+    def _bounds(self, state: GenerationState) -> tuple[Tensor, Tensor]:
+        return block_bounds(state, state.progress.block, self.config.block_length)
 
-    def _first_pending(self, state: GenerationState) -> Tensor:
-        """[B] bool: rows whose block-start column is still masked (the first step is theirs)."""
-        return ~state.done & (state.canvas[:, state.progress.start] == state.mask_id)
-
-    def _rest_masked(self, state: GenerationState) -> Tensor:
+    def _spans(self, state: GenerationState) -> tuple[Tensor, Tensor, Tensor]:
+        """[B] host: each row's own span ``[lo, hi)`` for its next step, and whether that step is its block's
+        first-column step (step 0 with the block-start column still masked)."""
         p: BlockProgress = state.progress
-        return state.masked()[:, p.start + 1 : p.end]
-
-    def _quota(self, state: GenerationState) -> Tensor:
-        masked = self._rest_masked(state).sum(dim=1)
-        quota = dream_quota(masked.cpu(), state.progress.tick, self.config.steps_per_block, self._timesteps)
-        return torch.where(state.done, 0, quota.to(state.device))
+        start, end = self._bounds(state)
+        col = start.clamp(max=state.length - 1).to(state.device)
+        at_start = (state.canvas.gather(1, col[:, None])[:, 0] == state.mask_id).cpu()
+        first = (p.step == 0) & at_start
+        return torch.where(first, start, start + 1), torch.where(first, start + 1, end), first
 
     def _settle(self, state: GenerationState) -> None:
-        """After the first-column step: skip ticks in which no row would commit anything."""
-        while bool((~state.done & self._rest_masked(state).any(dim=1)).any()) and not bool(
-            (self._quota(state) > 0).any()
-        ):
-            state.progress.tick += 1
+        """Move every live row whose block is complete to its next block (or end it); then move each row at
+        its block's later steps past the ticks in which it would commit nothing. Finds the active rows."""
+        p: BlockProgress = state.progress
+        while True:
+            start, end = self._bounds(state)
+            own = state.masked() & in_bounds(state, start, end)
+            work, live = torch.stack((own.any(dim=1), ~state.done)).cpu()  # one read of the device
+            complete = live & ~work
+            if not bool(complete.any()):
+                break
+            last = complete & (p.block + 1 >= self.config.num_blocks)
+            if bool(last.any()):
+                state.done[last.nonzero()[:, 0].to(state.device)] = True
+            moving = complete & ~last
+            p.block[moving] += 1
+            p.step[moving] = 0
+            p.tick[moving] = 0
+        active = live & work
+        lo, hi, first = self._spans(state)
+        rest = active & ~first
+        if bool(rest.any()):
+            masked = (state.masked() & in_bounds(state, lo, hi)).sum(dim=1).cpu()
+            while True:
+                idle = rest & (dream_quota(masked, p.tick, self.config.steps_per_block, self._timesteps) == 0)
+                if not bool(idle.any()):
+                    break
+                p.tick[idle] += 1
+        p.active, p.active_cancels = active, state.cancels
+
+    def _active(self, state: GenerationState) -> Tensor:
+        p: BlockProgress = state.progress
+        if p.active is None or p.active_cancels != state.cancels:
+            self._settle(state)
+        return p.active
+
+    def done(self, state: GenerationState) -> bool:
+        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
-        first = self._first_pending(state)
-        if bool(first.any()):
-            rows = first.nonzero()[:, 0]
-            ones = torch.ones(len(rows), 1, dtype=torch.bool, device=state.device)
-            return block_window(state, rows, p.start, p.start + 1, ones, ones[:, 0].long())
-        quota = self._quota(state)
-        rows = (quota > 0).nonzero()[:, 0]
-        return block_window(state, rows, p.start + 1, p.end, self._rest_masked(state)[rows], quota[rows])
+        rows = self._active(state).nonzero()[:, 0]  # host
+        lo, hi, first = self._spans(state)
+        start, end = self._bounds(state)
+        dev_rows = rows.to(state.device)
+        eligible = (state.masked() & in_bounds(state, lo, hi))[dev_rows]
+        schedule = dream_quota(eligible.sum(dim=1), p.tick[rows], self.config.steps_per_block, self._timesteps)
+        quota = torch.where(first[rows].to(state.device), 1, schedule)
+        w_lo, w_hi = int(lo[rows].min()), int(hi[rows].max())
+        geometry = Geometry(step=p.step[rows], block=p.block[rows], block_start=start[rows], block_end=end[rows],
+                            total_steps=p.total_steps)
+        return Window(rows=dev_rows, start=w_lo, end=w_hi, eligible=eligible[:, w_lo:w_hi], quota=quota,
+                      mask_id=state.mask_id, geometry=geometry, extensions=(SubBlocks(lo[rows], hi[rows]),))
 
     def advance(self, state: GenerationState) -> None:
         p: BlockProgress = state.progress
-        p.step += 1
+        if state.last_window is not None:
+            rows = state.last_window.rows.cpu()
+            p.step[rows] += 1
+            step = p.step[rows]
+            # tick 0 of a block's schedule was its first-column (refresh) step; later steps take the next tick
+            p.tick[rows] = torch.where(step > 1, p.tick[rows] + 1, 1)
         if self.config.early_stop:
             stop_at_eos(state)
-        if p.step > 1:
-            p.tick += 1
-        elif not bool(self._first_pending(state).any()):
-            p.tick = 1  # tick 0 of the block's schedule was the first-column (refresh) step
-        active = ~state.done & state.masked()[:, p.start : p.end].any(dim=1)
-        if bool(active.any()):
-            if p.step > self.config.block_length + self.config.steps_per_block:
-                raise DecodingError(f"block {p.block} still has masks after {p.step} steps")
-            self._settle(state)
-            return
-        if p.block + 1 < self.config.num_blocks and not bool(state.done.all()):
-            self._begin_block(state, p.block + 1)
-        else:
-            state.done[:] = True
+        self._settle(state)
+        over = p.active & (p.step > self.config.block_length + self.config.steps_per_block)
+        if bool(over.any()):
+            row = int(over.nonzero()[0, 0])
+            raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after {int(p.step[row])} steps")

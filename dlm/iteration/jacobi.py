@@ -4,8 +4,8 @@ Decoding using Jacobi Forcing", arXiv 2512.14681; hao-ai-lab/JacobiForcing ``jac
 Each row drafts ``n`` tokens after its committed text; one causal forward over [committed | draft] gives
 ``n + 1`` greedy predictions, so the window is the row's first ``n + 1`` pending columns. The ``jacobi``
 decoding strategy accepts the longest draft prefix equal to the greedy predictions plus one token and writes
-the other predictions as the next draft (provisional tokens, ``Commit.drafts``): a Jacobi fixed-point
-iteration. Positions entering the window hold the MASK placeholder until their first prediction. With
+the other predictions as the next draft (provisional tokens, the commit's :class:`~dlm.messages.Drafts`): a
+Jacobi fixed-point iteration. Positions entering the window hold the MASK placeholder until their first prediction. With
 ``cache: append`` accepted drafts keep the K/V they were computed with.
 
 Multi-block drafting (``blocks = K > 1``, the paper's multiblock decoding; hao-ai-lab/JacobiForcing

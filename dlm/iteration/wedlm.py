@@ -4,15 +4,18 @@ Models with Standard Causal Attention for Fast Inference", arXiv 2512.22737; Ten
 
 A row's window is ``window`` columns (16) from its first mask. Each forward sees the filled tokens not yet
 pruned into the KV cache and the window reordered, filled tokens first and masks after, each at its
-original position (``window.reorder``), so causal attention lets every mask see every filled token. The
-leading run of filled columns is computed in position order, so its K/V are final: ``cache: append`` keeps
-them (the reference's pruning) and the window slides to the next mask. The fill rule is the ``wedlm``
-decoding strategy (entropy plus a distance penalty, under a threshold).
+original position (a :class:`~dlm.messages.Reorder` window), so causal attention lets every mask see every
+filled token. The leading run of filled columns is computed in position order, so its K/V are final:
+``cache: append`` keeps them (the reference's pruning) and the window slides to the next mask. The fill
+rule is the ``wedlm`` decoding strategy (entropy plus a distance penalty, under a threshold).
 
 Differences from the reference, on purpose: the prompt prefill is the first decoding forward (the reference
 runs a separate prefill forward whose logits it drops), and a row ends once everything up to its end token
 (or the region's end) is committed, without the reference's last forward that only prunes. The window is cut
 at the end of the generation region, as the reference's KV budget cuts it at ``max_tokens``.
+
+Each row's window follows its own first mask, so a row that joined a running generation decodes exactly as
+it does alone (per-row geometry: :mod:`dlm.iteration.sliding`).
 """
 
 from __future__ import annotations

@@ -12,12 +12,12 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor
 
-from dlm.errors import InputError
-from dlm.messages import ForwardPlan, KVStore, ModelCapabilities, Window
+from dlm.errors import CompositionError, InputError
+from dlm.messages import ForwardPlan, KVStore, ModelCapabilities
 from dlm.models.tokenizer import Tokenizer
 from dlm.state import GenerationState
 
-__all__ = ["ModelAdapter", "ModelCapabilities"]
+__all__ = ["ModelAdapter"]
 
 
 class ModelAdapter(ABC):
@@ -33,13 +33,23 @@ class ModelAdapter(ABC):
         """Build the adapter from its validated config (reads the checkpoint)."""
 
     @abstractmethod
-    def forward(self, state: GenerationState, plan: ForwardPlan, window: Window) -> Tensor:
-        """Run ``plan``; return logits of the window's logits span (the window unless widened):
-        [len(plan.rows), window.logits_end - window.logits_start, vocab]."""
+    def forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
+        """Run ``plan`` on the state's canvas (or on the canvas of a :class:`~dlm.messages.CandidateBatch`
+        the plan carries); return the logits of the plan's span:
+        [len(plan.rows), plan.logits_end - plan.logits_start, vocab] (``[b, K, S, vocab]`` for candidates).
+        The model applies its own logit shift: the logit of column ``c`` is read at output ``c - shift``."""
 
     @abstractmethod
     def new_kv(self, batch: int, length: int) -> KVStore:
         """A zeroed KV store for ``batch`` rows of ``length`` columns."""
+
+    def compile(self) -> None:
+        """Compile the forward (``compile: true``). Adapters that cannot say so."""
+        raise CompositionError(f"compile: true is not supported by the {type(self).__name__} adapter")
+
+    def shard(self, tensor_parallel: int) -> None:
+        """Shard the weights over ``tensor_parallel`` processes of this process's group (``tensor_parallel: N``)."""
+        raise CompositionError(f"tensor_parallel is not supported by the {type(self).__name__} adapter")
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if self.tokenizer is None:

@@ -57,11 +57,43 @@ class KVBuffer:
             return self.keys[layer, :, :, :key_end], self.values[layer, :, :, :key_end]
         return self.keys[layer, rows, :, :key_end], self.values[layer, rows, :, :key_end]
 
+    @classmethod
+    def _wrap(cls, keys: Tensor, values: Tensor) -> "KVBuffer":
+        out = cls.__new__(cls)
+        out.keys, out.values = keys, values
+        return out
+
+    def take(self, rows: Tensor) -> "KVBuffer":
+        """A new buffer holding a copy of ``rows`` (in that order)."""
+        rows = rows.to(self.keys.device)
+        return self._wrap(self.keys.index_select(1, rows), self.values.index_select(1, rows))
+
+    def cat(self, other: "KVBuffer") -> "KVBuffer":
+        """A new buffer with this buffer's rows followed by ``other``'s (rows joining a generation)."""
+        return self._wrap(torch.cat((self.keys, other.keys), dim=1), torch.cat((self.values, other.values), dim=1))
+
+    def shift_columns(self, n: int) -> "KVBuffer":
+        """A new buffer for a canvas with ``n`` columns added on the left (``n < 0``: the first ``-n`` removed);
+        every slot keeps its column's K/V."""
+        if n >= 0:
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, n, 0))  # noqa: E731
+            return self._wrap(pad(self.keys), pad(self.values))
+        return self._wrap(self.keys[:, :, :, -n:].clone(), self.values[:, :, :, -n:].clone())
+
+    def copy_rows(self, dst: Tensor, src: "KVBuffer", src_rows: Tensor) -> None:
+        """Rows ``dst`` of this buffer become rows ``src_rows`` of ``src`` (a candidate kept)."""
+        self.keys[:, dst] = src.keys[:, src_rows]
+        self.values[:, dst] = src.values[:, src_rows]
+
 
 class WriteWindow:
-    """A view of a KV store that stores only columns ``[lo, hi)`` of each write (reads pass through)."""
+    """A view of a KV store that stores only columns ``[lo, hi)`` of each write (reads pass through).
 
-    def __init__(self, kv: KVBuffer, lo: int, hi: int) -> None:
+    ``lo``/``hi`` are ints (the same for every row) or [b] tensors (a bound per row of the write, rows as in
+    the forward): rows of one forward at different places of their schedules store different columns.
+    """
+
+    def __init__(self, kv: KVBuffer, lo: int | Tensor, hi: int | Tensor) -> None:
         self.kv, self.lo, self.hi = kv, lo, hi
         self.keys, self.values = kv.keys, kv.values
 
@@ -70,9 +102,23 @@ class WriteWindow:
         return self.kv.length
 
     def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor) -> None:
-        a, b = max(self.lo, start), min(self.hi, start + k.shape[2])
-        if a < b:
-            self.kv.write(layer, rows, a, k[:, :, a - start : b - start], v[:, :, a - start : b - start])
+        end = start + k.shape[2]
+        if isinstance(self.lo, int) and isinstance(self.hi, int):
+            a, b = max(self.lo, start), min(self.hi, end)
+            if a < b:
+                self.kv.write(layer, rows, a, k[:, :, a - start : b - start], v[:, :, a - start : b - start])
+            return
+        cols = torch.arange(start, end, device=k.device)[None, :]
+        lo = torch.as_tensor(self.lo, device=k.device).reshape(-1, 1)
+        hi = torch.as_tensor(self.hi, device=k.device).reshape(-1, 1)
+        store = ((cols >= lo) & (cols < hi))[:, None, :, None]  # [b, 1, q, 1]
+        old_k, old_v = self._slice(layer, rows, start, end)
+        self.kv.write(layer, rows, start, torch.where(store, k, old_k), torch.where(store, v, old_v))
+
+    def _slice(self, layer: int, rows: Tensor | None, start: int, end: int) -> tuple[Tensor, Tensor]:
+        if rows is None:
+            return self.kv.keys[layer, :, :, start:end], self.kv.values[layer, :, :, start:end]
+        return self.kv.keys[layer, rows, :, start:end], self.kv.values[layer, rows, :, start:end]
 
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
         return self.kv.read(layer, rows, key_end)

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dlm.messages import ForwardPlan, Window
+from dlm.messages import CandidateBatch, ForwardPlan
 from dlm.models.base import ModelAdapter
-from dlm.models.compiled import is_compiled, mark_static_kv
+from dlm.models.compiled import compile_transformer, is_compiled, mark_static_kv
+from dlm.models.parallel import shard_transformer
 from dlm.models.checkpoint import load_tensors
 from dlm.models.kv import KVBuffer, WriteWindow
 from dlm.models.layers import Transformer, TransformerSpec
@@ -48,6 +49,12 @@ class TransformerAdapter(ModelAdapter):
         if is_compiled(self):
             mark_static_kv(kv)
         return kv
+
+    def compile(self) -> None:
+        compile_transformer(self)
+
+    def shard(self, tensor_parallel: int) -> None:
+        shard_transformer(self, tensor_parallel)
 
     def attention_mask(self, state: GenerationState, rows: Tensor, q_cols: Tensor, k_cols: Tensor) -> Tensor | None:
         """Bool mask [b, 1, q|1, keys] (True = attend) for queries at canvas columns ``q_cols`` and keys at
@@ -97,15 +104,23 @@ class TransformerAdapter(ModelAdapter):
         return allowed[:, None]
 
     @torch.inference_mode()
-    def forward(self, state: GenerationState, plan: ForwardPlan, window: Window) -> Tensor:
+    def forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
+        batch = plan.get(CandidateBatch)
+        if batch is not None:  # the candidates' own canvas, padding and private K/V
+            view = _CandidateView(state, batch)
+            logits = self._forward(view, plan)
+            return logits.unflatten(0, (len(batch.source_rows), batch.count))
+        return self._forward(state, plan)
+
+    def _forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
         shift = self.capabilities.logit_shift
-        lo, hi = window.logits_start - shift, window.logits_end - shift  # outputs the logits are read at
+        lo, hi = plan.logits_start - shift, plan.logits_end - shift  # outputs the logits are read at
         if plan.columns is not None:
             return self._forward_columns(state, plan, lo, hi)
         if lo < plan.start or hi > plan.end:
             raise ValueError(
                 f"forward plan computes columns [{plan.start}, {plan.end}) but logits of "
-                f"[{window.logits_start}, {window.logits_end}) need outputs [{lo}, {hi})"
+                f"[{plan.logits_start}, {plan.logits_end}) need outputs [{lo}, {hi})"
             )
         ids = state.canvas[plan.rows, plan.start : plan.end]  # [b, q]
         cols = torch.arange(plan.start, plan.end, device=state.device)[None, :]  # [1, q]
@@ -152,3 +167,12 @@ class TransformerAdapter(ModelAdapter):
             logits_index=index,
         )
 
+
+
+class _CandidateView:
+    """The state as a candidate batch's forward sees it: the candidates' canvas and padding."""
+
+    def __init__(self, state: GenerationState, batch: CandidateBatch) -> None:
+        self.canvas, self.pad = batch.canvas, batch.pad
+        self.device, self.length = state.device, state.length
+        self.padded = bool(batch.pad.any()) if state.padded else False

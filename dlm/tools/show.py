@@ -33,7 +33,7 @@ class CanvasPrinter:
 
     def __call__(self, state: GenerationState) -> None:
         self.step += 1
-        committed = state.tokens_per_step[-1].tolist()
+        committed = state.last_commits.tolist()
         for r in range(state.batch_size):
             tag = f"step {self.step:>3} row {r}" if state.batch_size > 1 else f"step {self.step:>3}"
             print(f"{tag} | {self.render(state, r)} | +{committed[r]}", file=self.stream, flush=True)

@@ -1,12 +1,15 @@
 """Checks of a decoding strategy: ``commits`` on :func:`synthetic_windows` (logits and windows that
 stress a strategy), ``deterministic`` and ``batched`` (per-row random streams and per-row memory, on synthetic
-windows and in a real generation), ``memory`` (a generation leaves nothing behind for the next one) and
-``generation`` (it drives a tiny-model generation to the end).
+windows and in a real generation), ``memory`` (the strategy object keeps no per-run state: its memory is on
+the state, so a second generation gives what a fresh strategy gives), ``generation`` (it drives a tiny-model
+generation to the end), ``concurrent`` (two generations through one pipeline at once) and ``joins`` (rows
+joining a running generation, for a strategy declaring ``joinable = True``).
 
 On synthetic windows the kit drives a strategy as the pipeline does: ``start`` on a canvas holding the
-window (eligible positions masked, the rest committed), ``prepare`` (a widened logits span gets random
-logits around the window's), ``select``, ``finish``. A strategy that attaches candidates is checked in real
-generations only."""
+window (eligible positions masked, the rest committed), its memory kept on the state
+(``state.memory["decoding"]``), ``prepare`` (a widened logits span gets random logits around the window's),
+``select(state, window, logits, generator)``. Windows carry per-row geometry, and in some cases the rows are
+at different steps and blocks. A strategy that attaches candidates is checked in real generations only."""
 
 from __future__ import annotations
 
@@ -16,17 +19,28 @@ from torch import Tensor
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
-from dlm.messages import Commit, Window
+from dlm.messages import Candidates, Commit, Finish, Geometry, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
-from dlm.testing.contracts.core import CPU, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
+from dlm.testing.contracts.core import CPU, OTHER_PROMPTS, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
 from dlm.testing.contracts.fixtures import tiny_model
-from dlm.testing.contracts.probes import _batched_vs_single, _check_finished, _config, _generate, _same_outputs
+from dlm.testing.contracts.probes import (
+    _batched_vs_single,
+    _check_finished,
+    _concurrent,
+    _config,
+    _generate,
+    _holds_only_config,
+    _joins,
+    _not_joinable,
+    _same_outputs,
+)
 
 
 def synthetic_windows(mask_id: int = 2, vocab: int = 24, seed: int = 0) -> list[tuple[Tensor, Window]]:
     """Logits and windows that stress a strategy: MASK as the favourite, flat and peaked rows, -inf
-    logits, ties, quotas of 0 or above the eligible count, a row with nothing eligible, three dtypes."""
+    logits, ties, quotas of 0 or above the eligible count, a row with nothing eligible, three dtypes, rows
+    at different steps and blocks of their schedules (per-row geometry)."""
     g = torch.Generator().manual_seed(seed)
     cases = []
     for i, (b, w, scale, dtype) in enumerate([
@@ -48,7 +62,13 @@ def synthetic_windows(mask_id: int = 2, vocab: int = 24, seed: int = 0) -> list[
         count = eligible.sum(dim=1)
         quota = (torch.rand(b, generator=g) * (count + 2).to(torch.float64)).long()  # 0 … count+1
         rows = torch.arange(b, dtype=torch.long) * 2  # row ids are batch indices, not 0..b-1
-        window = Window(rows=rows, start=10, end=10 + w, eligible=eligible, quota=quota, step=i % 3, mask_id=mask_id)
+        geometry = Geometry.uniform(b, step=i % 3, block=i % 2, block_start=10, block_end=10 + w, total_steps=16)
+        if b > 1 and i % 2 == 1:  # rows at different places: one joined later, one is further on
+            geometry = Geometry(step=torch.arange(b) % 3, block=torch.arange(b) % 2,
+                                block_start=torch.full((b,), 10), block_end=torch.full((b,), 10 + w),
+                                total_steps=16)
+        window = Window(rows=rows, start=10, end=10 + w, eligible=eligible, quota=quota, mask_id=mask_id,
+                        geometry=geometry)
         cases.append((logits.to(dtype), window))
     return cases
 
@@ -70,31 +90,40 @@ def _synthetic_state(window: Window, batch: int) -> GenerationState:
                            done=torch.zeros(batch, dtype=torch.bool))
 
 
+def _one_row(window: Window, r: int) -> Window:
+    """Row ``r`` of ``window`` as a window of its own (batch row 0), with its own geometry."""
+    g = window.geometry
+    geometry = Geometry(g.step[r : r + 1], g.block[r : r + 1], g.block_start[r : r + 1], g.block_end[r : r + 1],
+                        g.total_steps)
+    return Window(rows=torch.zeros(1, dtype=torch.long), start=window.start, end=window.end,
+                  eligible=window.eligible[r : r + 1], quota=window.quota[r : r + 1], mask_id=window.mask_id,
+                  geometry=geometry)
+
+
 def _select(strategy: DecodingStrategy, logits: Tensor, window: Window, generator: RowRNG) -> tuple[Commit, Window]:
     """One step as the pipeline runs it on a fresh generation holding ``window``."""
     state = _synthetic_state(window, int(window.rows.max()) + 1)
-    strategy.start(state)
-    try:
-        step = strategy.prepare(state, window)
-        if step.candidates is not None:
-            raise NotApplicable("the strategy attaches candidates; it is checked in real generations")
-        if step.widened:
-            if step.logits_start < 0 or step.logits_end > state.length:
-                _fail(f"prepare widened the logits span to [{step.logits_start}, {step.logits_end}), outside the "
-                      f"canvas [0, {state.length})")
-            g = torch.Generator().manual_seed(int(window.start))
-            span = torch.randn(logits.shape[0], step.logits_end - step.logits_start, logits.shape[-1], generator=g)
-            span = span.to(logits.dtype)
-            lo = window.start - step.logits_start
-            span[:, lo : lo + window.width] = logits
-            logits = span
-        return strategy.select(logits, step, generator), step
-    finally:
-        strategy.finish()
+    state.memory["decoding"] = strategy.start(state)
+    step = strategy.prepare(state, window)
+    if step.get(Candidates) is not None:
+        raise NotApplicable("the strategy attaches candidates; it is checked in real generations")
+    if step.widened:
+        if step.logits_start < 0 or step.logits_end > state.length:
+            _fail(f"prepare widened the logits span to [{step.logits_start}, {step.logits_end}), outside the "
+                  f"canvas [0, {state.length})")
+        g = torch.Generator().manual_seed(int(window.start))
+        span = torch.randn(logits.shape[0], step.logits_end - step.logits_start, logits.shape[-1], generator=g)
+        span = span.to(logits.dtype)
+        lo = window.start - step.logits_start
+        span[:, lo : lo + window.width] = logits
+        logits = span
+    return strategy.select(state, step, logits, generator), step
 
 
 def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, generator: RowRNG, case: int):
     commit, window = _select(strategy, logits, window, generator)
+    if not isinstance(commit, Commit):
+        _fail(f"synthetic case {case}: select returned {type(commit).__name__}, not a dlm.messages.Commit")
     select, tokens = commit.select, commit.tokens
     where = f"synthetic case {case} (logits {tuple(logits.shape)} {logits.dtype})"
     if select.shape != window.eligible.shape or select.dtype != torch.bool:
@@ -110,11 +139,17 @@ def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, ge
     if bool(((chosen < 0) | (chosen >= logits.shape[-1])).any()):
         _fail(f"{where}: committed a token id outside the vocabulary [0, {logits.shape[-1]})")
     starved = (select.sum(dim=1) == 0) & window.eligible.any(dim=1)
-    if commit.finish is not None:
-        starved &= ~commit.finish
+    finish = commit.get(Finish)
+    if finish is not None:
+        starved &= ~finish.rows
     if bool(starved.any()):
         _fail(f"{where}: committed nothing for rows {starved.nonzero()[:, 0].tolist()} that have eligible positions")
     return commit
+
+
+def _decoding_make(cls, config_dict):
+    return lambda: (tiny_model(), Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
+                    NoCache(NoCacheConfig()))
 
 
 def _decoding_commits(cls, config_dict):
@@ -129,8 +164,7 @@ def _decoding_deterministic(cls, config_dict):
         b = _select(cls(_config(cls, config_dict)), logits, window, _rng(3, window))[0]
         if not (torch.equal(a.select, b.select) and torch.equal(a.tokens[a.select], b.tokens[b.select])):
             _fail(f"synthetic case {i}: two calls with the same seed commit different positions or tokens")
-    make = lambda: (tiny_model(), Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
-                    NoCache(NoCacheConfig()))
+    make = _decoding_make(cls, config_dict)
     _same_outputs(_generate(*make(), seed=5), _generate(*make(), seed=5), "two generations with seed 5")
 
 
@@ -141,15 +175,11 @@ def _decoding_batched(cls, config_dict):
         batched = _select(strategy, logits, window, _rng(i, window))[0]
         for r in range(len(window.rows)):
             row = int(window.rows[r])
-            one = Window(torch.zeros(1, dtype=torch.long), window.start, window.end, window.eligible[r : r + 1],
-                         window.quota[r : r + 1], window.step, window.mask_id)
-            alone = _select(strategy, logits[r : r + 1], one, RowRNG(i + row, 1, CPU))[0]
+            alone = _select(strategy, logits[r : r + 1], _one_row(window, r), RowRNG(i + row, 1, CPU))[0]
             sel = batched.select[r]
             if not (torch.equal(sel, alone.select[0]) and torch.equal(batched.tokens[r][sel], alone.tokens[0][sel])):
                 _fail(f"synthetic case {i}: row {r} commits differently in a batch than alone")
-    make = lambda: (tiny_model(), Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
-                    NoCache(NoCacheConfig()))
-    _batched_vs_single(make, "generation with blockwise/none")
+    _batched_vs_single(_decoding_make(cls, config_dict), "generation with blockwise/none")
 
 
 def _decoding_generation(cls, config_dict):
@@ -163,19 +193,27 @@ def _decoding_generation(cls, config_dict):
                 _fail(f"row {r} committed {sum(steps)} tokens in all, not gen_length={iteration.gen_length}")
 
 
-OTHER_PROMPTS = ([20, 21, 22, 23], [24, 25, 26, 27, 28, 29], [30, 31])
-
-
 def _decoding_memory(cls, config_dict):
-    """Per-generation memory is gone after the generation: a strategy object that already ran one
-    generation gives, in the next, exactly what a fresh one gives."""
+    """The strategy object holds only its config: no generation changes its attributes (run memory is on the
+    state), and an object that already ran a generation gives, in the next, exactly what a fresh one gives."""
     model = tiny_model()
     one_block = BlockwiseConfig(gen_length=8, block_length=8, steps=8)  # both generations end and start in block 0
-    make = lambda strategy: (model, Blockwise(one_block), strategy, NoCache(NoCacheConfig()))
+    make = lambda strategy: (model, Blockwise(one_block), strategy, NoCache(NoCacheConfig()))  # noqa: E731
     used = cls(_config(cls, config_dict))
-    _generate(*make(used), prompts=PROMPTS, seed=3)
+    unchanged = _holds_only_config(used, "the strategy")
+    _generate(*make(used), prompts=PROMPTS, seed=3, trace=lambda state: unchanged())
+    unchanged()
     second = _generate(*make(used), prompts=OTHER_PROMPTS, seed=4)
     fresh = _generate(*make(cls(_config(cls, config_dict))), prompts=OTHER_PROMPTS, seed=4)
     _same_outputs(second, fresh, "a generation after another one, with the same strategy object, vs a fresh one")
     if second.nfe != fresh.nfe:
         _fail(f"a generation after another one takes NFE {second.nfe}, a fresh one {fresh.nfe}")
+
+
+def _decoding_concurrent(cls, config_dict):
+    _concurrent(_decoding_make(cls, config_dict), "blockwise/none", own=2)
+
+
+def _decoding_joins(cls, config_dict):
+    _not_joinable(cls(_config(cls, config_dict)))
+    _joins(_decoding_make(cls, config_dict), "blockwise/none")

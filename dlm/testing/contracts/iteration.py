@@ -1,6 +1,9 @@
 """Checks of an iteration manager: ``windows`` (each window lies in the generation region, names rows
-that are not done, marks only masked positions eligible), ``never_rewrites`` (prompt and committed tokens
-never change), ``terminates``, ``deterministic`` and ``batched``; :class:`_IterationProbe` wraps the
+that are not done, marks only masked positions eligible, and carries per-row geometry: ``[b]`` host tensors
+indexed like its rows), ``never_rewrites`` (prompt and committed tokens never change), ``terminates``,
+``deterministic``, ``batched``, ``concurrent`` (two generations through one pipeline at once; the manager
+keeps its progress on the state, never on itself) and ``joins`` (rows started with ``gen_start`` join a
+running generation, for a manager declaring ``joinable = True``); :class:`_IterationProbe` wraps the
 manager's ``window`` to check each step."""
 
 from __future__ import annotations
@@ -10,11 +13,21 @@ import torch
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
 from dlm.iteration.base import IterationManager
+from dlm.messages import Window
 from dlm.pipeline import GenerationOutput
-from dlm.state import GenerationState, Window
+from dlm.state import GenerationState
 from dlm.testing.contracts.core import _fail
 from dlm.testing.contracts.fixtures import model_for
-from dlm.testing.contracts.probes import _batched_vs_single, _check_finished, _config, _generate, _same_outputs
+from dlm.testing.contracts.probes import (
+    _batched_vs_single,
+    _check_finished,
+    _concurrent,
+    _config,
+    _generate,
+    _joins,
+    _not_joinable,
+    _same_outputs,
+)
 
 
 class _IterationProbe:
@@ -47,6 +60,7 @@ class _IterationProbe:
             _fail(f"{where}: quota must be [{len(rows)}] and non-negative, got {window.quota.tolist()}")
         if window.mask_id != state.mask_id:
             _fail(f"{where}: mask_id {window.mask_id} is not the model's {state.mask_id}")
+        _check_geometry(window, where)
         return window
 
     def check_canvas(self, state: GenerationState) -> None:
@@ -68,6 +82,22 @@ class _IterationProbe:
                 _fail(f"after window {self.windows}: row {r} generation column {c} was rewritten from "
                       f"{int(old[r, c])} to {int(gen[r, c])}")
         self.previous = (canvas, done)
+
+
+def _check_geometry(window: Window, where: str) -> None:
+    """Per-row geometry: ``[b]`` long host tensors, each row's block a span of the canvas."""
+    g, b = window.geometry, len(window.rows)
+    for name in ("step", "block", "block_start", "block_end"):
+        value = getattr(g, name, None)
+        if not isinstance(value, torch.Tensor) or value.shape != (b,) or value.dtype != torch.long:
+            got = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+            _fail(f"{where}: geometry.{name} must be a [b={b}] long tensor, one entry per window row; got {got}")
+        if value.device.type != "cpu":
+            _fail(f"{where}: geometry.{name} must live on the host (CPU), not {value.device}")
+    if bool((g.step < 0).any()) or bool((g.block < 0).any()):
+        _fail(f"{where}: negative step or block in the geometry: {g.step.tolist()}, {g.block.tolist()}")
+    if bool((g.block_start > g.block_end).any()):
+        _fail(f"{where}: a row's block ends before it starts: {g.block_start.tolist()} > {g.block_end.tolist()}")
 
 
 def _iteration_make(cls, config_dict):
@@ -108,3 +138,12 @@ def _iteration_deterministic(cls, config_dict):
 
 def _iteration_batched(cls, config_dict):
     _batched_vs_single(_iteration_make(cls, config_dict), "generation with low_confidence/none")
+
+
+def _iteration_concurrent(cls, config_dict):
+    _concurrent(_iteration_make(cls, config_dict), "low_confidence/none", own=1)
+
+
+def _iteration_joins(cls, config_dict):
+    _not_joinable(cls(_config(cls, config_dict)))
+    _joins(_iteration_make(cls, config_dict), "low_confidence/none")

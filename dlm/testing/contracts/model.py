@@ -1,19 +1,25 @@
 """Checks of a model adapter: ``capabilities`` (consistent declarations), ``logits`` (shape
-[rows, W, vocab], finite), ``kv_forward`` (forwards through a KV buffer equal the plain forward),
-``deterministic`` and ``batched`` (a left-padded batch gives each prompt's logits alone)."""
+[rows, S, vocab] over the plan's logits span, finite), ``kv_forward`` (forwards through a KV buffer equal the
+plain forward), ``deterministic``, ``batched`` (a left-padded batch gives each prompt's logits alone),
+``concurrent`` (two generations through one pipeline at once) and ``joins`` (rows joining a running
+generation: every pipeline whose other components are joinable joins rows, whatever the model, so the model
+must compute each row as it would alone). ``model.forward(state, plan)`` gets everything from the plan,
+the logits span included (``plan.for_window(window)``)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from dlm.cache.base import ForwardPlan
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
+from dlm.messages import ForwardPlan, Window
 from dlm.models.base import ModelAdapter
-from dlm.state import GenerationState, Window
+from dlm.state import GenerationState
 from dlm.testing.contracts.core import ATOL, CPU, DTYPE, PROMPTS, RTOL, SMALL_ITERATION, NotApplicable, _fail
-from dlm.testing.contracts.probes import _check_finished, _config, _generate, _same_outputs
+from dlm.testing.contracts.probes import _check_finished, _concurrent, _config, _generate, _joins, _same_outputs
 
 
 def _load_model(cls, config_dict) -> ModelAdapter:
@@ -28,7 +34,12 @@ def _model_state(model: ModelAdapter, prompts=PROMPTS) -> tuple[GenerationState,
 
 def _whole(state: GenerationState, window: Window, kv=None) -> ForwardPlan:
     return ForwardPlan(rows=window.rows, all_rows=len(window.rows) == state.batch_size, start=0, end=state.length,
-                       kv=kv, key_end=state.length, refresh=kv is not None)
+                       kv=kv, key_end=state.length, refresh=kv is not None).for_window(window)
+
+
+def _model_make(model: ModelAdapter):
+    return lambda: (model, Blockwise(BlockwiseConfig(**SMALL_ITERATION)), LowConfidence(LowConfidenceConfig()),
+                    NoCache(NoCacheConfig()))
 
 
 def _model_capabilities(cls, config_dict):
@@ -44,12 +55,19 @@ def _model_capabilities(cls, config_dict):
 def _model_logits(cls, config_dict):
     model = _load_model(cls, config_dict)
     state, window = _model_state(model)
-    logits = model.forward(state, _whole(state, window), window)
+    logits = model.forward(state, _whole(state, window))
     vocab = logits.shape[-1] if logits.dim() == 3 else -1
     if tuple(logits.shape) != (len(window.rows), window.width, vocab):
-        _fail(f"logits have shape {tuple(logits.shape)}, expected [rows={len(window.rows)}, W={window.width}, vocab]")
+        _fail(f"logits have shape {tuple(logits.shape)}, expected [rows={len(window.rows)}, S={window.width}, vocab]")
     if not bool(torch.isfinite(logits).all()):
         _fail("logits hold NaN or infinite values")
+    wide = model.forward(state, replace(_whole(state, window), logits_start=state.gen_start, logits_end=state.length))
+    if tuple(wide.shape) != (len(window.rows), state.length - state.gen_start, vocab):
+        _fail(f"a plan asking for the logits of [{state.gen_start}, {state.length}) gets shape {tuple(wide.shape)}, "
+              f"expected [rows={len(window.rows)}, S={state.length - state.gen_start}, vocab]")
+    lo = window.start - state.gen_start
+    if not torch.allclose(wide[:, lo : lo + window.width], logits, rtol=RTOL, atol=ATOL):
+        _fail("the logits of a wider span differ from the window's logits on the window's columns")
     if not 0 <= model.capabilities.mask_id < vocab:
         _fail(f"mask_id {model.capabilities.mask_id} is outside the vocabulary of {vocab} logits")
 
@@ -59,15 +77,15 @@ def _model_kv_forward(cls, config_dict):
     if not model.capabilities.kv_cache:
         raise NotApplicable("the model declares kv_cache=False")
     state, window = _model_state(model)
-    plain = model.forward(state, _whole(state, window), window)
+    plain = model.forward(state, _whole(state, window))
     kv = model.new_kv(state.batch_size, state.length)
-    through = model.forward(state, _whole(state, window, kv), window)
+    through = model.forward(state, _whole(state, window, kv))
     if not torch.allclose(through, plain, rtol=RTOL, atol=ATOL):
         _fail("a whole-canvas forward through a KV buffer differs from the plain forward")
     shift = model.capabilities.logit_shift
     block = ForwardPlan(rows=window.rows, all_rows=True, start=window.start - shift, end=window.end - shift, kv=kv,
-                        key_end=state.length, refresh=False)
-    cached = model.forward(state, block, window)
+                        key_end=state.length, refresh=False).for_window(window)
+    cached = model.forward(state, block)
     if not torch.allclose(cached, plain, rtol=RTOL, atol=ATOL):
         _fail("a window-only forward reading the K/V it just wrote differs from the plain forward "
               f"(max error {(cached - plain).abs().max().item():.3g})")
@@ -76,11 +94,10 @@ def _model_kv_forward(cls, config_dict):
 def _model_deterministic(cls, config_dict):
     model = _load_model(cls, config_dict)
     state, window = _model_state(model)
-    if not torch.equal(model.forward(state, _whole(state, window), window),
-                       model.forward(state, _whole(state, window), window)):
+    if not torch.equal(model.forward(state, _whole(state, window)),
+                       model.forward(state, _whole(state, window))):
         _fail("two identical forwards give different logits")
-    make = lambda: (model, Blockwise(BlockwiseConfig(**SMALL_ITERATION)), LowConfidence(LowConfidenceConfig()),
-                    NoCache(NoCacheConfig()))
+    make = _model_make(model)
     out = _generate(*make())
     _check_finished(out, model.capabilities.mask_id)
     _same_outputs(out, _generate(*make()), "two generations with the same seed")
@@ -89,10 +106,23 @@ def _model_deterministic(cls, config_dict):
 def _model_batched(cls, config_dict):
     model = _load_model(cls, config_dict)
     state, window = _model_state(model)
-    batched = model.forward(state, _whole(state, window), window)
+    batched = model.forward(state, _whole(state, window))
     for r, prompt in enumerate(PROMPTS):
         s1, w1 = _model_state(model, [prompt])
-        alone = model.forward(s1, _whole(s1, w1), w1)
+        alone = model.forward(s1, _whole(s1, w1))
         if not torch.allclose(batched[r], alone[0], rtol=RTOL, atol=ATOL):
             _fail(f"prompt {r}: logits in a left-padded batch differ from its logits alone by "
                   f"{(batched[r] - alone[0]).abs().max().item():.3g}")
+
+
+def _model_concurrent(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    _concurrent(_model_make(model), "blockwise/low_confidence/none")
+
+
+def _model_joins(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    problem = Blockwise(BlockwiseConfig(**SMALL_ITERATION)).check(model.capabilities)
+    if problem is not None:
+        raise NotApplicable(f"blockwise cannot drive this model: {problem}")
+    _joins(_model_make(model), "blockwise/low_confidence/none")

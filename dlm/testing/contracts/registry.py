@@ -1,7 +1,7 @@
 """The registry of checks (:data:`CHECKS`: kind -> check name -> check) and the entry points:
 :func:`run_check` runs one check and reports an :class:`Outcome`, :func:`check_component` and the
-``check_<kind>`` shorthands run them all and raise on failures, :func:`contract_test` makes a pytest test
-with one case per check."""
+``check_<kind>`` shorthands run them all and raise on failures (naming the plugin API version checked
+against, :data:`dlm.messages.PLUGIN_API`), :func:`contract_test` makes a pytest test with one case per check."""
 
 from __future__ import annotations
 
@@ -16,19 +16,31 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.base import IterationManager
 from dlm.models.base import ModelAdapter
 from dlm.registry import GROUPS, resolve
-from dlm.testing.contracts.cache import _cache_batched, _cache_deterministic, _cache_exact, _cache_plans
+from dlm.messages import PLUGIN_API
+from dlm.testing.contracts.cache import (
+    _cache_batched,
+    _cache_concurrent,
+    _cache_deterministic,
+    _cache_exact,
+    _cache_joins,
+    _cache_plans,
+)
 from dlm.testing.contracts.core import SMALL_ITERATION, ContractReport, ContractViolation, NotApplicable, Outcome
 from dlm.testing.contracts.decoding import (
     _decoding_batched,
     _decoding_commits,
+    _decoding_concurrent,
     _decoding_deterministic,
     _decoding_generation,
+    _decoding_joins,
     _decoding_memory,
 )
 from dlm.testing.contracts.fixtures import model_config_for
 from dlm.testing.contracts.iteration import (
     _iteration_batched,
+    _iteration_concurrent,
     _iteration_deterministic,
+    _iteration_joins,
     _iteration_never_rewrites,
     _iteration_terminates,
     _iteration_windows,
@@ -36,7 +48,9 @@ from dlm.testing.contracts.iteration import (
 from dlm.testing.contracts.model import (
     _model_batched,
     _model_capabilities,
+    _model_concurrent,
     _model_deterministic,
+    _model_joins,
     _model_kv_forward,
     _model_logits,
 )
@@ -46,14 +60,17 @@ from dlm.testing.contracts.probes import check_config
 Check = Callable[[type, Mapping[str, Any] | None], None]
 CHECKS: dict[str, dict[str, Check]] = {
     "decoding": {"config": check_config, "commits": _decoding_commits, "deterministic": _decoding_deterministic,
-                 "batched": _decoding_batched, "memory": _decoding_memory, "generation": _decoding_generation},
+                 "batched": _decoding_batched, "memory": _decoding_memory, "generation": _decoding_generation,
+                 "concurrent": _decoding_concurrent, "joins": _decoding_joins},
     "cache": {"config": check_config, "plans": _cache_plans, "exact_at_refresh": _cache_exact,
-              "deterministic": _cache_deterministic, "batched": _cache_batched},
+              "deterministic": _cache_deterministic, "batched": _cache_batched, "concurrent": _cache_concurrent,
+              "joins": _cache_joins},
     "iteration": {"config": check_config, "windows": _iteration_windows, "never_rewrites": _iteration_never_rewrites,
                   "terminates": _iteration_terminates, "deterministic": _iteration_deterministic,
-                  "batched": _iteration_batched},
+                  "batched": _iteration_batched, "concurrent": _iteration_concurrent, "joins": _iteration_joins},
     "model": {"config": check_config, "capabilities": _model_capabilities, "logits": _model_logits,
-              "kv_forward": _model_kv_forward, "deterministic": _model_deterministic, "batched": _model_batched},
+              "kv_forward": _model_kv_forward, "deterministic": _model_deterministic, "batched": _model_batched,
+              "concurrent": _model_concurrent, "joins": _model_joins},
 }
 BASES = {"decoding": DecodingStrategy, "cache": CacheManager, "iteration": IterationManager, "model": ModelAdapter}
 
@@ -155,6 +172,7 @@ def contract_test(kind: str, component: type | str, config_dict: Mapping[str, An
         if outcome.status == "skipped":
             pytest.skip(outcome.detail)
         if outcome.status == "failed":
-            pytest.fail(f"{kind} component {component!r}, check {check!r}: {outcome.detail}", pytrace=False)
+            pytest.fail(f"{kind} component {component!r}, check {check!r} (plugin API {PLUGIN_API}): "
+                        f"{outcome.detail}", pytrace=False)
 
     return test_contract

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dlm.messages import ForwardPlan, Window
+from dlm.messages import ForwardPlan
 from dlm.models.base import ModelAdapter
 from dlm.state import GenerationState
 
@@ -59,17 +59,9 @@ def window_logits(model: ModelAdapter, canvas: Tensor, prompt_length: int) -> Te
         nfe=torch.zeros(b, dtype=torch.long, device=device),
         done=torch.zeros(b, dtype=torch.bool, device=device),
     )
-    window = Window(
-        rows=rows,
-        start=prompt_length,
-        end=length,
-        eligible=canvas[:, prompt_length:] == caps.mask_id,
-        quota=torch.zeros(b, dtype=torch.long, device=device),
-        step=0,
-        mask_id=caps.mask_id,
-    )
-    plan = ForwardPlan(rows=rows, all_rows=True, start=0, end=length, kv=None, key_end=length, refresh=False)
-    return model.forward(state, plan, window)
+    plan = ForwardPlan(rows=rows, all_rows=True, start=0, end=length, kv=None, key_end=length, refresh=False,
+                       logits_start=prompt_length, logits_end=length)
+    return model.forward(state, plan)
 
 
 def target_logprobs(model: ModelAdapter, prompt: Tensor, noisy: Tensor, target: Tensor) -> Tensor:

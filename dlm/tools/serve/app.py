@@ -24,7 +24,7 @@ from dlm.pipeline import Pipeline
 from dlm.tools.serve.responses import Shape, collect, stream
 from dlm.tools.serve.schemas import ChatRequest, CompletionRequest, ServeError, request_error
 from dlm.tools.serve.variants import Variants
-from dlm.tools.serve.worker import BatchWorker, Job, QueueFull, Unavailable
+from dlm.tools.serve.worker import BatchWorker, EngineWorker, Job, QueueFull, TooLarge, Unavailable
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -37,15 +37,24 @@ def default_model_name(pipe: Pipeline) -> str:
 
 def create_app(
     pipeline: Pipeline, *, model_name: str | None = None, max_batch_size: int = 16, max_queue: int = 64,
-    max_tokens: int | None = None,
+    max_tokens: int | None = None, batching: str = "continuous", memory_budget: int | None = None,
 ) -> FastAPI:
-    """An app serving ``pipeline``; its worker thread starts and stops with the app (lifespan)."""
+    """An app serving ``pipeline``; its worker thread starts and stops with the app (lifespan).
+
+    ``batching``: ``continuous`` (rows join running generations at step boundaries, admission bounded by
+    ``memory_budget`` bytes) or ``static`` (one batch at a time)."""
     if pipeline.model.tokenizer is None:
         raise ConfigError("the server needs a model with a tokenizer (tokenizer.json in the checkpoint)")
     if max_batch_size < 1 or max_queue < 1:
         raise ConfigError("max_batch_size and max_queue must be at least 1")
     variants = Variants(pipeline, max_tokens=max_tokens)
-    worker = BatchWorker(variants, max_batch_size=max_batch_size, max_queue=max_queue)
+    if batching == "continuous":
+        worker = EngineWorker(variants, max_batch_size=max_batch_size, max_queue=max_queue,
+                              memory_budget=memory_budget)
+    elif batching == "static":
+        worker = BatchWorker(variants, max_batch_size=max_batch_size, max_queue=max_queue)
+    else:
+        raise ConfigError(f"batching must be 'continuous' or 'static', not {batching!r}")
     api = Api(pipeline, variants, worker, model_name or default_model_name(pipeline))
 
     @asynccontextmanager
@@ -73,7 +82,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok" if worker.is_alive() else "stopped", "queued": worker.queued,
+        return {"status": "ok" if worker.is_alive() else "stopped", "batching": batching, "queued": worker.queued,
                 "running_rows": worker.running_rows, **worker.stats}
 
     @app.get("/v1/models")
@@ -103,7 +112,7 @@ def create_app(
 class Api:
     """Request handling between the HTTP routes and the worker."""
 
-    def __init__(self, pipe: Pipeline, variants: Variants, worker: BatchWorker, name: str) -> None:
+    def __init__(self, pipe: Pipeline, variants: Variants, worker: BatchWorker | EngineWorker, name: str) -> None:
         self.pipe, self.variants, self.worker, self.name = pipe, variants, worker, name
         self.tokenizer = pipe.model.tokenizer
         self.created = int(time.time())
@@ -239,6 +248,8 @@ class Api:
         except QueueFull as err:
             raise ServeError(429, str(err), code="queue_full", type="rate_limit_error",
                              headers={"Retry-After": str(err.retry_after)}) from None
+        except TooLarge as err:
+            raise ServeError(400, str(err), param="max_tokens", code="too_large") from None
         except Unavailable as err:
             raise ServeError(503, str(err), code="unavailable", type="server_error",
                              headers={"Retry-After": "5"}) from None

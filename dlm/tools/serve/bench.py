@@ -1,10 +1,19 @@
-"""Throughput of ``dlm serve`` with batching against one request at a time, side by side.
+"""Throughput of ``dlm serve``, two servers side by side on loopback ports, in one of two modes.
 
-Starts two servers on loopback ports, the same pipeline in each, one with ``--max-batch-size 1`` and one
-with ``--max-batch-size N``; sends the same requests from ``--clients`` concurrent clients to each, in
-interleaved passes (A, B, A, B, ...), and prints medians: wall time, requests/s, tokens/s, latency, the
-mean rows per batch, the speed-up, and whether both servers gave the same answers (batching must never
-change one). Example (the embedded demo model, 64 requests from 16 clients):
+**Arrivals** (``--arrivals poisson``): continuous batching against static batching. Starts a server for each
+batching mode (the same pipeline, the same ``--max-batch-size``), sends each the same seeded stream of
+requests (``--requests N`` prompts of the demo tasks, Poisson arrivals at ``--rate R`` requests/s, each with
+its own seed; streamed, so the time to the first token is seen), and ends with one JSON line holding, per
+mode, throughput (requests/s and generated tokens/s), p50/p99 latency and time to first token, plus
+``speedup`` (continuous over static throughput) and ``identical_answers`` (every answer equal across the
+modes and to what the prompt gives alone, computed here with :meth:`Pipeline.generate`). Without ``--rate``
+it measures static batching's capacity first and sends at twice that rate, which saturates it::
+
+    python -m dlm.tools.serve.bench --arrivals poisson --requests 200 --seed 0 --compare
+
+**Clients** (the default): batching against one request at a time. ``--clients`` concurrent clients send the
+same requests to a server with ``--max-batch-size 1`` and one with ``--max-batch-size N`` in interleaved
+passes, and the medians are printed as a table::
 
     python -m dlm.tools.serve.bench --clients 16 --requests 64 --repeats 3
 """
@@ -13,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import random
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,18 +51,18 @@ class Pass:
 class Server:
     """``dlm serve`` in a child process on a free loopback port; stopped with :meth:`stop`."""
 
-    def __init__(self, args: argparse.Namespace, max_batch_size: int) -> None:
+    def __init__(self, args: argparse.Namespace, max_batch_size: int, batching: str = "continuous") -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "dlm", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--max-batch-size", str(max_batch_size), "--max-queue", str(args.requests), "--log-level", "warning",
-               "--model-name", "bench", "--set", f"threads={args.threads}"]
+               "--model-name", "bench", "--set", f"threads={args.threads}", "--batching", batching]
         if args.config:
             cmd += ["--config", args.config]
         for item in args.overrides:
             cmd += ["--set", item]
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, self.batching = max_batch_size, batching
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -81,6 +93,31 @@ class Server:
             out = json.loads(r.read())
         return out["choices"][0]["text"], out["usage"]["completion_tokens"], time.perf_counter() - t0
 
+    def stream(self, prompt: str, seed: int, max_tokens: int | None) -> tuple[str, int, float, float]:
+        """One streamed completion: its text, completion tokens, time to first token and latency (seconds)."""
+        body = {"model": "bench", "prompt": prompt, "seed": seed, "stream": True,
+                "stream_options": {"include_usage": True}}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        req = urllib.request.Request(f"{self.url}/v1/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        t0 = time.perf_counter()
+        text, tokens, first = "", 0, None
+        with urllib.request.urlopen(req, timeout=600) as r:
+            for line in r:
+                line = line.decode().strip()
+                if not line.startswith("data:") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                for choice in chunk.get("choices") or []:
+                    if choice.get("text"):
+                        text += choice["text"]
+                        first = first if first is not None else time.perf_counter() - t0
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        latency = time.perf_counter() - t0
+        return text, tokens, latency if first is None else first, latency
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -104,8 +141,128 @@ def run_pass(server: Server, work: list[str], clients: int, max_tokens: int | No
     return Pass(seconds, sum(r[1] for r in results), [r[2] for r in results], [r[0] for r in results])
 
 
+def arrival_times(n: int, rate: float, seed: int) -> list[float]:
+    """Send times (seconds from the start) of ``n`` Poisson arrivals at ``rate`` per second."""
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(n):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def send_stream(server: Server, work: list[str], seeds: list[int], times: list[float],
+                max_tokens: int | None) -> dict:
+    """Send ``work[i]`` at ``times[i]``; figures of the whole stream and every answer."""
+    results: list = [None] * len(work)
+
+    def one(i: int, start: float) -> None:
+        delay = start + times[i] - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        results[i] = server.stream(work[i], seeds[i], max_tokens)
+
+    start = time.perf_counter() + 0.05
+    threads = [threading.Thread(target=one, args=(i, start), daemon=True) for i in range(len(work))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - start
+    latencies = sorted(r[3] for r in results)
+    ttft = sorted(r[2] for r in results)
+    tokens = sum(r[1] for r in results)
+    return {
+        "requests_per_s": round(len(work) / wall, 3), "tokens_per_s": round(tokens / wall, 2),
+        "p50_latency_s": round(_quantile(latencies, 0.5), 4), "p99_latency_s": round(_quantile(latencies, 0.99), 4),
+        "p50_ttft_s": round(_quantile(ttft, 0.5), 4), "p99_ttft_s": round(_quantile(ttft, 0.99), 4),
+        "wall_s": round(wall, 3), "generated_tokens": tokens, "answers": [r[0] for r in results],
+    }
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
+
+
+def static_capacity(server: Server, work: list[str], batch: int, max_tokens: int | None) -> float:
+    """Requests/s static batching serves with its queue full: a burst of ``2·batch`` requests at once."""
+    burst = work[: 2 * batch]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(burst)) as pool:
+        list(pool.map(lambda p: server.complete(p, max_tokens), burst))
+    return len(burst) / (time.perf_counter() - t0)
+
+
+def alone_answers(args: argparse.Namespace, work: list[str], seeds: list[int]) -> list[str]:
+    """What each prompt gives by itself with its seed (the pipeline of the servers, in this process)."""
+    from dlm.config import default_config_path
+    from dlm.pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(args.config or default_config_path(), overrides=list(args.overrides))
+    out = []
+    for prompt, seed in zip(work, seeds):
+        if args.max_tokens is not None:
+            raise SystemExit("--compare with --max-tokens is not supported: the alone answers use the config's "
+                             "gen_length; leave --max-tokens out")
+        out.append(pipe.generate(prompts=[prompt], seeds=[seed]).texts[0])
+    return out
+
+
+def arrivals(args: argparse.Namespace) -> int:
+    work = prompts(args.requests, args.seed)
+    seeds = [args.seed + i for i in range(len(work))]
+    servers = {mode: Server(args, args.max_batch_size, mode) for mode in ("continuous", "static")}
+    figures: dict[str, dict] = {}
+    try:
+        for s in servers.values():
+            s.wait()
+            run_pass(s, work[: args.max_batch_size], args.max_batch_size, args.max_tokens)  # warm-up
+        rate = args.rate
+        if rate is None:
+            rate = 2.0 * static_capacity(servers["static"], work, args.max_batch_size, args.max_tokens)
+        times = arrival_times(len(work), rate, args.seed)
+        for mode, s in servers.items():
+            print(f"# {mode}: {len(work)} requests, Poisson arrivals at {rate:.2f}/s ...", file=sys.stderr, flush=True)
+            figures[mode] = send_stream(s, work, seeds, times, args.max_tokens)
+            figures[mode]["server"] = {k: v for k, v in s.health().items() if k != "status"}
+    finally:
+        for s in servers.values():
+            s.stop()
+    same_modes = figures["continuous"]["answers"] == figures["static"]["answers"]
+    alone = alone_answers(args, work, seeds) if args.compare else None
+    same_alone = alone is None or figures["continuous"]["answers"] == alone
+    for f in figures.values():
+        f.pop("answers")
+    result = {
+        "arrivals": "poisson", "rate": round(rate, 3), "requests": len(work), "seed": args.seed,
+        "max_batch_size": args.max_batch_size, "config": args.config or "default", "overrides": args.overrides,
+        **figures,
+        "speedup": round(figures["continuous"]["requests_per_s"] / figures["static"]["requests_per_s"], 3),
+        "identical_answers": bool(same_modes and same_alone),
+        "machine": _machine(args),
+    }
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    print(json.dumps(result))
+    return 0 if result["identical_answers"] else 1
+
+
+def _machine(args: argparse.Namespace) -> dict:
+    from dlm.config import default_config_path, load_config
+    from dlm.provenance import provenance
+
+    cfg = load_config(args.config or default_config_path(), args.overrides)
+    return {**provenance(device=cfg.run.device, dtype=cfg.run.dtype), "server_threads": args.threads,
+            "tokens_counted": "completion tokens (usage.completion_tokens): generated, never the prompt"}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dlm.tools.serve.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arrivals", choices=["poisson"], help="send a Poisson stream to a continuous and a static "
+                                                            "batching server (default: closed-loop clients)")
+    p.add_argument("--rate", type=float, help="arrivals per second (default: twice static batching's capacity)")
+    p.add_argument("--compare", action="store_true", help="also check every answer against its alone output")
     p.add_argument("--config", help="pipeline YAML (default: the embedded demo pipeline)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
@@ -117,8 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts")
     p.add_argument("--json-out", metavar="FILE", help="write the settings and figures as JSON")
     args = p.parse_args(argv)
+    for name in ("requests", "clients", "max_batch_size", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        p.error("--rate must be a positive number of requests per second")
+    if args.arrivals:
+        return arrivals(args)
     work = prompts(args.requests, args.seed)
-    servers = [Server(args, 1), Server(args, args.max_batch_size)]
+    servers = [Server(args, 1, "static"), Server(args, args.max_batch_size, "static")]
     try:
         for s in servers:
             s.wait()
@@ -155,12 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"same answers from both servers: {same:.1%}")
     if args.json_out:
-        from dlm.config import default_config_path, load_config
-        from dlm.provenance import provenance
-
-        cfg = load_config(args.config or default_config_path(), args.overrides)
-        machine = {**provenance(device=cfg.run.device, dtype=cfg.run.dtype), "server_threads": args.threads,
-                   "tokens_counted": "completion tokens (usage.completion_tokens): generated, never the prompt"}
+        machine = _machine(args)
         with open(args.json_out, "w") as f:
             json.dump({"settings": vars(args), "machine": machine, "rows": rows, "same_answers": same}, f, indent=2)
     return 0 if same == 1.0 else 1

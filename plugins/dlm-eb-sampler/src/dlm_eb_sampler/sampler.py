@@ -18,6 +18,10 @@ Published variants we do not follow (peers.md §2.8): SGLang's ``EBSampling`` bo
 Entropy and confidence come from the float64 softmax of the un-noised logits over the whole vocabulary
 (MASK included, as for the confidence of the built-in strategies); tokens are proposed as by the built-ins
 (argmax, or Gumbel-max with ``temperature`` > 0), never MASK.
+
+Plugin API 2.0 (dlm CHANGELOG.md): ``select(state, window, logits, generator)``, messages from
+:mod:`dlm.messages`; the sampler keeps no run memory and each row draws its noise over its own window, so it
+declares ``joinable``: rows may join a running generation and still give what they give alone.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from dlm.decoding import Commit, DecodingStrategy, RowRNG, Window, propose
+from dlm.decoding import DecodingStrategy, RowRNG, draw_spans, propose
+from dlm.messages import Commit, Window
+from dlm.state import GenerationState
 
 
 class EBSamplerConfig(BaseModel):
@@ -68,11 +74,12 @@ class EBSampler(DecodingStrategy):
     """Commit the most reliable positions while their summed entropy, minus the largest, stays ≤ γ."""
 
     Config = EBSamplerConfig
+    joinable = True  # no run memory; each row draws over its own window (draw_spans)
 
-    def select(self, logits: Tensor, window: Window, generator: RowRNG) -> Commit:
+    def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
-            rows=window.rows,
+            rows=window.rows, spans=draw_spans(window, self.config.temperature),
         )
         entropy = token_entropy(logits)
         score = confidence if self.config.order == "confidence" else -entropy

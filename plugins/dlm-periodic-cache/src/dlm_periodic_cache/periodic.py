@@ -1,14 +1,20 @@
 """``periodic``: refresh the whole canvas every ``r`` steps of a block, otherwise compute only the window.
 
 The variant of Fast-dLLM used for LLaDA-V (Wu et al., 2025, arXiv 2505.22618, §4 and Table 10: block
-length 96, cache refreshed every r ∈ {2, …, 32} steps instead of once per block). At step ``s`` of a block
-(``window.step``) the forward is:
+length 96, cache refreshed every r ∈ {2, …, 32} steps instead of once per block). At step ``s`` of a row's
+block (``window.step``, one entry per row) the row's forward is:
 
 - ``s % r == 0`` (always at the block's first step): a refresh, a full forward over the whole canvas that
   writes every column's K/V into the preallocated buffer and decodes from exact logits;
-- otherwise: the window's columns only (dual-cache style), whose fresh K/V overwrite their own slots,
+- otherwise: the row's own window only (dual-cache style), whose fresh K/V overwrite their own slots,
   attending to the prefix and suffix K/V of the last refresh. A model with shifted logits (Dream) reads
   the window's predictions one column earlier, so that column is computed too.
+
+Rows at different steps or blocks (a row that joined a running generation starts at its block 0, step 0)
+share one range forward in which each row stores only its own columns (per-row write bounds,
+:func:`dlm.cache.prefix.row_range_plan`); the other columns it computes are peeks. So each row gives
+exactly what it gives alone (``joinable``). The run memory (the KV store, the logit shift) is the ``prefix``
+cache's, kept on the generation's state.
 
 Exactness, relative to ``none`` (the no-cache computation):
 
@@ -23,9 +29,12 @@ Exactness, relative to ``none`` (the no-cache computation):
 
 from __future__ import annotations
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from dlm.cache import ForwardPlan, PrefixCache, Window
+from dlm.cache import KVMemory, PrefixCache, row_range_plan
+from dlm.cache.columns import own_span
+from dlm.messages import ForwardPlan, Window
 from dlm.state import GenerationState
 
 
@@ -40,19 +49,16 @@ class PeriodicCacheConfig(BaseModel):
 
 
 class PeriodicCache(PrefixCache):
-    """Buffer allocation, composition check and logit-shift handling come from dlm's ``prefix`` cache;
-    only the plan (when to refresh, what to compute in between) differs."""
+    """Buffer allocation (the run memory ``start`` returns), composition check and logit-shift handling come
+    from dlm's ``prefix`` cache; only the plan (when to refresh, what to compute in between) differs."""
 
     Config = PeriodicCacheConfig
+    joinable = True
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
-        refresh = window.step % self.config.refresh_every == 0
-        return self.peek(ForwardPlan(
-            rows=window.rows,
-            all_rows=len(window.rows) == state.batch_size,
-            start=0 if refresh else window.start - self.shift,
-            end=state.length if refresh else window.end,
-            kv=self.kv,
-            key_end=state.length,
-            refresh=refresh,
-        ), window)
+        m: KVMemory = self.memory(state)
+        refresh = window.step % self.config.refresh_every == 0  # [b] host, per row
+        own_lo, own_hi = own_span(window, widened=False)  # a widened span's other columns are peeks
+        lo = torch.where(refresh, 0, own_lo - m.shift)
+        hi = torch.where(refresh, state.length, own_hi)
+        return row_range_plan(state, window, m.kv, lo, hi, shift=m.shift, refresh=bool(refresh.all()))
