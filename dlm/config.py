@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import types
 import typing
 from importlib import resources
@@ -45,6 +46,11 @@ DEVICE_TYPES = ("cpu", "cuda")
 MAX_SEED = 2**63 - 1  # row r draws from seed + r, which must stay below torch's 2**64 limit
 MAX_THREADS = 1024
 DEFAULT_CONFIG = "default.yaml"
+# component settings that size buffers or loops (gen_length, block_length, steps, ...): bounded before any
+# validator or component iterates up to them (docs/errors.md); the longest context dlm loads, 2**20
+SIZING = re.compile(r"(length|steps|size|tokens|window|blocks)$")
+MAX_SIZE_SETTING = 1 << 20
+EXTENSION_PREFIX = "x-"  # top-level keys ignored: holders of YAML anchors (docs/configuration.md)
 
 
 def default_config_path() -> Path:
@@ -134,6 +140,8 @@ class PipelineConfig(BaseModel):
         out: dict[str, Any] = {
             s: {"name": getattr(self, s).name, **getattr(self, s).config.model_dump(mode="json")} for s in SECTIONS
         }
+        if out["model"].get("path", "") is None:  # left out means the embedded model; an explicit null is refused
+            del out["model"]["path"]
         out.update(self.run.model_dump())
         return out
 
@@ -296,6 +304,9 @@ def build_config(raw: Any, *, source: str = "<dict>", overrides=None) -> Pipelin
     problems = _Problems()
     values = parse_overrides(overrides)
     labels = _override_labels(overrides)
+    # top-level keys starting with "x-" hold YAML anchors for merge keys (`x-base: &base {...}` then
+    # `iteration: {<<: *base, steps: 8}`), as in Compose files; they configure nothing themselves
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
     in_file = set(raw)
     raw = _apply(dict(raw), values, labels, problems, source)
 
@@ -362,6 +373,12 @@ def _validate(model: type[BaseModel], params: dict, section: str | None, where, 
         problems.add(where(*prefix, key), f"{'.'.join((*prefix, key))}: expected a number, got a boolean "
                                           f"({str(params[key]).lower()})")
     for key, value in params.items():
+        if (section and key not in booleans and isinstance(value, int) and not isinstance(value, bool)
+                and SIZING.search(key) and value > MAX_SIZE_SETTING):
+            booleans.append(key)  # refused before any validator iterates up to it
+            problems.add(where(*prefix, key), f"{'.'.join((*prefix, key))}: {value} is beyond dlm's bound of "
+                                              f"{MAX_SIZE_SETTING} (no model's context is longer); give a length "
+                                              "that fits the model")
         if key not in booleans and _non_finite(value):
             booleans.append(key)  # refused like a boolean: reported here, left out of pydantic's checks
             problems.add(where(*prefix, key), f"{'.'.join((*prefix, key))}: expected a finite number, got {value}")

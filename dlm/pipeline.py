@@ -230,6 +230,11 @@ class Pipeline:
                     f"{what} {i} holds id {bad}, outside the vocabulary [0, {caps.vocab_size})"
                     + ("; the tokenizer does not match the checkpoint" if what == "prompt" else "")
                 )
+            if r.numel() and int(r[0]) in caps.eos_ids:
+                raise InputError(
+                    f"{what} {i} starts with the end token {int(r[0])}; the model would read the prompt as ended "
+                    "before it began: remove the leading end token(s)"
+                )
             if bool((r == caps.mask_id).any()):
                 pos = int((r == caps.mask_id).nonzero()[0, 0])
                 raise InputError(

@@ -161,3 +161,55 @@ def _tiny_pipeline(ckpt) -> Pipeline:
             pipeline_config(ckpt, iteration={"gen_length": 4, "block_length": 4, "steps": 4})
         )
     return _PIPELINES[key]
+
+
+# --- hostile files: nesting, aliases, huge numbers, non-regular files (bounded work) ---------------------
+
+hostile_text = st.one_of(
+    st.builds(lambda n, c: "a: " + c * n, st.integers(1, 5000), st.sampled_from(["[", "{a: ", "- "])),
+    st.builds(lambda k, w: "a0: &a0 [x]\n" + "".join(
+        f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * w)}]\n" for i in range(1, k)), st.integers(1, 12),
+        st.integers(1, 12)),
+    st.builds(lambda k, v: f"model: {{name: llada}}\niteration: {{name: blockwise, {k}: {v}}}\n"
+              "decoding: {name: low_confidence}\n",
+              st.sampled_from(["gen_length", "block_length", "steps"]),
+              st.sampled_from(["1e400", "-.inf", "18446744073709551616", str(10**40), "0x7fffffffffffffff"])),
+    st.builds(lambda t: "x-base: &b {name: blockwise, gen_length: 4, block_length: 4, steps: 4}\n"
+              f"model: {{name: llada}}\niteration: {{<<: {t}, steps: 2}}\ndecoding: low_confidence\n",
+              st.sampled_from(["*b", "[*b]", "5", "[1, 2]", "*nope"])),
+)
+
+
+@given(text=hostile_text)
+def test_hostile_yaml_is_refused_or_accepted_quickly_never_another_exception(text):
+    import time
+
+    from dlm.config_file import parse_yaml
+
+    t0 = time.monotonic()
+    raw = run_or_refuse(lambda: parse_yaml(text, "hostile.yaml"))
+    if raw is not None:
+        run_or_refuse(lambda: __import__("dlm.config", fromlist=["build_config"]).build_config(raw))
+    assert time.monotonic() - t0 < 5, "bounded work took too long"
+
+
+@given(kind=st.sampled_from(["fifo", "dir", "dangling", "loop", "sparse", "devnull"]))
+def test_non_regular_config_files_are_refused_at_once(kind):
+    import os
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.yaml"
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dir":
+            path.mkdir()
+        elif kind == "dangling":
+            path.symlink_to(Path(tmp) / "gone")
+        elif kind == "loop":
+            path.symlink_to(path)
+        elif kind == "sparse":
+            with open(path, "wb") as f:
+                f.truncate(1 << 31)
+        else:
+            path = Path("/dev/null")
+        assert run_or_refuse(lambda: load_config(path)) is None

@@ -88,8 +88,15 @@ def test_cli_refuses_characters_the_demo_tokenizer_lacks():
 
 
 def test_special_tokens_other_than_mask_are_still_allowed_in_prompts(pipe):
-    out = pipe.generate(["<|endoftext|>ab"])
+    out = pipe.generate(["a<|endoftext|>b"])
     assert len(out.generated[0]) == 4
+
+
+def test_a_prompt_starting_with_an_end_token_is_refused(pipe):
+    """The model would read such a prompt as ended before it began (issue #28): one rule for the API, the CLI
+    and the server."""
+    with pytest.raises(InputError, match="starts with the end token"):
+        pipe.generate(["<|endoftext|>ab"])
 
 
 # --- context length -----------------------------------------------------------------------------------

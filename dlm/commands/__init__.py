@@ -31,6 +31,8 @@ def check_output(path, flag: str, *, directory: bool) -> None:
         raise InputError(f"{flag} {path} is an existing file; give a directory (it is created if missing)")
     if not directory and path.is_dir():
         raise InputError(f"{flag} {path} is a directory; give a file name")
+    if not directory and path.exists() and not path.is_file():
+        raise InputError(f"{flag} {path} is not a regular file (a device, pipe or socket); give a file name")
     parent = path if directory and path.is_dir() else path.parent
     while not parent.exists():
         parent = parent.parent
@@ -38,6 +40,17 @@ def check_output(path, flag: str, *, directory: bool) -> None:
         raise InputError(f"{flag} {path}: {parent} is a file, so nothing can be created under it")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"{flag} {path}: directory {parent} is not writable")
+    # os.access says yes for root on a read-only file system, and knows nothing of quotas: try a real write
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".dlm-write-check-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"{flag} {path}: cannot write in {parent} ({err.strerror or err})") from None
+    if not directory and path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{flag} {path} exists and is not writable")
 
 
 def check_positive(**values) -> None:
@@ -47,3 +60,23 @@ def check_positive(**values) -> None:
     for flag, value in values.items():
         if value is not None and not (value > 0 and value != float("inf")):
             raise InputError(f"{flag} must be a positive finite number, got {value}")
+
+
+def check_seed(**values) -> None:
+    """Refuse a seed outside ``[0, MAX_SEED]``, the one seed rule of configs, the server and every command."""
+    from dlm.config import MAX_SEED
+    from dlm.errors import InputError
+
+    for flag, value in values.items():
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise InputError(f"{flag} must be between 0 and {MAX_SEED} (2**63 - 1), got {value}")
+
+
+def check_at_most(**values) -> None:
+    """Refuse a count above its bound before anything is allocated or iterated:
+    ``check_at_most(**{"-n": (n, MAX_PROMPTS)})``."""
+    from dlm.errors import InputError
+
+    for flag, (value, bound) in values.items():
+        if value is not None and value > bound:
+            raise InputError(f"{flag} {value} is beyond dlm's bound of {bound}; give at most {bound}")

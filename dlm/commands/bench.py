@@ -17,6 +17,9 @@ import argparse
 import json
 from pathlib import Path
 
+MAX_PROMPTS = 100_000  # random prompts are built in memory before the timing starts
+MAX_REPEATS = 1000
+
 HELP = "time several pipeline configs side by side (NFE, tokens/s, speed-up)"
 
 
@@ -57,11 +60,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
-    from dlm.commands import check_output, check_positive
+    from dlm.commands import check_at_most, check_output, check_positive, check_seed
+    from dlm.config import MAX_THREADS
     from dlm.errors import InputError
+    from dlm.models.checkpoint import MAX_CONTEXT
     from dlm.tools import benchmark as bm
 
-    check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size, "--repeats": args.repeats})
+    check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size, "--repeats": args.repeats,
+                      "--prompts": args.prompts, "--prompt-length": args.prompt_length})
+    check_at_most(**{"--prompts": (args.prompts, MAX_PROMPTS), "--batch-size": (args.batch_size, MAX_PROMPTS),
+                     "--prompt-length": (args.prompt_length, MAX_CONTEXT), "--repeats": (args.repeats, MAX_REPEATS),
+                     "--warmup": (args.warmup, MAX_REPEATS), "--threads": (args.threads, MAX_THREADS)})
+    check_seed(**{"--prompt-seed": args.prompt_seed})
     if args.warmup < 0:
         raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     for flag, path in (("--json-out", args.json_out), ("--md-out", args.md_out)):
@@ -90,6 +100,15 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("the model has no tokenizer, so --prompts-file cannot be used; use random prompts")
     else:
         caps = first.model.capabilities
+        for entry in entries:  # before any prompt is built: a prompt that cannot fit is refused, not truncated
+            gen = getattr(entry.config.iteration.config, "gen_length", 0) or 0
+            room = entry.pipeline.model.capabilities.max_length - gen
+            if args.prompt_length > room:
+                raise InputError(
+                    f"--prompt-length {args.prompt_length} does not fit {entry.label}: the model's context is "
+                    f"{entry.pipeline.model.capabilities.max_length} tokens and gen_length {gen}, leaving {room}; "
+                    f"give --prompt-length {max(room, 1)} or less"
+                )
         prompts = bm.random_prompts(
             args.prompts, args.prompt_length, first.model.net.spec.vocab_in,
             avoid=(caps.mask_id, *caps.eos_ids), seed=args.prompt_seed,

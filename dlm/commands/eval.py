@@ -16,6 +16,9 @@ import platform
 import sys
 from pathlib import Path
 
+MAX_PROMPTS = 1_000_000  # held-out prompts per task: 1000 gives +-0.5 points; the prompts are built in memory
+MAX_BATCH = 65_536  # prompts per generate call; the canvas is batch x (prompt + answer) ids
+
 HELP = "compare pipeline configs on held-out prompts of the synthetic tasks (demo or long)"
 
 
@@ -36,14 +39,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlm.commands import check_output
+    from dlm.commands import check_at_most, check_output, check_positive, check_seed
     from dlm.errors import InputError
     from dlm.tools.evaluation import (
         builtin_policies, evaluate, load_policies, long_policies, markdown_table, write_report,
     )
     from dlm.tools.tasks import ALL_TASKS, GROUPS, LONG_TASKS, select_tasks
 
-    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else ["demo"]
+    names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else ["demo"]
     if not names:
         raise InputError(f"--tasks names no task; known tasks: {', '.join(ALL_TASKS)}; groups: {', '.join(GROUPS)}")
     unknown = [t for t in names if t not in ALL_TASKS and t not in GROUPS]
@@ -52,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
             f"unknown task {unknown[0]!r}; known tasks: {', '.join(ALL_TASKS)}; groups: {', '.join(GROUPS)}"
         )
     tasks = select_tasks(names)
-    if args.n <= 0 or args.batch_size <= 0:
-        raise InputError("--n and --batch-size must be positive")
+    check_positive(**{"-n": args.n, "--batch-size": args.batch_size})
+    check_at_most(**{"-n": (args.n, MAX_PROMPTS), "--batch-size": (args.batch_size, MAX_BATCH)})
+    check_seed(**{"--seed": args.seed})
     check_output(args.out, "--out", directory=True)
     long = [t in LONG_TASKS for t in tasks]
     if args.configs:
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from dlm.distributed import init, world
+    from dlm.provenance import provenance
 
     w = world(policies[0].config.run.tensor_parallel)
     if w.size > 1:
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
         "configs": {p.name: p.config.to_dict() for p in policies},
         "n": args.n, "seed": args.seed, "tasks": tasks,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "provenance": provenance(device=policies[0].config.run.device,
+                                 dtype=", ".join(sorted({p.config.run.dtype for p in policies}))),
         "torch": torch.__version__,
         "processes": w.size, "data_parallel": w.dp_size,
     }

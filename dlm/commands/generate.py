@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     p.add_argument("prompts", nargs="+", metavar="PROMPT", help="prompt text (several: one batch)")
     p.add_argument("--json", action="store_true", help="print text, token ids and NFE per prompt as JSON")
-    p.add_argument("--show", action="store_true", help="show the canvas being denoised, step by step")
+    p.add_argument("--show", action="store_true",
+                   help="show the canvas being denoised, step by step (on stderr when --json is given)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,7 +30,9 @@ def run(args: argparse.Namespace) -> int:
 
     pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)
     main = world(pipeline.config.run.tensor_parallel).main
-    trace = CanvasPrinter(pipeline, sys.stdout) if args.show and main else None
+    # with --json, stdout is one JSON document: the canvas goes to stderr so `dlm generate --json --show ... |
+    # jq` still parses
+    trace = CanvasPrinter(pipeline, sys.stderr if args.json else sys.stdout) if args.show and main else None
     out = pipeline.generate(args.prompts, trace=trace)
     if not main:
         return 0  # under torchrun every process generates the same tokens; the first one prints them

@@ -29,8 +29,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
+def check_listen(host: str, port: int) -> None:
+    """Refuse a ``--port`` or ``--host`` the server could not listen on, before the model is loaded: a port
+    outside 1-65535 (or in use), a host name that does not resolve, an address not on this machine."""
+    import errno
+    import socket
+
+    from dlm.errors import InputError
+
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port} is not a TCP port; give 1 to 65535 (or 0: any free port)")
+    if not host or any(c.isspace() for c in host):
+        raise InputError(f"--host {host!r} is not an address; give an IP address or host name, e.g. 127.0.0.1 or "
+                         "0.0.0.0 (every interface)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as err:
+        raise InputError(f"--host {host!r} does not resolve to an address of this machine ({err}); give an IP "
+                         "address such as 127.0.0.1 or 0.0.0.0, or a host name this machine resolves") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as err:
+            why = {errno.EADDRINUSE: f"port {port} is already in use: stop what listens there or give another "
+                                     "--port",
+                   errno.EACCES: f"port {port} needs more privileges: give a port of 1024 or more",
+                   errno.EADDRNOTAVAIL: f"{host} is not an address of this machine: give one of its addresses "
+                                        "or 0.0.0.0"}.get(err.errno, err.strerror or str(err))
+            raise InputError(f"cannot listen on {host}:{port}: {why}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    from dlm.commands import check_positive
     from dlm.errors import DlmError
+
+    check_positive(**{"--max-batch-size": args.max_batch_size, "--max-queue": args.max_queue,
+                      "--max-tokens": args.max_tokens})
+    check_listen(args.host, args.port)  # before the model is loaded: minutes for an 8B model
 
     try:
         import uvicorn

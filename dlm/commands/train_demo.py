@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dlm.commands import check_output, check_positive
+    from dlm.commands import check_output, check_positive, check_seed
     from dlm.errors import InputError
     from dlm.tools.train.loop import train_and_save
 
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
              "--layers": args.layers, "--heads": args.heads, "--ffn": args.ffn, "--threads": args.threads,
              "--minutes": args.minutes}
     check_positive(**{flag: value for flag, value in flags.items() if value is not None})
+    check_seed(**{"--seed": args.seed})
     if args.warmup is not None and args.warmup < 0:
         raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     base = recipe()

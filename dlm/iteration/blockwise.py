@@ -11,6 +11,8 @@ ignore the quota (threshold, factor) simply take as many steps as they need. Pos
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
@@ -59,7 +61,9 @@ class BlockwiseConfig(BaseModel):
 
 
 def _divisor_near(n: int, target: int) -> int:
-    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: (abs(d - target), d))
+    """The divisor of ``n`` nearest ``target`` (pairs up to √n: bounded work for any ``n``)."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return min(small + [n // d for d in small], key=lambda d: (abs(d - target), d))
 
 
 def transfer_schedule(masked: Tensor, steps: int) -> Tensor:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
-from dlm.models.checkpoint import read_config
+from dlm.models.checkpoint import MODEL_TYPES, read_config
+from dlm.models.hub import resolve_checkpoint
 from dlm.models.layers import TransformerSpec
 from dlm.models.qwen2 import Qwen2Family, Qwen2FamilyConfig
 
@@ -68,7 +69,7 @@ class Qwen2CausalModel(Qwen2Family):
 
     @classmethod
     def load(cls, config, *, dtype, device):
-        raw = read_config(Path(config.path))
+        raw = read_config(resolve_checkpoint(Path(config.path)))
         if raw.get("qk_norm") or raw.get("model_type") == "qwen3":
             raise CheckpointError(
                 f"{config.path}/config.json: Qwen3-style per-head QK normalisation (qk_norm, e.g. WeDLM-8B) is "
@@ -92,6 +93,7 @@ class WeDLMModel(Qwen2CausalModel):
 
     Config = WeDLMConfig
     family = "wedlm"
+    model_types = ("qwen2", *MODEL_TYPES["wedlm"])
     logit_shift = 0
 
     @classmethod

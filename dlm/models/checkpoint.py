@@ -9,7 +9,10 @@ wrong type naming the file and the key, so a malformed config never surfaces as 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -23,41 +26,146 @@ FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 SINGLE_FILE = "model.safetensors"
 
 
+MAX_CONFIG_JSON_BYTES = 16 << 20  # config.json of real checkpoints: a few KB
+MAX_CONTEXT = 1 << 20  # the longest context a config.json may declare (RoPE tables are sized by it)
+MAX_VOCAB = 1 << 24  # the largest vocabulary (the embedding and head are sized by it)
+
+
+def _dir_problem(directory: Path) -> str | None:
+    """Why ``directory`` is not a usable directory (missing, a file, a symlink loop, ...), or None."""
+    try:
+        st = directory.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"checkpoint path {directory} is a symbolic link that loops back on itself"
+        if err.errno == errno.ENOENT and directory.is_symlink():
+            return f"checkpoint path {directory} is a symbolic link to {os.readlink(directory)}, which does not exist"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"checkpoint directory {directory} does not exist"
+        return f"cannot read checkpoint directory {directory}: {err.strerror or err}"
+    if stat.S_ISREG(st.st_mode):
+        return f"checkpoint path {directory} is a file; give the directory that holds config.json"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"checkpoint path {directory} is not a directory (a device, pipe or socket); give a checkpoint directory"
+    return None
+
+
+def read_json(path: Path, *, limit: int = MAX_CONFIG_JSON_BYTES) -> Any:
+    """The parsed JSON of a regular file of at most ``limit`` bytes (a device, pipe or oversized file is refused
+    before it is read), as a :class:`CheckpointError` naming the file."""
+    try:
+        st = path.stat()
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file; it must be a JSON file")
+    if st.st_size > limit:
+        raise CheckpointError(f"{path} has {st.st_size} bytes; a checkpoint's JSON file is at most {limit}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise CheckpointError(f"cannot read {path}: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise CheckpointError(f"{path} has more than {limit} bytes; a checkpoint's JSON file is at most {limit}")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not valid JSON: it nests too deeply") from None
+
+
 def read_config(directory: Path) -> dict:
     """The parsed ``config.json`` of a checkpoint directory (a JSON object)."""
     directory = Path(directory)
     path = directory / "config.json"
-    if directory.is_file():
-        raise CheckpointError(f"checkpoint path {directory} is a file; give the directory that holds config.json")
-    if not directory.is_dir():
-        raise CheckpointError(f"checkpoint directory {directory} does not exist")
-    if not path.is_file():
+    problem = _dir_problem(directory)
+    if problem:
+        raise CheckpointError(problem)
+    if not os.path.lexists(path):
         raise CheckpointError(f"{directory} has no config.json; a checkpoint directory needs one")
-    try:
-        cfg = json.loads(path.read_bytes().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
+    cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path} must hold a JSON object of settings, got a {type(cfg).__name__}")
     return cfg
+
+
+def check_model_type(cfg: dict, directory: Path, adapter: str, accepted: tuple[str, ...]) -> None:
+    """Refuse a config.json whose ``model_type`` names a family another adapter serves (its weights would load
+    into the wrong architecture and give nonsense without an error). An unknown ``model_type`` is accepted:
+    custom checkpoints in a supported layout name themselves freely."""
+    kind = cfg.get("model_type")
+    if kind is None:
+        return
+    if not isinstance(kind, str):
+        raise _bad(directory, "model_type", "a string", kind)
+    norm = kind.lower().replace("-", "_")
+    if norm in accepted:
+        return
+    owners = [name for name, types in MODEL_TYPES.items() if norm in types]
+    if owners:
+        raise CheckpointError(
+            f"{Path(directory) / 'config.json'}: model_type {kind!r} is a {' or '.join(owners)} checkpoint, "
+            f"but the config names model {adapter!r}; set model.name: {owners[0]}"
+        )
+
+
+# model_type values (lower case) of the released checkpoints of each family, for :func:`check_model_type`
+MODEL_TYPES = {
+    "llada": ("llada", "llada_moe"),
+    "dream": ("dream",),
+    "fast_dllm_v2": ("fast_dllm_qwen", "fast_dllm_v2"),
+    "qwen2": ("qwen2",),
+    "wedlm": ("wedlm",),
+}
+
+
+def check_tokenizer(tokenizer, vocab: int, source: str) -> None:
+    """Refuse a tokenizer that can produce ids outside the model's vocabulary ``[0, vocab)``: its text would
+    fail in the embedding, or decode ids the model never predicts."""
+    if tokenizer is None:
+        return
+    top = tokenizer.max_id
+    if top is not None and top >= vocab:
+        raise CheckpointError(
+            f"{source}: the tokenizer has token ids up to {top}, beyond the model's vocabulary of {vocab} "
+            "(config.json vocab_size); the tokenizer files belong to another model"
+        )
 
 
 def _bad(directory: Path, key: str, want: str, value: Any) -> CheckpointError:
     return CheckpointError(f"{Path(directory) / 'config.json'}: {key} must be {want}, got {value!r}")
 
 
-def config_int(cfg: dict, key: str, directory: Path, default: Any = None, *, minimum: int | None = None) -> int:
-    """``cfg[key]`` as an int (``default`` when absent or null); a non-integer or one below ``minimum`` is refused."""
+def config_int(
+    cfg: dict, key: str, directory: Path, default: Any = None, *, minimum: int | None = None,
+    maximum: int | None = None,
+) -> int:
+    """``cfg[key]`` as an int (``default`` when absent or null); a non-integer, or one outside
+    ``[minimum, maximum]``, is refused. ``maximum`` bounds the numbers that size buffers or loops (context,
+    vocabulary, layers), so a hostile config.json cannot make dlm allocate or loop without a bound."""
     value = cfg.get(key)
     if value is None:
         if default is None:
             raise CheckpointError(f"{Path(directory) / 'config.json'} has no {key!r}; the model needs it")
         value = default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or isinstance(value, float) and (value != value or abs(value) == float("inf")) or value != int(value)):
         raise _bad(directory, key, "an integer", value)
     if minimum is not None and value < minimum:
         raise _bad(directory, key, f"an integer >= {minimum}", value)
+    if maximum is not None and value > maximum:
+        raise _bad(directory, key, f"an integer <= {maximum} (dlm's bound: no released model comes near it)", value)
     return int(value)
+
+
+# bounds of the sizes a config.json may declare (see config_int's maximum): far above released models
+# (LLaDA-8B: 32 layers, d 4096, vocab 126464; Qwen2.5: context 131072, vocab 152064), far below what would
+# make building the model (on the meta device) or its RoPE tables loop or allocate without a bound
+MAX_LAYERS = 1024
+MAX_WIDTH = 1 << 17
+MAX_HEADS = 4096
 
 
 def config_float(cfg: dict, key: str, directory: Path, default: float, *, positive: bool = False) -> float:
@@ -127,8 +235,8 @@ def shard_map(directory: Path) -> dict[str, Path]:
     index = directory / INDEX_FILE
     if index.is_file():
         try:
-            weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+            weight_map = read_json(index)["weight_map"]
+        except (KeyError, TypeError) as err:
             raise CheckpointError(f"{index} is not a valid safetensors index (needs 'weight_map'): {err}") from None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise CheckpointError(f"{index}: weight_map must map tensor names to shard file names")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dlm.messages import ModelCapabilities
+from dlm.models.checkpoint import MODEL_TYPES
 from dlm.models.layers import TransformerSpec
 from dlm.models.qwen2 import Qwen2Family, Qwen2FamilyConfig
 
@@ -33,6 +34,7 @@ class DreamModel(Qwen2Family):
 
     Config = DreamConfig
     family = "dream"
+    model_types = ("qwen2", *MODEL_TYPES["dream"])
     default_mask_id = DREAM_MASK_ID
     default_eos_ids = (DREAM_EOS_ID,)
 

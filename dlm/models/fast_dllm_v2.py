@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import Field
 
 from dlm.messages import ModelCapabilities
-from dlm.models.checkpoint import config_int
+from dlm.models.checkpoint import MODEL_TYPES, config_int
 from dlm.models.layers import TransformerSpec
 from dlm.models.qwen2 import Qwen2Family, Qwen2FamilyConfig
 
@@ -38,6 +38,7 @@ class FastDLLMv2Model(Qwen2Family):
 
     Config = FastDLLMv2Config
     family = "fast_dllm_v2"
+    model_types = ("qwen2", *MODEL_TYPES["fast_dllm_v2"])
     default_mask_id = V2_MASK_ID
     default_eos_ids = (V2_STOP_ID,)
 

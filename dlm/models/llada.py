@@ -17,13 +17,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import (
+    MAX_CONTEXT,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    MODEL_TYPES,
+    check_model_type,
     check_token_ids,
+    check_tokenizer,
     config_bool,
     config_float,
     config_ids,
     config_int,
     read_config,
 )
+from dlm.models.finite import check_finite_forward
+from dlm.models.hub import resolve_checkpoint
 from dlm.models.layers import Transformer, TransformerSpec
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -68,7 +78,13 @@ class LLaDAConfig(BaseModel):
 
 
 def nonempty_path(value):
-    """Refuse an empty ``path`` (which would silently mean the current directory); expand ``~``."""
+    """Refuse an empty ``path`` (which would silently mean the current directory) and an explicit null (YAML
+    reads a bare ``~`` as null, which would silently select the embedded model); expand ``~``."""
+    if value is None:
+        raise ValueError(
+            "is null; YAML reads a bare ~ (or null) as no value, not as your home directory: quote the path "
+            "(path: '~/models/x') or leave path out for the embedded model"
+        )
     if isinstance(value, str) and not value.strip():
         raise ValueError("is empty; give a checkpoint directory (or leave path out for the embedded demo model)")
     return Path(value).expanduser() if isinstance(value, (str, Path)) else value
@@ -84,8 +100,8 @@ def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
             raise CheckpointError(f"{directory}/config.json: {key}=true is not supported by the llada adapter")
     if cfg.get("rope") is False:
         raise CheckpointError(f"{directory}/config.json: rope=false is not supported (LLaDA uses RoPE)")
-    d_model = config_int(cfg, "d_model", directory, minimum=1)
-    n_heads = config_int(cfg, "n_heads", directory, minimum=1)
+    d_model = config_int(cfg, "d_model", directory, minimum=1, maximum=MAX_WIDTH)
+    n_heads = config_int(cfg, "n_heads", directory, minimum=1, maximum=MAX_HEADS)
     n_kv_heads = config_int(cfg, "n_kv_heads", directory, n_heads, minimum=1)
     if d_model % n_heads:
         raise CheckpointError(f"{directory}/config.json: d_model {d_model} is not a multiple of n_heads {n_heads}")
@@ -93,20 +109,24 @@ def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
         raise CheckpointError(
             f"{directory}/config.json: n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}"
         )
-    vocab = config_int(cfg, "vocab_size", directory, minimum=1)
-    vocab = config_int(cfg, "embedding_size", directory, vocab, minimum=vocab)
+    vocab = config_int(cfg, "vocab_size", directory, minimum=1, maximum=MAX_VOCAB)
+    vocab = config_int(cfg, "embedding_size", directory, vocab, minimum=vocab, maximum=MAX_VOCAB)
     ratio = config_float(cfg, "mlp_ratio", directory, 4.0, positive=True)
+    if ratio * d_model > 16 * MAX_WIDTH:
+        raise CheckpointError(f"{directory}/config.json: mlp_ratio {ratio} x d_model {d_model} is beyond dlm's bound "
+                              f"of {16 * MAX_WIDTH} MLP units")
     return TransformerSpec(
         vocab_in=vocab,
         vocab_out=vocab,
         dim=d_model,
-        n_layers=config_int(cfg, "n_layers", directory, minimum=1),
+        n_layers=config_int(cfg, "n_layers", directory, minimum=1, maximum=MAX_LAYERS),
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
-        ffn_dim=config_int(cfg, "mlp_hidden_size", directory, max(1, int(ratio * d_model)), minimum=1),
+        ffn_dim=config_int(cfg, "mlp_hidden_size", directory, max(1, int(ratio * d_model)), minimum=1,
+                           maximum=16 * MAX_WIDTH),
         norm_eps=config_float(cfg, "rms_norm_eps", directory, 1e-5, positive=True),
         rope_theta=config_float(cfg, "rope_theta", directory, 10000.0, positive=True),
-        max_length=config_int(cfg, "max_sequence_length", directory, 4096, minimum=2),
+        max_length=config_int(cfg, "max_sequence_length", directory, 4096, minimum=2, maximum=MAX_CONTEXT),
         qkv_bias=config_bool(cfg, "include_bias", directory, False)
         or config_bool(cfg, "include_qkv_bias", directory, False),
         tied=config_bool(cfg, "weight_tying", directory, False),
@@ -148,15 +168,17 @@ class LLaDAModel(TransformerAdapter):
 
     @classmethod
     def load(cls, config: LLaDAConfig, *, dtype: torch.dtype, device: torch.device) -> "LLaDAModel":
-        directory = Path(config.path) if config.path is not None else embedded_path(config.embedded)
+        directory = resolve_checkpoint(config.path) if config.path is not None else embedded_path(config.embedded)
         if config.path is None and not (directory / "config.json").is_file():
             raise CheckpointError(
                 f"no model path given and the embedded {config.embedded} model is not installed; set model.path "
                 "to a LLaDA checkpoint directory"
             )
         cfg = read_config(directory)
+        check_model_type(cfg, directory, "llada", MODEL_TYPES["llada"])
         spec = llada_spec(cfg, directory)
         tokenizer = Tokenizer.maybe_load(directory)
+        check_tokenizer(tokenizer, spec.vocab_in, str(directory))
         if config.eos_token_ids:
             eos = tuple(config.eos_token_ids)
         else:
@@ -169,4 +191,5 @@ class LLaDAModel(TransformerAdapter):
         caps = ModelCapabilities(mask_id=mask_id, eos_ids=eos, max_length=spec.max_length, vocab_size=spec.vocab_in)
         # the weights last: every cheap check above fails before gigabytes are read
         net = load_transformer(directory, spec, llada_names(spec), dtype=dtype, device=torch.device(device))
+        check_finite_forward(net, mask_id=mask_id, eos_id=eos[0], source=str(directory), dtype=dtype)
         return cls(config, net, caps, tokenizer)

@@ -19,7 +19,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import (
+    MAX_CONTEXT,
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    check_model_type,
     check_token_ids,
+    check_tokenizer,
     config_bool,
     config_float,
     config_ids,
@@ -27,6 +34,8 @@ from dlm.models.checkpoint import (
     read_config,
 )
 from dlm.models.layers import Transformer, TransformerSpec
+from dlm.models.finite import check_finite_forward
+from dlm.models.hub import resolve_checkpoint
 from dlm.models.llada import nonempty_path
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -75,8 +84,8 @@ def qwen2_spec(cfg: dict, directory: Path) -> TransformerSpec:
         raise CheckpointError(f"{directory}/config.json: use_sliding_window=true is not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"{directory}/config.json: hidden_act={cfg['hidden_act']!r} is not supported (silu)")
-    dim = config_int(cfg, "hidden_size", directory, minimum=1)
-    heads = config_int(cfg, "num_attention_heads", directory, minimum=1)
+    dim = config_int(cfg, "hidden_size", directory, minimum=1, maximum=MAX_WIDTH)
+    heads = config_int(cfg, "num_attention_heads", directory, minimum=1, maximum=MAX_HEADS)
     if dim % heads:
         raise CheckpointError(f"{directory}/config.json: hidden_size {dim} is not a multiple of {heads} heads")
     head_dim = config_int(cfg, "head_dim", directory, dim // heads)
@@ -88,18 +97,18 @@ def qwen2_spec(cfg: dict, directory: Path) -> TransformerSpec:
     kv_heads = config_int(cfg, "num_key_value_heads", directory, heads, minimum=1)
     if heads % kv_heads:
         raise CheckpointError(f"{directory}/config.json: {heads} heads not divisible by {kv_heads} kv heads")
-    vocab = config_int(cfg, "vocab_size", directory, minimum=1)
+    vocab = config_int(cfg, "vocab_size", directory, minimum=1, maximum=MAX_VOCAB)
     return TransformerSpec(
         vocab_in=vocab,
         vocab_out=vocab,
         dim=dim,
-        n_layers=config_int(cfg, "num_hidden_layers", directory, minimum=1),
+        n_layers=config_int(cfg, "num_hidden_layers", directory, minimum=1, maximum=MAX_LAYERS),
         n_heads=heads,
         n_kv_heads=kv_heads,
-        ffn_dim=config_int(cfg, "intermediate_size", directory, minimum=1),
+        ffn_dim=config_int(cfg, "intermediate_size", directory, minimum=1, maximum=16 * MAX_WIDTH),
         norm_eps=config_float(cfg, "rms_norm_eps", directory, 1e-6, positive=True),
         rope_theta=rope_theta(cfg, directory),
-        max_length=config_int(cfg, "max_position_embeddings", directory, 32768, minimum=2),
+        max_length=config_int(cfg, "max_position_embeddings", directory, 32768, minimum=2, maximum=MAX_CONTEXT),
         qkv_bias=config_bool(cfg, "attention_bias", directory, True),
         tied=config_bool(cfg, "tie_word_embeddings", directory, False),
     )
@@ -134,6 +143,9 @@ class Qwen2Family(TransformerAdapter):
 
     Config = Qwen2FamilyConfig
     family = "qwen2"
+    # config.json model_type values this adapter loads (see check_model_type): its own family's, and "qwen2",
+    # the layout every Qwen2-derived family keeps and the test checkpoints write
+    model_types: tuple[str, ...] = ("qwen2",)
     default_mask_id: int
     default_eos_ids: tuple[int, ...]
 
@@ -159,10 +171,12 @@ class Qwen2Family(TransformerAdapter):
 
     @classmethod
     def load(cls, config, *, dtype: torch.dtype, device: torch.device):
-        directory = Path(config.path)
+        directory = resolve_checkpoint(Path(config.path))
         cfg = read_config(directory)
+        check_model_type(cfg, directory, cls.family, cls.model_types)
         spec = qwen2_spec(cfg, directory)
         tokenizer = Tokenizer.maybe_load(directory)
+        check_tokenizer(tokenizer, spec.vocab_in, str(directory))
         if config.mask_token_id is not None:
             mask_id = config.mask_token_id
         else:
@@ -173,4 +187,5 @@ class Qwen2Family(TransformerAdapter):
         caps = cls.capabilities_for(config, cfg, spec, mask_id, eos)
         # the weights last: every cheap check above fails before gigabytes are read
         net = load_transformer(directory, spec, qwen2_names(spec), dtype=dtype, device=torch.device(device))
+        check_finite_forward(net, mask_id=mask_id, eos_id=eos[0], source=str(directory), dtype=dtype)
         return cls(config, net, caps, tokenizer, cfg)

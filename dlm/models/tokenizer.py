@@ -8,6 +8,7 @@ unknown token (docs/errors.md): a model never sees what the user did not write.
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
 
 from dlm.errors import CheckpointError, InputError
@@ -28,6 +29,12 @@ class Tokenizer:
     @staticmethod
     def maybe_load(directory: Path) -> "Tokenizer | None":
         return Tokenizer(directory) if (Path(directory) / "tokenizer.json").is_file() else None
+
+    @property
+    def max_id(self) -> int | None:
+        """The largest id this tokenizer can produce (its vocabulary and added tokens), or None if empty."""
+        ids = self._tok.get_vocab().values()
+        return max(ids) if ids else None
 
     @property
     def has_chat_template(self) -> bool:
@@ -56,6 +63,7 @@ class Tokenizer:
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         """Token ids of ``text``; characters the vocabulary lacks raise :class:`InputError` naming them."""
+        check_text(text)
         if chat:
             text = self.render_chat([{"role": "user", "content": text}])
         return self._ids(text)
@@ -63,6 +71,11 @@ class Tokenizer:
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """Ids of a conversation (``[{"role": ..., "content": ...}, ...]``) in the chat template, ready for the
         assistant's answer."""
+        for i, m in enumerate(messages):
+            try:
+                check_text(m.get("content", ""))
+            except InputError as err:
+                raise InputError(f"messages[{i}].content: {err}") from None
         return self._ids(self.render_chat(messages))
 
     def _ids(self, text: str) -> list[int]:
@@ -87,3 +100,18 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return self._tok.convert_ids_to_tokens(ids)
+
+
+ALLOWED_CONTROLS = "\t\n\r"
+
+
+def check_text(text: str) -> None:
+    """Refuse control characters other than tab, newline and carriage return (NUL, escape, DEL, C1 controls):
+    never meant as prompt text, they are the mark of a binary file or a broken client, and a byte-level
+    tokenizer would feed them to the model silently."""
+    for i, ch in enumerate(text):
+        if ch not in ALLOWED_CONTROLS and unicodedata.category(ch) == "Cc":
+            raise InputError(
+                f"text holds the control character {ch!r} (U+{ord(ch):04X}) at character {i}; prompts are text: "
+                "remove it (tab, newline and carriage return are allowed)"
+            )

@@ -378,8 +378,11 @@ def summarize(entries: Sequence[BenchEntry]) -> list[dict[str, Any]]:
     return rows
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(device: str = "cpu", dtype: str | None = None) -> dict[str, Any]:
+    from dlm.provenance import provenance
+
     info = {
+        **provenance(device=device, dtype=dtype),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -418,7 +421,8 @@ def report(
     """Everything ``--json-out`` writes: settings, machine, and one row per configuration."""
     return {
         "settings": dict(settings or {}),
-        "machine": machine_info(),
+        "machine": machine_info(*((entries[0].config.run.device, entries[0].config.run.dtype) if entries else ())),
+        "dtypes": {e.label: e.config.run.dtype for e in entries},
         "results": summarize(entries),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

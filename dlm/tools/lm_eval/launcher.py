@@ -29,12 +29,35 @@ def shipped_task_names() -> set[str]:
 
 def requested_tasks(argv: Sequence[str]) -> list[str]:
     """The names given to ``--tasks`` in ``argv`` (empty when none)."""
+    value = option(argv, "--tasks")
+    return [t.strip() for t in value.split(",") if t.strip()] if value else []
+
+
+def option(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag VALUE`` or ``--flag=VALUE``), or None when absent."""
     for i, arg in enumerate(argv):
-        if arg == "--tasks" and i + 1 < len(argv):
-            return [t for t in argv[i + 1].split(",") if t]
-        if arg.startswith("--tasks="):
-            return [t for t in arg.split("=", 1)[1].split(",") if t]
-    return []
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def check_arguments(argv: Sequence[str]) -> None:
+    """What dlm can check before lm-eval starts (and before a model loads): a ``--tasks`` that names no task
+    (``--tasks ""`` would otherwise be an lm-eval traceback), an ``--output_path`` that cannot be written."""
+    from dlm.commands import check_output
+    from dlm.errors import InputError
+
+    if argv and argv[0] in SUBCOMMANDS_WITHOUT_MODEL:
+        return
+    tasks = option(argv, "--tasks")
+    if tasks is not None and not requested_tasks(argv):
+        raise InputError(f"--tasks {tasks!r} names no task; give comma-separated task names (`dlm lm-eval ls tasks` "
+                         "lists them; dlm_demo runs offline)")
+    out = option(argv, "--output_path") or option(argv, "-o")
+    if out:
+        check_output(out, "--output_path", directory=not Path(out).suffix)
 
 
 def add_shipped_tasks(*, include_defaults: bool = True) -> None:
@@ -83,12 +106,21 @@ def main(argv: Sequence[str]) -> int:
     import dlm.tools.lm_eval.model  # noqa: F401  (registers "dlm")
     from lm_eval.__main__ import cli_evaluate
 
+    from dlm.errors import InputError
+
+    check_arguments(argv)
     tasks = requested_tasks(argv)
     add_shipped_tasks(include_defaults=not tasks or not set(tasks) <= shipped_task_names())
     saved = sys.argv
     sys.argv = ["lm-eval", *with_default_model(argv)]
     try:
         cli_evaluate()
+    except ValueError as err:  # lm-eval reports unknown tasks as a bare ValueError
+        message = str(err)
+        if message.startswith(("Tasks not found", "No tasks specified")):
+            raise InputError(f"--tasks: {message.rstrip('.')}; `dlm lm-eval ls tasks` lists the known tasks "
+                             "(dlm's own offline tasks include dlm_demo and humaneval_local)") from None
+        raise
     finally:
         sys.argv = saved
     return 0

@@ -18,7 +18,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from dlm.errors import ConfigError
+from dlm.config import MAX_SEED
+from dlm.errors import ConfigError, InputError
 from dlm.pipeline import Pipeline
 from dlm.tools.serve.responses import Shape, collect, stream
 from dlm.tools.serve.schemas import ChatRequest, CompletionRequest, ServeError, request_error
@@ -147,14 +148,22 @@ class Api:
                              param="model", code="model_not_found")
         return req
 
+    def _encode(self, text: str, name: str) -> list[int]:
+        """Token ids of one text prompt; text the tokenizer refuses (characters it cannot represent, control
+        characters) is a 400 naming the prompt."""
+        try:
+            return self.tokenizer.encode(text)
+        except InputError as err:
+            raise ServeError(400, f"{name}: {err}", param="prompt") from None
+
     def completion_prompts(self, req: CompletionRequest) -> list[list[int]]:
         p = req.prompt
         if isinstance(p, str):
-            return [self.tokenizer.encode(p)]
+            return [self._encode(p, "prompt")]
         if not p:
             raise ServeError(400, "prompt: give at least one prompt", param="prompt")
         if isinstance(p[0], str):
-            return [self.tokenizer.encode(s) for s in p]
+            return [self._encode(s, f"prompt[{i}]") for i, s in enumerate(p)]
         if isinstance(p[0], int):
             return [list(p)]
         return [list(q) for q in p]
@@ -163,7 +172,10 @@ class Api:
         if not self.tokenizer.has_chat_template:
             raise ServeError(400, f"model {self.name!r} has no chat template, so it cannot take messages; "
                                   "use /v1/completions with a prompt", param="messages")
-        return self.tokenizer.encode_chat([m.as_template() for m in req.messages])
+        try:
+            return self.tokenizer.encode_chat([m.as_template() for m in req.messages])
+        except InputError as err:
+            raise ServeError(400, str(err), param="messages") from None
 
     def job(self, req, prompts: list[list[int]], *, chat: bool) -> Job:
         lim = self.variants.limits
@@ -180,6 +192,9 @@ class Api:
         if req.temperature is not None and lim.temperature is None:
             raise ServeError(400, f"temperature: decoding {self.pipe.config.decoding.name!r} has no temperature "
                                   "setting; leave temperature out", param="temperature")
+        if req.stream_options is not None and not req.stream:
+            raise ServeError(400, "stream_options: applies to streamed answers only; send stream: true with it or "
+                                  "leave stream_options out", param="stream_options")
         if req.dlm_stream == "steps" and not req.stream:
             raise ServeError(400, "dlm_stream: 'steps' streams every denoising step, so it needs stream: true",
                              param="dlm_stream")
@@ -189,7 +204,8 @@ class Api:
                                   f"most {self.worker.max_batch_size}", param="n")
         gen = lim.gen_length(max_tokens)
         where = "messages" if chat else "prompt"
-        vocab = self.pipe.model.capabilities.vocab_size
+        caps = self.pipe.model.capabilities
+        vocab = caps.vocab_size
         for i, ids in enumerate(prompts):
             name = where if len(prompts) == 1 else f"{where}[{i}]"
             if not ids:
@@ -199,8 +215,20 @@ class Api:
                                       f"{gen}) that exceeds the model's context of {lim.context} tokens. Shorten it "
                                       f"to at most {lim.context - gen} tokens or lower {param}.", param=where)
             if vocab is not None and (min(ids) < 0 or max(ids) >= vocab):
-                raise ServeError(400, f"{name} holds token ids outside the vocabulary [0, {vocab})", param=where)
+                bad = min(ids) if min(ids) < 0 else max(ids)
+                raise ServeError(400, f"{name} holds token id {bad}, outside the vocabulary [0, {vocab})",
+                                 param=where)
+            if caps.mask_id in ids:
+                raise ServeError(400, f"{name} holds the MASK token (id {caps.mask_id}) at position "
+                                      f"{ids.index(caps.mask_id)}; prompt positions are never denoised, so it would "
+                                      "stay masked: remove it", param=where)
+            if ids[0] in caps.eos_ids:
+                raise ServeError(400, f"{name} starts with the end token {ids[0]}; the model would read the prompt "
+                                      "as ended before it began: remove the leading end token(s)", param=where)
         base = self.pipe.config.run.seed if req.seed is None else req.seed
+        if base + rows - 1 > MAX_SEED:
+            raise ServeError(400, f"seed: {base} + {rows - 1} (one seed per row) exceeds {MAX_SEED}; give a seed of at "
+                                  f"most {MAX_SEED - rows + 1}", param="seed")
         return Job(
             prompts=[ids for ids in prompts for _ in range(req.n)],
             seeds=[base + r for r in range(rows)],

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import platform
 import socket
 import statistics
 import subprocess
@@ -241,14 +239,22 @@ def arrivals(args: argparse.Namespace) -> int:
         **figures,
         "speedup": round(figures["continuous"]["requests_per_s"] / figures["static"]["requests_per_s"], 3),
         "identical_answers": bool(same_modes and same_alone),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "threads": args.threads},
+        "machine": _machine(args),
     }
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(result, f, indent=2)
     print(json.dumps(result))
     return 0 if result["identical_answers"] else 1
+
+
+def _machine(args: argparse.Namespace) -> dict:
+    from dlm.config import default_config_path, load_config
+    from dlm.provenance import provenance
+
+    cfg = load_config(args.config or default_config_path(), args.overrides)
+    return {**provenance(device=cfg.run.device, dtype=cfg.run.dtype), "server_threads": args.threads,
+            "tokens_counted": "completion tokens (usage.completion_tokens): generated, never the prompt"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"same answers from both servers: {same:.1%}")
     if args.json_out:
-        machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__}
+        machine = _machine(args)
         with open(args.json_out, "w") as f:
             json.dump({"settings": vars(args), "machine": machine, "rows": rows, "same_answers": same}, f, indent=2)
     return 0 if same == 1.0 else 1

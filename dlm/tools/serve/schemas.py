@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-MAX_SEED = 2**62  # torch generators take 64-bit seeds; rows add their index to the request's seed
+from dlm.config import MAX_SEED  # one seed rule everywhere: [0, 2**63 - 1], and seed + row stays within it
 
 
 class ServeError(Exception):
@@ -37,7 +37,7 @@ class StreamOptions(BaseModel):
 class _Request(BaseModel):
     """Settings shared by both endpoints."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str
     max_tokens: int | None = Field(None, ge=1, description="answer length in tokens (generation rounded up to blocks)")
@@ -66,6 +66,46 @@ class CompletionRequest(_Request):
     """``POST /v1/completions``: a prompt as text or token ids, or a list of them (one batch)."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt_shape(cls, v):
+        """Name the element that is wrong (``prompt[2]``), not the union member pydantic tried last."""
+        if isinstance(v, str):
+            return v
+        if not isinstance(v, list):
+            raise ValueError(f"a prompt is a string, a list of strings, a list of token ids or a list of such "
+                             f"lists; got {_kind(v)}")
+        if not v:
+            return v
+        first = v[0]
+        want = str if isinstance(first, str) else int if _is_id(first) else list if isinstance(first, list) else None
+        if want is None:
+            raise ValueError(f"prompt[0] is {_kind(first)}; each element is a string, a token id or a list of ids")
+        for i, item in enumerate(v):
+            if want is list:
+                if not isinstance(item, list):
+                    raise ValueError(f"prompt[{i}] is {_kind(item)}, but prompt[0] is a list of token ids; give "
+                                     "every element as a list of ids")
+                for j, t in enumerate(item):
+                    if not _is_id(t):
+                        raise ValueError(f"prompt[{i}][{j}] is {_kind(t)}; token ids are integers")
+            elif want is int and not _is_id(item):
+                raise ValueError(f"prompt[{i}] is {_kind(item)}, but prompt[0] is a token id; a list of ids holds "
+                                 "integers only")
+            elif want is str and not isinstance(item, str):
+                raise ValueError(f"prompt[{i}] is {_kind(item)}, but prompt[0] is a string; a list of prompts holds "
+                                 "strings only")
+        return v
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _kind(v) -> str:
+    text = repr(v)
+    return f"{type(v).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 class TextPart(BaseModel):

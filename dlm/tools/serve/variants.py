@@ -60,8 +60,23 @@ class Variants:
             longest = default
         else:
             longest = (context - 1) // granule * granule  # leave room for a one-token prompt
-        if max_tokens is not None:
-            longest = min(longest, max_tokens)
+        if max_tokens is not None:  # refused, never silently capped (docs/errors.md)
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+                raise ConfigError(f"--max-tokens must be a positive integer, got {max_tokens!r}")
+            if max_tokens > longest:
+                raise ConfigError(
+                    f"--max-tokens {max_tokens} is beyond what this model can answer: at most {longest} tokens "
+                    f"(context {context}, one token left for the prompt"
+                    + (f", in blocks of {granule})" if granule else ", the fixed gen_length)")
+                    + f"; give --max-tokens {longest} or less"
+                )
+            if default is not None and max_tokens < default:
+                raise ConfigError(
+                    f"--max-tokens {max_tokens} is below the config's iteration.gen_length {default}, the length "
+                    f"of an answer that names no max_tokens; lower gen_length (--set iteration.gen_length=...) or "
+                    f"raise --max-tokens to at least {default}"
+                )
+            longest = max_tokens
         dec = cfg.decoding.config.model_dump()
         self.limits = Limits(
             context=context,
