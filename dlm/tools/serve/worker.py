@@ -389,8 +389,7 @@ class EngineWorker(threading.Thread):
                     self._cond.wait()
                 if self._stopping:
                     break
-                incoming = list(self._incoming)
-                self._incoming.clear()
+                incoming = self._take_incoming()
             for job in incoming:
                 self._admit(job)
             self._drop_cancelled()
@@ -404,6 +403,24 @@ class EngineWorker(threading.Thread):
             for job in {t[0] for c in engine.cohorts for t in c.tags} | {r.tag[0] for r in engine.queue}:
                 if not job.finished:
                     job.push(Failed("the server is shutting down"))
+
+    def _take_incoming(self) -> list[Job]:
+        """The oldest queued jobs that fit their engine's free rows now (called holding the lock). The others
+        stay in the bounded queue, so ``--max-queue`` counts every request that waits for rows."""
+        taken, room = [], {}
+        while self._incoming:
+            job = self._incoming[0]
+            if job.cancelled:
+                taken.append(self._incoming.popleft())  # _admit answers it at once
+                continue
+            engine = self._engines.get(job.key)
+            if job.key not in room:
+                room[job.key] = self.max_batch_size - (engine.running + len(engine.queue) if engine else 0)
+            if len(job.prompts) > room[job.key] and room[job.key] < self.max_batch_size:
+                break  # first come, first served: it starts when rows leave
+            room[job.key] -= len(job.prompts)
+            taken.append(self._incoming.popleft())
+        return taken
 
     def _busy(self) -> bool:
         return any(not e.idle for e in self._engines.values())
