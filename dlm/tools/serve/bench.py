@@ -4,8 +4,9 @@
 batching mode (the same pipeline, the same ``--max-batch-size``), sends each the same seeded stream of
 requests (``--requests N`` prompts of the demo tasks, Poisson arrivals at ``--rate R`` requests/s, each with
 its own seed; streamed, so the time to the first token is seen), and ends with one JSON line holding, per
-mode, throughput (requests/s and generated tokens/s), p50/p99 latency and time to first token, plus
-``speedup`` (continuous over static throughput) and ``identical_answers`` (every answer equal across the
+mode, throughput (requests/s and generated tokens/s), p50/p99 latency and time to first token (medians over
+``--repeats`` interleaved passes), plus ``speedup`` (continuous over static throughput, the median of the
+passes' ratios) and ``identical_answers`` (every answer equal across the
 modes and to what the prompt gives alone, computed here with :meth:`Pipeline.generate`). Without ``--rate``
 it measures static batching's capacity first and sends at twice that rate, which saturates it::
 
@@ -208,7 +209,13 @@ def alone_answers(args: argparse.Namespace, work: list[str], seeds: list[int]) -
     return out
 
 
+def _median(runs: list[dict]) -> dict:
+    """Per figure, the median over the passes of one mode."""
+    return {k: round(statistics.median(r[k] for r in runs), 4) for k in runs[0] if k != "answers"}
+
+
 def arrivals(args: argparse.Namespace) -> int:
+    repeats = args.repeats or 1
     work = prompts(args.requests, args.seed)
     seeds = [args.seed + i for i in range(len(work))]
     servers = {mode: Server(args, args.max_batch_size, mode) for mode in ("continuous", "static")}
@@ -221,23 +228,28 @@ def arrivals(args: argparse.Namespace) -> int:
         if rate is None:
             rate = 2.0 * static_capacity(servers["static"], work, args.max_batch_size, args.max_tokens)
         times = arrival_times(len(work), rate, args.seed)
+        passes: dict[str, list[dict]] = {mode: [] for mode in servers}
+        for r in range(repeats):  # interleaved, the order alternating: A B, B A, ...
+            for mode in (list(servers) if r % 2 == 0 else list(servers)[::-1]):
+                print(f"# {mode} (pass {r + 1}/{repeats}): {len(work)} requests, Poisson arrivals at {rate:.2f}/s",
+                      file=sys.stderr, flush=True)
+                passes[mode].append(send_stream(servers[mode], work, seeds, times, args.max_tokens))
         for mode, s in servers.items():
-            print(f"# {mode}: {len(work)} requests, Poisson arrivals at {rate:.2f}/s ...", file=sys.stderr, flush=True)
-            figures[mode] = send_stream(s, work, seeds, times, args.max_tokens)
+            figures[mode] = _median(passes[mode])
             figures[mode]["server"] = {k: v for k, v in s.health().items() if k != "status"}
     finally:
         for s in servers.values():
             s.stop()
-    same_modes = figures["continuous"]["answers"] == figures["static"]["answers"]
+    answers = [p["answers"] for ps in passes.values() for p in ps]
+    same_modes = all(a == answers[0] for a in answers)
     alone = alone_answers(args, work, seeds) if args.compare else None
-    same_alone = alone is None or figures["continuous"]["answers"] == alone
-    for f in figures.values():
-        f.pop("answers")
+    same_alone = alone is None or answers[0] == alone
+    ratios = [c["requests_per_s"] / s["requests_per_s"] for c, s in zip(passes["continuous"], passes["static"])]
     result = {
         "arrivals": "poisson", "rate": round(rate, 3), "requests": len(work), "seed": args.seed,
-        "max_batch_size": args.max_batch_size, "config": args.config or "default", "overrides": args.overrides,
-        **figures,
-        "speedup": round(figures["continuous"]["requests_per_s"] / figures["static"]["requests_per_s"], 3),
+        "repeats": repeats, "max_batch_size": args.max_batch_size, "config": args.config or "default",
+        "overrides": args.overrides, **figures,
+        "speedup": round(statistics.median(ratios), 3), "speedups": [round(x, 3) for x in ratios],
         "identical_answers": bool(same_modes and same_alone),
         "machine": _machine(args),
     }
@@ -269,18 +281,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=64, help="requests per pass (default 64)")
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per batch of the batching server (16)")
     p.add_argument("--max-tokens", type=int, help="max_tokens of every request (default: the config's gen_length)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per server, interleaved (default 3)")
+    p.add_argument("--repeats", type=int, help="timed passes per server, interleaved (default 3 with clients, 1 with "
+                                                "--arrivals; the figures are medians, speedup the median ratio)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts")
     p.add_argument("--json-out", metavar="FILE", help="write the settings and figures as JSON")
     args = p.parse_args(argv)
     for name in ("requests", "clients", "max_batch_size", "repeats", "threads"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
         p.error("--rate must be a positive number of requests per second")
     if args.arrivals:
         return arrivals(args)
+    args.repeats = args.repeats or 3
     work = prompts(args.requests, args.seed)
     servers = [Server(args, 1, "static"), Server(args, args.max_batch_size, "static")]
     try:
