@@ -61,18 +61,10 @@ class StoreOnly:
         return self.kv.length
 
     def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor) -> None:
-        end = start + k.shape[2]
-        keep = self.store[:, start:end][:, None, :, None]  # [b, 1, q, 1]
-        r = slice(None) if rows is None else rows
-        old_k, old_v = self.kv.keys[layer, r, :, start:end], self.kv.values[layer, r, :, start:end]
-        self.kv.write(layer, rows, start, torch.where(keep, k, old_k), torch.where(keep, v, old_v))
+        self.kv.write(layer, rows, start, k, v, keep=self.store[:, start : start + k.shape[2]])
 
     def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor) -> None:
-        keep = self.store.gather(1, columns)[:, None, :, None]  # [b, 1, q, 1]
-        r = torch.arange(k.shape[0], device=columns.device)[:, None] if rows is None else rows[:, None]
-        old_k = self.kv.keys[layer][r, :, columns].transpose(1, 2)  # [b, H, q, D]
-        old_v = self.kv.values[layer][r, :, columns].transpose(1, 2)
-        self.kv.write_columns(layer, rows, columns, torch.where(keep, k, old_k), torch.where(keep, v, old_v))
+        self.kv.write_columns(layer, rows, columns, k, v, keep=self.store.gather(1, columns))
 
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
         return self.kv.read(layer, rows, key_end)

@@ -34,9 +34,14 @@ class KVBuffer:
     def length(self) -> int:
         return self.keys.shape[3]
 
-    def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor) -> None:
-        """Store ``k``/``v`` ([b, H, q, D]) into slots ``[start, start+q)`` of ``rows`` (None: all rows)."""
+    def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor,
+              keep: Tensor | None = None) -> None:
+        """Store ``k``/``v`` ([b, H, q, D]) into slots ``[start, start+q)`` of ``rows`` (None: all rows); with
+        ``keep`` ([b, q] bool) only where it is True, the other slots keeping what they hold."""
         end = start + k.shape[2]
+        if keep is not None:
+            r = slice(None) if rows is None else rows
+            k, v = _merge(keep, k, v, self.keys[layer, r, :, start:end], self.values[layer, r, :, start:end])
         if rows is None:
             self.keys[layer, :, :, start:end] = k
             self.values[layer, :, :, start:end] = v
@@ -44,9 +49,14 @@ class KVBuffer:
             self.keys[layer, rows, :, start:end] = k
             self.values[layer, rows, :, start:end] = v
 
-    def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor) -> None:
-        """Store ``k``/``v`` ([b, H, q, D]) into the slots ``columns`` ([b, q], per row) of ``rows``."""
+    def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor,
+                      keep: Tensor | None = None) -> None:
+        """Store ``k``/``v`` ([b, H, q, D]) into the slots ``columns`` ([b, q], per row) of ``rows``; with
+        ``keep`` ([b, q] bool) only where it is True."""
         r = torch.arange(k.shape[0], device=columns.device)[:, None] if rows is None else rows[:, None]  # [b, 1]
+        if keep is not None:
+            old_k = self.keys[layer][r, :, columns].transpose(1, 2)  # [b, H, q, D]
+            k, v = _merge(keep, k, v, old_k, self.values[layer][r, :, columns].transpose(1, 2))
         # advanced indices at dims 0 and 2 (split by the head slice) put [b, q] first: [b, q, H, D]
         self.keys[layer][r, :, columns] = k.transpose(1, 2)
         self.values[layer][r, :, columns] = v.transpose(1, 2)
@@ -86,6 +96,12 @@ class KVBuffer:
         self.values[:, dst] = src.values[:, src_rows]
 
 
+def _merge(keep: Tensor, k: Tensor, v: Tensor, old_k: Tensor, old_v: Tensor) -> tuple[Tensor, Tensor]:
+    """``k``/``v`` where ``keep`` ([b, q]) is True, the slots' old K/V elsewhere ([b, H, q, D] each)."""
+    mask = keep[:, None, :, None]
+    return torch.where(mask, k, old_k), torch.where(mask, v, old_v)
+
+
 class WriteWindow:
     """A view of a KV store that stores only columns ``[lo, hi)`` of each write (reads pass through).
 
@@ -111,14 +127,7 @@ class WriteWindow:
         cols = torch.arange(start, end, device=k.device)[None, :]
         lo = torch.as_tensor(self.lo, device=k.device).reshape(-1, 1)
         hi = torch.as_tensor(self.hi, device=k.device).reshape(-1, 1)
-        store = ((cols >= lo) & (cols < hi))[:, None, :, None]  # [b, 1, q, 1]
-        old_k, old_v = self._slice(layer, rows, start, end)
-        self.kv.write(layer, rows, start, torch.where(store, k, old_k), torch.where(store, v, old_v))
-
-    def _slice(self, layer: int, rows: Tensor | None, start: int, end: int) -> tuple[Tensor, Tensor]:
-        if rows is None:
-            return self.kv.keys[layer, :, :, start:end], self.kv.values[layer, :, :, start:end]
-        return self.kv.keys[layer, rows, :, start:end], self.kv.values[layer, rows, :, start:end]
+        self.kv.write(layer, rows, start, k, v, keep=(cols >= lo) & (cols < hi))
 
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
         return self.kv.read(layer, rows, key_end)
