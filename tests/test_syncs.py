@@ -32,7 +32,7 @@ DEVICE = {
 # functions that read only host tensors (the per-row progress and geometry live on the host, so on a GPU these
 # never wait); the counter cannot tell a host tensor from a device one on a CPU-only machine, so they are named
 HOST = {
-    "_active", "_settle",  # blockwise: rows' blocks moved on, from the host bools of _read_work
+    "_active", "_settle", "end_or_next_block",  # blockwise: rows' blocks moved on, from the host bools of _read_work
     "window", "block_window",  # the window's rows and union columns, from the host progress
     "done",  # blockwise: any active row left (host)
     "advance",  # blockwise: the step bound, checked on the host steps

@@ -77,6 +77,35 @@ class IterationManager(ABC):
         return bool(state.done.all())
 
 
+class SettlingManager(IterationManager):
+    """A manager whose :meth:`_settle` (run by ``advance``) moves each row on where it has nothing left to do and
+    records the active rows in ``state.progress.active`` ([B] host bool). They are found again only when the row
+    set changed from outside the loop (``state.cancels``: a cancel, rows leaving or joining)."""
+
+    @abstractmethod
+    def _settle(self, state: GenerationState) -> None:
+        """Move rows on; set ``state.progress.active`` and ``active_cancels``."""
+
+    def _active(self, state: GenerationState) -> Tensor:
+        """[B] host bool: rows with work in the next step."""
+        p = state.progress
+        if p.active is None or p.active_cancels != state.cancels:
+            self._settle(state)
+        return p.active
+
+    def done(self, state: GenerationState) -> bool:
+        return not bool(self._active(state).any())
+
+
+def end_or_next_block(state: GenerationState, complete: Tensor, num_blocks: int) -> Tensor:
+    """Rows ``complete`` ([B] host bool) finished their block: those at their last block end; return the others
+    ([B] host bool), whose ``state.progress.block`` the caller moves on."""
+    last = complete & (state.progress.block + 1 >= num_blocks)
+    if bool(last.any()):
+        state.done[last.nonzero()[:, 0].to(state.device)] = True
+    return complete & ~last
+
+
 def left_padded_canvas(
     prompts: list[Tensor], gen_length: int, capabilities: ModelCapabilities, device: torch.device, *,
     gen_start: int | None = None,

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from dlm.errors import DecodingError
-from dlm.iteration.base import IterationManager, left_padded_canvas, stop_at_eos
+from dlm.iteration.base import SettlingManager, left_padded_canvas, stop_at_eos
 from dlm.memory import RowMemory, derived_field, shared_field
 from dlm.messages import Geometry, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
@@ -87,7 +87,7 @@ class BlockDiffusionConfig(BaseModel):
         return self
 
 
-class BlockDiffusion(IterationManager):
+class BlockDiffusion(SettlingManager):
     """Fast-dLLM v2's block diffusion, each row at its own block and step (see the module doc)."""
 
     Config = BlockDiffusionConfig
@@ -164,16 +164,6 @@ class BlockDiffusion(IterationManager):
             if bool((p.block > state.gen_length // p.block_size + 1).any()):
                 raise DecodingError("block_diffusion ran past the last block with masks left")
         p.active, p.active_cancels = live & work, state.cancels
-
-    def _active(self, state: GenerationState) -> Tensor:
-        """[B] host bool: rows with an eligible position (found by the last advance unless rows changed since)."""
-        p: DiffusionProgress = state.progress
-        if p.active is None or p.active_cancels != state.cancels:
-            self._settle(state)
-        return p.active
-
-    def done(self, state: GenerationState) -> bool:
-        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: DiffusionProgress = state.progress

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor
 
 from dlm.errors import DecodingError
-from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
+from dlm.iteration.base import BlockProgress, SettlingManager, end_or_next_block, left_padded_canvas, stop_at_eos
 from dlm.messages import Geometry, ModelCapabilities, Window
 from dlm.state import GenerationState
 
@@ -99,7 +99,7 @@ def block_window(state: GenerationState, rows: Tensor, eligible: Tensor, quota: 
                   mask_id=state.mask_id, geometry=geometry, extensions=extensions)
 
 
-class Blockwise(IterationManager):
+class Blockwise(SettlingManager):
     """Semi-autoregressive blocks; each row moves through its blocks at its own pace (see the module doc)."""
 
     Config = BlockwiseConfig
@@ -138,10 +138,7 @@ class Blockwise(IterationManager):
             complete = live & ~work
             if not bool(complete.any()):
                 break
-            last = complete & (p.block + 1 >= self.config.num_blocks)
-            if bool(last.any()):
-                state.done[last.nonzero()[:, 0].to(state.device)] = True
-            moving = complete & ~last
+            moving = end_or_next_block(state, complete, self.config.num_blocks)
             if not bool(moving.any()):
                 continue
             p.block[moving] += 1
@@ -152,17 +149,6 @@ class Blockwise(IterationManager):
         """The one read of the device in a step: [B] host bools, rows with work in their block and live rows."""
         work, live = torch.stack((self._own(state).any(dim=1), ~state.done)).cpu()
         return work, live
-
-    def _active(self, state: GenerationState) -> Tensor:
-        """[B] host bool: rows still generating with pending positions in their block."""
-        p: BlockProgress = state.progress
-        if p.active is None or p.active_cancels != state.cancels:
-            p.active = (~state.done & self._own(state).any(dim=1)).cpu()
-            p.active_cancels = state.cancels
-        return p.active
-
-    def done(self, state: GenerationState) -> bool:
-        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress

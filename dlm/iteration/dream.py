@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.errors import DecodingError
-from dlm.iteration.base import BlockProgress, IterationManager, left_padded_canvas, stop_at_eos
+from dlm.iteration.base import BlockProgress, SettlingManager, end_or_next_block, left_padded_canvas, stop_at_eos
 from dlm.iteration.blockwise import BlockwiseConfig, block_bounds, block_window, in_bounds
 from dlm.messages import Geometry, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
@@ -59,6 +59,16 @@ def dream_quota(masked: Tensor, tick: int | Tensor, steps: int, timesteps: Tenso
     return torch.where(tick >= steps - 1, masked, quota)
 
 
+def skip_idle_ticks(p: BlockProgress, rows: Tensor, masked: Tensor, steps: int, timesteps: Tensor) -> None:
+    """Move each of ``rows`` ([B] host bool) past the schedule ticks in which it would commit nothing, given its
+    ``masked`` count ([B] host): skipped ticks take no forward, as in Dream's sampler."""
+    while True:
+        idle = rows & (dream_quota(masked, p.tick, steps, timesteps) == 0)
+        if not bool(idle.any()):
+            return
+        p.tick[idle] += 1
+
+
 class DreamIterationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -68,7 +78,7 @@ class DreamIterationConfig(BaseModel):
     early_stop: bool = Field(False, description="end a row once it committed EOS with no mask before it")
 
 
-class DreamIteration(IterationManager):
+class DreamIteration(SettlingManager):
     """``dream``: Dream's whole-region schedule.
 
     A row's schedule index is its progress' ``tick``, not its ``step``: skipped zero-quota ticks take no
@@ -101,22 +111,8 @@ class DreamIteration(IterationManager):
         state.done |= masked == 0
         masked, done = torch.stack((masked, state.done.long())).cpu()  # one read of the device
         live = done == 0
-        while True:
-            idle = live & (dream_quota(masked, p.tick, self.config.steps, self._timesteps) == 0)
-            if not bool(idle.any()):
-                break
-            p.tick[idle] += 1
+        skip_idle_ticks(p, live, masked, self.config.steps, self._timesteps)
         p.active, p.active_cancels = live, state.cancels
-
-    def _active(self, state: GenerationState) -> Tensor:
-        """[B] host bool: rows still generating (found by the last advance unless the rows changed since)."""
-        p: BlockProgress = state.progress
-        if p.active is None or p.active_cancels != state.cancels:
-            self._settle(state)
-        return p.active
-
-    def done(self, state: GenerationState) -> bool:
-        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
@@ -150,7 +146,7 @@ class DreamBlockwiseConfig(BlockwiseConfig):
     eps: float = Field(1e-3, gt=0.0, lt=1.0, description="last timestep of each block's linspace(1, eps, ...)")
 
 
-class DreamBlockwise(IterationManager):
+class DreamBlockwise(SettlingManager):
     """``dream_blockwise``: Fast-dLLM's Dream block path (first column at the refresh, then the rest), each
     row at its own block, step and tick."""
 
@@ -192,10 +188,7 @@ class DreamBlockwise(IterationManager):
             complete = live & ~work
             if not bool(complete.any()):
                 break
-            last = complete & (p.block + 1 >= self.config.num_blocks)
-            if bool(last.any()):
-                state.done[last.nonzero()[:, 0].to(state.device)] = True
-            moving = complete & ~last
+            moving = end_or_next_block(state, complete, self.config.num_blocks)
             p.block[moving] += 1
             p.step[moving] = 0
             p.tick[moving] = 0
@@ -204,21 +197,8 @@ class DreamBlockwise(IterationManager):
         rest = active & ~first
         if bool(rest.any()):
             masked = (state.masked() & in_bounds(state, lo, hi)).sum(dim=1).cpu()
-            while True:
-                idle = rest & (dream_quota(masked, p.tick, self.config.steps_per_block, self._timesteps) == 0)
-                if not bool(idle.any()):
-                    break
-                p.tick[idle] += 1
+            skip_idle_ticks(p, rest, masked, self.config.steps_per_block, self._timesteps)
         p.active, p.active_cancels = active, state.cancels
-
-    def _active(self, state: GenerationState) -> Tensor:
-        p: BlockProgress = state.progress
-        if p.active is None or p.active_cancels != state.cancels:
-            self._settle(state)
-        return p.active
-
-    def done(self, state: GenerationState) -> bool:
-        return not bool(self._active(state).any())
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
