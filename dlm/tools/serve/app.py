@@ -24,7 +24,8 @@ from dlm.pipeline import Pipeline
 from dlm.tools.serve.responses import Shape, collect, stream
 from dlm.tools.serve.schemas import ChatRequest, CompletionRequest, ServeError, request_error
 from dlm.tools.serve.variants import Variants
-from dlm.tools.serve.worker import BatchWorker, EngineWorker, Job, QueueFull, TooLarge, Unavailable
+from dlm.tools.serve.continuous import EngineWorker
+from dlm.tools.serve.worker import BatchWorker, Job, QueueFull, TooLarge, Unavailable
 
 MAX_BODY_BYTES = 1 << 20
 
