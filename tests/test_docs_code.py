@@ -20,17 +20,12 @@ tests/test_tutorial.py):
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from doc_blocks import ROOT, blocks, shell_env
 
-ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"(?:<!--\s*(?P<marker>[\w-]+)(?::\s*(?P<why>[^>]*?))?\s*-->\s*\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
-                   re.S)
 MARKERS = {"needs-checkpoint", "needs-gpu", "slow", "long-running", "test-command", "output"}
 SHELL, OUTPUT = {"bash", "sh", "console"}, {"text", "json"}
 COMMANDS = SHELL | {"python", "yaml", ""}
@@ -38,10 +33,6 @@ COVERED_ELSEWHERE = {"writing-plugins.md": "tests/test_tutorial.py"}
 # Pages being edited on another branch: their unmarked blocks are not run until they carry their markers.
 PENDING: set[str] = set()
 SERVED = "127.0.0.1:8000"
-
-
-def blocks(path: Path) -> list[dict]:
-    return [m.groupdict() for m in FENCE.finditer(path.read_text())]
 
 
 PAGES = {p.name: blocks(p) for p in sorted((ROOT / "docs").glob("*.md")) if p.name not in COVERED_ELSEWHERE}
@@ -119,16 +110,8 @@ def test_page_runs_as_written(page, tmp_path, request):
     def here(text: str) -> str:
         return text.replace(SERVED, address)
 
-    bin_dir, work = tmp_path / "bin", tmp_path / "work"
-    bin_dir.mkdir()
-    work.mkdir()
+    env, work = shell_env(tmp_path)
     (work / "examples").symlink_to(ROOT / "examples")
-    (bin_dir / "dlm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m dlm "$@"\n')
-    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     run = [b for b in PAGES[page] if not b["marker"]]
     for block in (b for b in run if b["lang"] in SHELL):
         for command, shown in shell_commands(block):

@@ -14,21 +14,14 @@ Each command runs under a time bound, so a README that hangs fails here.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from doc_blocks import ROOT, blocks
+from doc_blocks import shell_env as scratch_shell
 
-ROOT = Path(__file__).resolve().parents[1]
-FENCE = re.compile(r"(?:<!--\s*(?P<marker>[\w-]+)(?::\s*(?P<why>[^>]*?))?\s*-->\s*\n)?```(?P<lang>\w*)\n(?P<body>.*?)```",
-                   re.S)
 MARKERS = {"needs-checkpoint", "slow", "long-running", "test-command"}
-
-
-def blocks(path: Path) -> list[dict]:
-    return [m.groupdict() for m in FENCE.finditer(path.read_text())]
 
 
 README = blocks(ROOT / "README.md")
@@ -45,17 +38,7 @@ def test_every_block_is_run_or_marked_with_a_reason():
 
 @pytest.fixture
 def shell_env(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "dlm").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m dlm "$@"\n')
-    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    for f in bin_dir.iterdir():
-        f.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    work = tmp_path / "work"
-    work.mkdir()
-    return env, work
+    return scratch_shell(tmp_path)
 
 
 def commands(body: str) -> list[str]:
