@@ -119,9 +119,9 @@ def test_caches_do_differ_on_deeper_models(tiny_ckpt):
 class RecordingKV(KVBuffer):
     writes: list
 
-    def write(self, layer, rows, start, k, v):
+    def write(self, layer, rows, start, k, v, keep=None):
         self.writes.append((rows, start, start + k.shape[2]))
-        super().write(layer, rows, start, k, v)
+        super().write(layer, rows, start, k, v, keep=keep)
 
 
 @settings(max_examples=8)
