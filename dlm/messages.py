@@ -411,6 +411,17 @@ class CandidateBatch:
 
 
 @dataclass(frozen=True)
+class ReadRows:
+    """Plan extension (a hint): of the logits span only the positions ``mask`` marks will be read ([b, S] bool,
+    rows as the plan's, columns of the logits span; the pipeline attaches the window's ``eligible`` when the
+    decoding strategy declares ``reads_eligible_only``). A model may then finish only those rows in its last
+    layer and return anything finite (zeros) at the others; a model that ignores the hint returns every row,
+    which is equally correct."""
+
+    mask: Tensor  # [b, S] bool
+
+
+@dataclass(frozen=True)
 class ForwardPlan(Message):
     """What one forward pass computes, what it reuses, and which logits it returns.
 
@@ -469,4 +480,4 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "ForwardPlan", "Ordered", "CandidateBatch"]
+    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows"]

@@ -18,7 +18,7 @@ from dlm.decoding.base import DecodingStrategy
 from dlm.distributed import local_device
 from dlm.errors import CompositionError, InputError
 from dlm.iteration.base import IterationManager
-from dlm.messages import CacheEnv, Candidates
+from dlm.messages import CacheEnv, Candidates, ReadRows
 from dlm.models.base import ModelAdapter
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -287,6 +287,8 @@ class Pipeline:
         plan = self.cache.plan(state, window).for_window(window)
         if window.has(Candidates):
             plan = self.cache.plan_candidates(state, plan, window)
+        elif self.decoding.reads_eligible_only and (plan.logits_start, plan.logits_end) == (window.start, window.end):
+            plan = plan.extend(ReadRows(window.eligible))
         logits = self.model.forward(state, plan)  # [b, S, V] over the window's logits span ([b, K, S, V])
         state.count_forward(window.rows)
         commit = self.decoding.select(state, window, logits, state.rng)

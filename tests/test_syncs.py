@@ -39,7 +39,10 @@ HOST = {
     "row_range_plan",  # prefix/dual: per-row write bounds from the host geometry
     "row_spans", "_whole",  # sampling: each row's own columns of the window, from the host geometry
 }
-ALLOWED = DEVICE | HOST
+# functions that read device values only when the device is the CPU, where a read costs nothing (on a GPU they
+# step aside before reading): the last-layer row pruning of a ReadRows hint (dlm/models/transformer.py)
+CPU_ONLY = {"read_offsets"}
+ALLOWED = DEVICE | HOST | CPU_ONLY
 
 
 class SyncCounter(TorchFunctionMode):

@@ -33,6 +33,9 @@ class DecodingStrategy(ABC):
 
     Config: ClassVar[type[BaseModel]]
     joinable: ClassVar[bool] = False  # rows may join a running generation (per-row geometry and RowMemory)
+    # select() reads the logits only at the window's eligible positions (the tokens it returns elsewhere are
+    # ignored): the model may then skip the other rows' last-layer work (ReadRows). Leave False if in doubt.
+    reads_eligible_only: ClassVar[bool] = False
     provides: ClassVar[frozenset[str]] = frozenset()  # features guaranteed to the other components (dlm.compat)
     requires: ClassVar[Mapping[str, str]] = {}  # feature -> why it is needed; nothing declared: composes with all
 

@@ -53,6 +53,7 @@ def factor_select(confidence: Tensor, eligible: Tensor, factor: float) -> Tensor
 
 class Factor(DecodingStrategy):
     Config = FactorConfig
+    reads_eligible_only = True
     joinable = True
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:

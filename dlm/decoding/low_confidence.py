@@ -25,6 +25,7 @@ class LowConfidenceConfig(BaseModel):
 
 class LowConfidence(DecodingStrategy):
     Config = LowConfidenceConfig
+    reads_eligible_only = True
     joinable = True
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:

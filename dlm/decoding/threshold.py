@@ -26,6 +26,7 @@ class ThresholdConfig(BaseModel):
 
 class Threshold(DecodingStrategy):
     Config = ThresholdConfig
+    reads_eligible_only = True
     joinable = True
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:

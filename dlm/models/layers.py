@@ -82,6 +82,29 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> 
     return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
+Rows = slice | Tensor  # query rows to keep: a slice of offsets, or per-row offsets [b, n]
+
+
+def pick_rows(x: Tensor, keep: Rows) -> Tensor:
+    """Rows ``keep`` of ``x`` [b or 1, q, ...] along dim 1 (a slice, or per-row offsets [b, n])."""
+    if isinstance(keep, slice):
+        return x[:, keep]
+    x = x.expand(keep.shape[0], *x.shape[1:])
+    index = keep.view(*keep.shape, *([1] * (x.dim() - 2))).expand(-1, -1, *x.shape[2:])
+    return x.gather(1, index)
+
+
+def pick_mask_rows(mask: Tensor | None, keep: Rows | None) -> Tensor | None:
+    """The query rows ``keep`` of an attention mask [b|1, 1, q|1, K] (a mask shared by all queries stays)."""
+    if mask is None or keep is None or mask.shape[-2] == 1:
+        return mask
+    if isinstance(keep, slice):
+        return mask[:, :, keep]
+    b, _, q, k = mask.shape
+    mask = mask.expand(keep.shape[0], 1, q, k)
+    return mask.gather(2, keep[:, None, :, None].expand(-1, 1, -1, k))
+
+
 class Attention(nn.Module):
     def __init__(self, spec: TransformerSpec) -> None:
         super().__init__()
@@ -104,12 +127,16 @@ class Attention(nn.Module):
         start: int,
         key_end: int,
         columns: Tensor | None = None,  # [b, q]: per-row canvas columns of the queries (None: a range)
+        keep: Rows | None = None,  # only these query rows need the output (keys/values: every row)
     ) -> Tensor:
         b, q_len, _ = x.shape
-        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if keep is not None:
+            x, cos, sin, mask = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep), pick_mask_rows(mask, keep)
+            b, q_len = x.shape[0], x.shape[1]
+        q = apply_rope(self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
         if kv is not None:
             if columns is None:
                 kv.write(layer, rows, start, k, v)
@@ -145,13 +172,24 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(spec.dim, spec.norm_eps)
         self.ffn = SwiGLU(spec)
 
-    def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end, columns=None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, kv, layer, rows, start, key_end, columns)
+    def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end, columns=None, keep=None) -> Tensor:
+        """``keep``: only those rows of the output are needed (the last layer, where only the rows whose logits are
+        read go on): every row still writes its keys and values, the rest of the block runs on ``keep``."""
+        attended = self.attn(self.attn_norm(x), cos, sin, mask, kv, layer, rows, start, key_end, columns, keep)
+        x = (x if keep is None else pick_rows(x, keep)) + attended
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Transformer(nn.Module):
-    """Embedding, pre-norm blocks, final norm and output head. Logits only where asked for."""
+    """Embedding, pre-norm blocks, final norm and output head. Logits only where asked for.
+
+    Less work for the same logits: in the last layer only the query rows whose logits are read need the
+    attention output, the MLP and the head; the other rows contribute their keys and values (which a cache
+    may keep) and stop there (``prune_outputs``, on by default; tests/test_model_llada.py proves the logits
+    and the tokens equal the unpruned forward's). A forward that reads every row's logits is unchanged.
+    """
+
+    prune_outputs: bool = True
 
     def __init__(self, spec: TransformerSpec) -> None:
         super().__init__()
@@ -161,6 +199,15 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(spec.dim, spec.norm_eps)
         self.head = None if spec.tied else nn.Linear(spec.dim, spec.vocab_out, bias=False)
         self._rope: tuple[Tensor, Tensor] | None = None
+
+    def output_rows(self, q: int, logits_from: int, logits_to: int | None, logits_index: Tensor | None) -> Rows | None:
+        """The rows the last layer has to finish, or None when that is every row (or pruning is off)."""
+        if not self.prune_outputs or self.training:
+            return None
+        if logits_index is not None:
+            return logits_index
+        lo, hi, _ = slice(logits_from, logits_to).indices(q)
+        return None if (lo, hi) == (0, q) else slice(lo, hi)
 
     def rope(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if self._rope is None or self._rope[0].device != device:
@@ -189,13 +236,13 @@ class Transformer(nn.Module):
         dtype = self.embed.weight.dtype
         cos, sin = cos_t[positions].to(dtype), sin_t[positions].to(dtype)
         key_end = start + ids.shape[1] if key_end is None else key_end
+        keep = self.output_rows(ids.shape[1], logits_from, logits_to, logits_index)
         x = self.embed(ids)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns)
-        if logits_index is None:
-            x = x[:, logits_from:logits_to]
-        else:
-            x = x.gather(1, logits_index[..., None].expand(-1, -1, x.shape[-1]))
+            x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns, keep if i == last else None)
+        if keep is None or last < 0:
+            x = pick_rows(x, logits_index if logits_index is not None else slice(logits_from, logits_to))
         x = self.norm(x)
         weight = self.embed.weight if self.head is None else self.head.weight
         return F.linear(x, weight)

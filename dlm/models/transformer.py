@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dlm.messages import CandidateBatch, ForwardPlan
+from dlm.messages import CandidateBatch, ForwardPlan, ReadRows
 from dlm.models.base import ModelAdapter
 from dlm.models.compiled import compile_transformer, is_compiled, mark_static_kv
 from dlm.models.parallel import shard_transformer
@@ -128,7 +128,8 @@ class TransformerAdapter(ModelAdapter):
         keys = torch.arange(0 if plan.kv is not None else plan.start, plan.key_end if plan.kv is not None else plan.end,
                             device=state.device)[None, :]
         kv = plan.kv if plan.kv is None or plan.writes_all else WriteWindow(plan.kv, plan.write_start, plan.write_end)
-        return self.net(
+        read = read_offsets(plan, state)
+        out = self.net(
             ids,
             positions,
             self.attention_mask(state, plan.rows, cols, keys),
@@ -138,7 +139,9 @@ class TransformerAdapter(ModelAdapter):
             key_end=plan.key_end,
             logits_from=lo - plan.start,
             logits_to=hi - plan.start,
+            logits_index=None if read is None else read + (lo - plan.start),
         )
+        return out if read is None else spread_rows(out, read, hi - lo)
 
     def _forward_columns(self, state: GenerationState, plan: ForwardPlan, lo: int, hi: int) -> Tensor:
         """A plan naming per-row column sets: gather their tokens, scatter their K/V into their slots."""
@@ -152,11 +155,14 @@ class TransformerAdapter(ModelAdapter):
         index = where[:, lo:hi]  # [b, n]: query offset of each needed output
         if bool((index < 0).any()):
             raise ValueError(f"forward plan's column sets do not hold every output the logits need, [{lo}, {hi})")
+        read = read_offsets(plan, state)
+        if read is not None:
+            index = index.gather(1, read)
         if plan.ordered:
             mask = self.ordered_mask(state, rows, cols, keys)
         else:
             mask = self.attention_mask(state, rows, cols, keys)
-        return self.net(
+        out = self.net(
             ids,
             positions,
             mask,
@@ -166,6 +172,28 @@ class TransformerAdapter(ModelAdapter):
             key_end=plan.key_end,
             logits_index=index,
         )
+        return out if read is None else spread_rows(out, read, hi - lo)
+
+
+def read_offsets(plan: ForwardPlan, state) -> Tensor | None:
+    """Offsets [b, n] into the logits span of the positions a :class:`~dlm.messages.ReadRows` hint says are read
+    (each row's first, padded with unread ones to the batch's largest count), or None to compute every row.
+
+    Used on CPU only: the count is read on the host, a synchronisation a GPU step avoids (docs/performance.md),
+    and on a GPU the saved rows cost bandwidth, not time."""
+    hint = plan.get(ReadRows)
+    if hint is None or state.device.type != "cpu" or hint.mask.shape[0] == 0:
+        return None
+    n = int(hint.mask.sum(dim=1).max())
+    if n >= hint.mask.shape[1]:
+        return None
+    return torch.sort((~hint.mask).to(torch.uint8), dim=1, stable=True).indices[:, : max(n, 1)]
+
+
+def spread_rows(logits: Tensor, read: Tensor, span: int) -> Tensor:
+    """Logits [b, n, V] of the offsets ``read`` placed in a [b, span, V] tensor of zeros."""
+    out = logits.new_zeros(logits.shape[0], span, logits.shape[-1])
+    return out.scatter_(1, read[..., None].expand(-1, -1, logits.shape[-1]), logits)
 
 
 
