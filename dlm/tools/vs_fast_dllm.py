@@ -51,6 +51,8 @@ class Row:
     same_tokens: bool
     reference_nfe: int
     dlm_nfe: int
+    reference_flops: int = 0
+    dlm_flops: int = 0
 
     def ratios(self) -> dict[str, float]:
         """reference / dlm over the minimum (and median) times: above 1 means dlm is faster."""
@@ -59,6 +61,7 @@ class Row:
             ref, own = getattr(self.reference, kind), getattr(self.dlm, kind)
             out[f"{kind[:-2]}_min"] = min(ref) / min(own)
             out[f"{kind[:-2]}_median"] = statistics.median(ref) / statistics.median(own)
+        out["flops"] = self.reference_flops / self.dlm_flops if self.dlm_flops else float("nan")
         return out
 
 
@@ -141,6 +144,21 @@ def dlm_pipeline(checkpoint: Path, policy: str, args):
     })
 
 
+def count_flops(fn) -> int:
+    """Floating-point operations of the matmuls and attention ``fn`` runs (torch's FlopCounterMode, with the CPU
+    flash-attention kernel counted as 4·b·h·q·k·d): the work itself, which the machine's load cannot change."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def cpu_flash(query, key, value, *args, out_val=None, **kwargs) -> int:  # receives shapes
+        b, h, q, d = query
+        return 4 * b * h * q * key[-2] * d
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_flash}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def timed(fn):
     cpu, wall = time.process_time(), time.perf_counter()
     out = fn()
@@ -166,6 +184,7 @@ def compare(policy: str, prompt: list[int], generators, reference, pipe, args, m
 
     row = Row(policy, len(prompt), Side(), Side(), True, 0, 0)
     run_reference(), run_dlm()  # warm-up
+    row.reference_flops, row.dlm_flops = count_flops(run_reference), count_flops(run_dlm)
     for _ in range(args.repeats):
         (ref_tokens, ref_nfe), cpu, wall = timed(run_reference)
         row.reference.cpu_s.append(cpu), row.reference.wall_s.append(wall)
@@ -185,14 +204,15 @@ def cpu_fmt(s: float) -> str:
 def table(rows: list[Row]) -> str:
     lines = [
         "| policy | prompt | Fast-dLLM CPU s (min) | dlm CPU s (min) | ratio, CPU time (min / median) "
-        "| ratio, wall time (min / median) | same tokens | NFE (ref / dlm) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|",
+        "| ratio, wall time (min / median) | GFLOP (ref / dlm) | ratio, FLOP | same tokens | NFE (ref / dlm) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for row in rows:
         r = row.ratios()
         lines.append(
             f"| {row.policy} | {row.prompt_length} | {min(row.reference.cpu_s):.2f} | {min(row.dlm.cpu_s):.2f} "
             f"| **{r['cpu_min']:.2f}×** / {r['cpu_median']:.2f}× | {r['wall_min']:.2f}× / {r['wall_median']:.2f}× "
+            f"| {row.reference_flops / 1e9:.1f} / {row.dlm_flops / 1e9:.1f} | {r['flops']:.2f}× "
             f"| {'yes' if row.same_tokens else 'NO'} | {row.reference_nfe} / {row.dlm_nfe} |"
         )
     return "\n".join(lines)
@@ -252,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "torch": torch.__version__,
             "rows": [{**asdict(r), "ratios": r.ratios()} for r in rows],
-        }, indent=2))
+        }, indent=2, default=str))
     return 0 if all(r.same_tokens and r.reference_nfe in (r.dlm_nfe, -1) for r in rows) else 1
 
 
