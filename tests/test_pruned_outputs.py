@@ -18,13 +18,15 @@ def net(tiny_ckpt):
     return LLaDAModel.load(LLaDAConfig(path=tiny_ckpt), dtype=torch.float64, device=torch.device("cpu")).net
 
 
+
+
 def run(net, prune, ids, positions, mask, kv_len, **kw):
     net.prune_outputs = prune
     try:
         kv = None
         if kv_len:
             s = net.spec
-            kv = KVBuffer(s.n_layers, ids.shape[0], s.n_kv_heads, kv_len, s.head_dim, dtype=torch.float64,
+            kv = KVBuffer(s.n_layers, ids.shape[0], s.n_kv_heads, kv_len, s.head_dim, dtype=net.embed.weight.dtype,
                           device=torch.device("cpu"))
             kv.keys.normal_(generator=torch.Generator().manual_seed(0))
             kv.values.normal_(generator=torch.Generator().manual_seed(1))

@@ -19,7 +19,7 @@ from dlm.models.compiled import compile_transformer, is_compiled, mark_static_kv
 from dlm.models.parallel import shard_transformer
 from dlm.models.checkpoint import load_tensors
 from dlm.models.kv import KVBuffer, WriteWindow
-from dlm.models.layers import Transformer, TransformerSpec
+from dlm.models.layers import MIN_EXACT_ROWS, Transformer, TransformerSpec
 from dlm.state import GenerationState
 
 
@@ -177,17 +177,19 @@ class TransformerAdapter(ModelAdapter):
 
 def read_offsets(plan: ForwardPlan, state) -> Tensor | None:
     """Offsets [b, n] into the logits span of the positions a :class:`~dlm.messages.ReadRows` hint says are read
-    (each row's first, padded with unread ones to the batch's largest count), or None to compute every row.
+    (each row's first, padded with unread ones to the batch's largest count and to at least
+    :data:`~dlm.models.layers.MIN_EXACT_ROWS`), or None to compute every row.
 
     Used on CPU only: the count is read on the host, a synchronisation a GPU step avoids (docs/performance.md),
     and on a GPU the saved rows cost bandwidth, not time."""
     hint = plan.get(ReadRows)
     if hint is None or state.device.type != "cpu" or hint.mask.shape[0] == 0:
         return None
-    n = int(hint.mask.sum(dim=1).max())
-    if n >= hint.mask.shape[1]:
+    span = hint.mask.shape[1]
+    n = max(int(hint.mask.sum(dim=1).max()), min(MIN_EXACT_ROWS, span))  # see Transformer.output_rows
+    if n >= span:
         return None
-    return torch.sort((~hint.mask).to(torch.uint8), dim=1, stable=True).indices[:, : max(n, 1)]
+    return torch.sort((~hint.mask).to(torch.uint8), dim=1, stable=True).indices[:, :n]
 
 
 def spread_rows(logits: Tensor, read: Tensor, span: int) -> Tensor:
