@@ -53,6 +53,9 @@ class Row:
     dlm_nfe: int
     reference_flops: int = 0
     dlm_flops: int = 0
+    agreement: float = 1.0  # share of generated positions where the tokens are equal (the lowest repeat)
+    dlm_other: Side | None = None  # dlm at --also-dtype, interleaved with the others
+    same_tokens_other: bool | None = None
 
     def ratios(self) -> dict[str, float]:
         """reference / dlm over the minimum (and median) times: above 1 means dlm is faster."""
@@ -129,7 +132,7 @@ def write_checkpoint(directory: Path, args) -> Path:
     return directory
 
 
-def dlm_pipeline(checkpoint: Path, policy: str, args):
+def dlm_pipeline(checkpoint: Path, policy: str, args, dtype: str | None = None):
     from dlm import Pipeline
 
     decoding = {"name": "low_confidence"} if args.threshold is None else {"name": "threshold", "threshold": args.threshold}
@@ -139,7 +142,7 @@ def dlm_pipeline(checkpoint: Path, policy: str, args):
                       "steps": args.steps or args.gen},
         "decoding": decoding,
         "cache": {"name": policy},
-        "dtype": args.dtype,
+        "dtype": dtype or args.dtype,
         "threads": args.threads,
     })
 
@@ -165,7 +168,7 @@ def timed(fn):
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def compare(policy: str, prompt: list[int], generators, reference, pipe, args, mask_id: int) -> Row:
+def compare(policy: str, prompt: list[int], generators, reference, pipe, args, mask_id: int, other=None) -> Row:
     gen = getattr(generators, REFERENCE_GENERATORS[policy])
     ids = torch.tensor([prompt])
     kwargs = dict(steps=args.steps or args.gen, gen_length=args.gen, block_length=args.block, temperature=0.0,
@@ -182,8 +185,15 @@ def compare(policy: str, prompt: list[int], generators, reference, pipe, args, m
         out = pipe.generate(input_ids=[prompt])
         return out.generated[0].tolist(), int(out.nfe[0])
 
+    def run_other():
+        out = other.generate(input_ids=[prompt])
+        return out.generated[0].tolist(), int(out.nfe[0])
+
     row = Row(policy, len(prompt), Side(), Side(), True, 0, 0)
     run_reference(), run_dlm()  # warm-up
+    if other is not None:
+        run_other()
+        row.dlm_other, row.same_tokens_other = Side(), True
     row.reference_flops, row.dlm_flops = count_flops(run_reference), count_flops(run_dlm)
     for _ in range(args.repeats):
         (ref_tokens, ref_nfe), cpu, wall = timed(run_reference)
@@ -191,7 +201,12 @@ def compare(policy: str, prompt: list[int], generators, reference, pipe, args, m
         (own_tokens, own_nfe), cpu, wall = timed(run_dlm)
         row.dlm.cpu_s.append(cpu), row.dlm.wall_s.append(wall)
         row.same_tokens &= ref_tokens == own_tokens
+        row.agreement = min(row.agreement, sum(a == b for a, b in zip(ref_tokens, own_tokens)) / max(1, len(own_tokens)))
         row.reference_nfe, row.dlm_nfe = ref_nfe if ref_nfe is not None else -1, own_nfe
+        if other is not None:
+            (other_tokens, _), cpu, wall = timed(run_other)
+            row.dlm_other.cpu_s.append(cpu), row.dlm_other.wall_s.append(wall)
+            row.same_tokens_other &= other_tokens == own_tokens
         print(f"  {policy:6s} prompt {len(prompt):4d}: reference {cpu_fmt(row.reference.cpu_s[-1])} "
               f"dlm {cpu_fmt(row.dlm.cpu_s[-1])} (CPU s)", file=sys.stderr, flush=True)
     return row
@@ -213,8 +228,22 @@ def table(rows: list[Row]) -> str:
             f"| {row.policy} | {row.prompt_length} | {min(row.reference.cpu_s):.2f} | {min(row.dlm.cpu_s):.2f} "
             f"| **{r['cpu_min']:.2f}×** / {r['cpu_median']:.2f}× | {r['wall_min']:.2f}× / {r['wall_median']:.2f}× "
             f"| {row.reference_flops / 1e9:.1f} / {row.dlm_flops / 1e9:.1f} | {r['flops']:.2f}× "
-            f"| {'yes' if row.same_tokens else 'NO'} | {row.reference_nfe} / {row.dlm_nfe} |"
+            f"| {'yes' if row.same_tokens else f'NO ({row.agreement:.0%} of positions)'} "
+            f"| {row.reference_nfe} / {row.dlm_nfe} |"
         )
+    others = [row for row in rows if row.dlm_other is not None]
+    if others:
+        lines += [
+            "",
+            "| policy | prompt | dlm CPU s (min), --dtype | dlm CPU s (min), --also-dtype | ratio, CPU time (min) "
+            "| same tokens as --dtype |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for row in others:
+            lines.append(
+                f"| {row.policy} | {row.prompt_length} | {min(row.dlm.cpu_s):.2f} | {min(row.dlm_other.cpu_s):.2f} "
+                f"| **{min(row.dlm_other.cpu_s) / min(row.dlm.cpu_s):.2f}×** | {'yes' if row.same_tokens_other else 'no'} |"
+            )
     return "\n".join(lines)
 
 
@@ -236,6 +265,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mlp", type=int, default=None, help="SwiGLU width (default 3 × d_model, LLaDA-8B's ratio)")
     p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float64"), default="float32")
+    p.add_argument("--also-dtype", choices=("float32", "bfloat16", "float64"), default=None,
+                   help="also time dlm in this dtype, interleaved (e.g. --dtype bfloat16 --also-dtype float32)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
@@ -265,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt = torch.randint(6, args.vocab, (length,), generator=g).tolist()
             for policy in args.policies:
                 pipe = dlm_pipeline(checkpoint, policy, args)
-                rows.append(compare(policy, prompt, generators, reference, pipe, args, mask_id))
+                other = dlm_pipeline(checkpoint, policy, args, args.also_dtype) if args.also_dtype else None
+                rows.append(compare(policy, prompt, generators, reference, pipe, args, mask_id, other))
     print(table(rows))
     if args.json_out:
         args.json_out.write_text(json.dumps({
