@@ -140,3 +140,31 @@ def test_missing_config_field_is_named(tiny_ckpt, tmp_path):
 def test_capabilities_come_from_checkpoint(tiny_ckpt):
     caps = load(tiny_ckpt).capabilities
     assert caps.mask_id == 2 and caps.eos_ids == (0, 1) and caps.max_length == 512
+
+
+@pytest.mark.parametrize("full_precision", [True, False])
+def test_bfloat16_rotates_in_float32_as_lladas_rope_full_precision(tiny_ckpt, tmp_path, full_precision):
+    """LLaDA's config says rope_full_precision (default true): a bfloat16 model rotates queries and keys in
+    float32 and rounds once, as the released modeling_llada.py does; with it false, in bfloat16."""
+    from dlm.models.kv import KVBuffer
+    from dlm.models.layers import apply_rope
+
+    ckpt = _copy(tiny_ckpt, tmp_path / "ckpt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["rope_full_precision"] = full_precision
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    net = load(ckpt, dtype=torch.bfloat16).net
+    assert net.spec.rope_full_precision is full_precision
+    ids = torch.tensor([[5, 9, 14, 20, 33, 7]])
+    positions = torch.arange(6)[None]
+    s = net.spec
+    kv = KVBuffer(s.n_layers, 1, s.n_kv_heads, 6, s.head_dim, dtype=torch.bfloat16, device=torch.device("cpu"))
+    net(ids, positions, None, kv=kv, rows=None, key_end=6)
+    block = net.blocks[0]
+    k = block.attn.k(block.attn_norm(net.embed(ids))).view(1, 6, s.n_kv_heads, s.head_dim).transpose(1, 2)
+    cos, sin = (t[positions] for t in net.rope(torch.device("cpu")))
+    if full_precision:
+        want = apply_rope(k.float(), cos, sin).bfloat16()
+    else:
+        want = apply_rope(k, cos.bfloat16(), sin.bfloat16())
+    assert torch.equal(kv.keys[0], want)

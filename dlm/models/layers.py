@@ -32,6 +32,9 @@ class TransformerSpec:
     max_length: int
     qkv_bias: bool = False
     tied: bool = False
+    # RoPE in float32 when the model runs in bfloat16/float16 (LLaDA's `rope_full_precision`, on by default in its
+    # config; HF Llama/Qwen2 rotate in the model dtype). float32 and float64 models rotate in their own dtype.
+    rope_full_precision: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -133,11 +136,12 @@ class Attention(nn.Module):
         b, q_len, _ = x.shape
         k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        k = apply_rope(k, cos, sin)
+        k = apply_rope(k.to(cos.dtype), cos, sin).to(x.dtype)  # cos/sin may be float32 (rope_full_precision)
         if keep is not None:
             x, cos, sin, mask = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep), pick_mask_rows(mask, keep)
             b, q_len = x.shape[0], x.shape[1]
-        q = apply_rope(self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
+        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2)
+        q = apply_rope(q.to(cos.dtype), cos, sin).to(x.dtype)
         if kv is not None:
             if columns is None:
                 kv.write(layer, rows, start, k, v)
@@ -244,6 +248,8 @@ class Transformer(nn.Module):
         [b, n], as [b, n, vocab_out]."""
         cos_t, sin_t = self.rope(ids.device)
         dtype = self.embed.weight.dtype
+        if self.spec.rope_full_precision and dtype in (torch.bfloat16, torch.float16):
+            dtype = torch.float32
         cos, sin = cos_t[positions].to(dtype), sin_t[positions].to(dtype)
         key_end = start + ids.shape[1] if key_end is None else key_end
         keep = self.output_rows(ids.shape[1], logits_from, logits_to, logits_index)

@@ -130,6 +130,7 @@ def llada_spec(cfg: dict, directory: Path) -> TransformerSpec:
         qkv_bias=config_bool(cfg, "include_bias", directory, False)
         or config_bool(cfg, "include_qkv_bias", directory, False),
         tied=config_bool(cfg, "weight_tying", directory, False),
+        rope_full_precision=config_bool(cfg, "rope_full_precision", directory, True),
     )
 
 
