@@ -119,6 +119,38 @@ def test_bench_writes_a_random_qwen2_layout_model_for_the_causal_decoders(tmp_pa
     assert report["results"][1]["nfe"] <= report["results"][0]["nfe"]
 
 
+def test_model_spec_of_the_moe_family():
+    spec = bm.parse_model_spec("family=llada_moe,d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,top_k=3")
+    assert spec["n_experts"] == 8 and spec["top_k"] == 3
+    assert bm.count_parameters(spec, active=True) < bm.count_parameters(spec)
+    dense = bm.parse_model_spec("d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,vocab_size=8192")
+    moe_attention_extra = 2 * (64 * 8 + 2 * 16)  # router and QK norms per layer
+    assert bm.count_parameters(spec, active=True) == bm.count_parameters(dense) + moe_attention_extra
+    with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe only"):
+        bm.parse_model_spec("n_experts=4")
+    with pytest.raises(ConfigError, match="top_k .9. must be at most n_experts .8."):
+        bm.parse_model_spec("family=llada_moe,top_k=9,mlp_hidden_size=18")
+    with pytest.raises(ConfigError, match="must divide mlp_hidden_size"):
+        bm.parse_model_spec("family=llada_moe,top_k=3,mlp_hidden_size=100")
+
+
+def test_bench_writes_a_random_llada_moe_layout_model(tmp_path):
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=llada_moe,d_model=32,n_layers=1,n_heads=4,mlp_hidden_size=32,n_experts=4,vocab_size=96,max_sequence_length=64"
+    argv = ["bench", str(root / "llada-moe.yaml"), "--random-model", spec, "--model-cache", str(tmp_path / "models"),
+            "--set", "iteration.gen_length=8", "--set", "iteration.block_length=4", "--set", "iteration.steps=8",
+            "--set", "dtype=float64", "--prompt-length", "4", "--repeats", "1", "--warmup", "0", "--no-progress",
+            "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    cfg = json.loads((made / "config.json").read_text())
+    assert made.name.startswith("llada_moe-") and cfg["num_experts"] == 4 and cfg["expert_intermediate_size"] == 16
+    assert report["settings"]["random_model_active_parameters"] < report["settings"]["random_model_parameters"]
+    assert report["results"][0]["nfe"] == 8
+
+
 def test_examples_validate():
     from dlm.config import load_config
 
@@ -130,3 +162,6 @@ def test_examples_validate():
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
     for name in ("autoregressive", "jacobi", "wedlm"):
         assert load_config(root / f"{name}.yaml", ["model.path=/models/qwen"]).cache.name == "append"
+    moe = load_config(root / "llada-moe.yaml")  # the model card's quick start
+    assert moe.model.name == "llada_moe" and (moe.iteration.config.gen_length, moe.iteration.config.block_length,
+                                              moe.iteration.config.steps) == (128, 32, 128)
