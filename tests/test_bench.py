@@ -165,3 +165,19 @@ def test_examples_validate():
     moe = load_config(root / "llada-moe.yaml")  # the model card's quick start
     assert moe.model.name == "llada_moe" and (moe.iteration.config.gen_length, moe.iteration.config.block_length,
                                               moe.iteration.config.steps) == (128, 32, 128)
+
+
+def test_moe_bench_times_moe_and_dense_side_by_side(tmp_path, capsys):
+    from dlm.tools import moe_bench
+
+    out = tmp_path / "moe.json"
+    argv = ["--d-model", "32", "--layers", "1", "--experts", "4", "--top-k", "2", "--expert-dim", "16",
+            "--tokens", "8", "--repeats", "1", "--warmup", "0", "--json-out", str(out)]
+    assert moe_bench.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| tokens per forward | dense, same active parameters (ms) | sparse MoE (ms) | MoE / dense |" in table
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["max_abs_diff_moe_vs_all_experts"] < 1e-4  # the dense-over-experts comparison computes the same
+    assert report["moe_active_parameters"] - report["dense_parameters"] == 4 * 32  # the router only
+    assert all(row[f"{n}_cpu_ms"] > 0 for n in ("dense", "moe", "all_experts"))
