@@ -107,6 +107,7 @@ class SoftmaxRouter(Router):
         return Routing(weights.to(x.dtype), experts)
 
 
+@torch.compiler.disable  # group sizes are data: a compiled forward runs the dispatch eagerly, not one graph per size
 def dispatch(x: Tensor, routing: Routing, experts: nn.ModuleList) -> Tensor:
     """``sum_j weights[t, j] * experts[experts[t, j]](x[t])`` for every row ``t`` of ``x`` [T, dim], each
     expert run once, on the rows routed to it.
