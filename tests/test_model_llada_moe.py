@@ -24,7 +24,7 @@ from dlm.messages import ForwardPlan
 from dlm.models.llada import LLaDAConfig, LLaDAModel
 from dlm.models.llada_moe import LLaDAMoEConfig, LLaDAMoEModel
 from dlm.models.moe import SoftmaxRouter, SparseMoE
-from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
+from dlm.testing import make_llada_moe_checkpoint
 from reference import reference_generate
 from reference_moe import NaiveLLaDAMoE
 
