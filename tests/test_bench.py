@@ -119,6 +119,38 @@ def test_bench_writes_a_random_qwen2_layout_model_for_the_causal_decoders(tmp_pa
     assert report["results"][1]["nfe"] <= report["results"][0]["nfe"]
 
 
+def test_model_spec_of_the_moe_family():
+    spec = bm.parse_model_spec("family=llada_moe,d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,top_k=3")
+    assert spec["n_experts"] == 8 and spec["top_k"] == 3
+    assert bm.count_parameters(spec, active=True) < bm.count_parameters(spec)
+    dense = bm.parse_model_spec("d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,vocab_size=8192")
+    moe_attention_extra = 2 * (64 * 8 + 2 * 16)  # router and QK norms per layer
+    assert bm.count_parameters(spec, active=True) == bm.count_parameters(dense) + moe_attention_extra
+    with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe only"):
+        bm.parse_model_spec("n_experts=4")
+    with pytest.raises(ConfigError, match="top_k .9. must be at most n_experts .8."):
+        bm.parse_model_spec("family=llada_moe,top_k=9,mlp_hidden_size=18")
+    with pytest.raises(ConfigError, match="must divide mlp_hidden_size"):
+        bm.parse_model_spec("family=llada_moe,top_k=3,mlp_hidden_size=100")
+
+
+def test_bench_writes_a_random_llada_moe_layout_model(tmp_path):
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=llada_moe,d_model=32,n_layers=1,n_heads=4,mlp_hidden_size=32,n_experts=4,vocab_size=96,max_sequence_length=64"
+    argv = ["bench", str(root / "llada-moe.yaml"), "--random-model", spec, "--model-cache", str(tmp_path / "models"),
+            "--set", "iteration.gen_length=8", "--set", "iteration.block_length=4", "--set", "iteration.steps=8",
+            "--set", "dtype=float64", "--prompt-length", "4", "--repeats", "1", "--warmup", "0", "--no-progress",
+            "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    cfg = json.loads((made / "config.json").read_text())
+    assert made.name.startswith("llada_moe-") and cfg["num_experts"] == 4 and cfg["expert_intermediate_size"] == 16
+    assert report["settings"]["random_model_active_parameters"] < report["settings"]["random_model_parameters"]
+    assert report["results"][0]["nfe"] == 8
+
+
 def test_examples_validate():
     from dlm.config import load_config
 
@@ -130,3 +162,22 @@ def test_examples_validate():
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
     for name in ("autoregressive", "jacobi", "wedlm"):
         assert load_config(root / f"{name}.yaml", ["model.path=/models/qwen"]).cache.name == "append"
+    moe = load_config(root / "llada-moe.yaml")  # the model card's quick start
+    assert moe.model.name == "llada_moe" and (moe.iteration.config.gen_length, moe.iteration.config.block_length,
+                                              moe.iteration.config.steps) == (128, 32, 128)
+
+
+def test_moe_bench_times_moe_and_dense_side_by_side(tmp_path, capsys):
+    from dlm.tools import moe_bench
+
+    out = tmp_path / "moe.json"
+    argv = ["--d-model", "32", "--layers", "1", "--experts", "4", "--top-k", "2", "--expert-dim", "16",
+            "--tokens", "8", "--repeats", "1", "--warmup", "0", "--json-out", str(out)]
+    assert moe_bench.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| tokens per forward | dense, same active parameters (ms) | sparse MoE (ms) | MoE / dense |" in table
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["max_abs_diff_moe_vs_all_experts"] < 1e-4  # the dense-over-experts comparison computes the same
+    assert report["moe_active_parameters"] - report["dense_parameters"] == 4 * 32  # the router only
+    assert all(row[f"{n}_cpu_ms"] > 0 for n in ("dense", "moe", "all_experts"))

@@ -213,3 +213,18 @@ def test_model_features_follow_the_capabilities():
     assert compat.model_features(tiny_model(family="qwen2").capabilities) == {"causal", "kv_cache", "next_token"}
     assert compat.model_features(tiny_model(family="wedlm").capabilities) == {"causal", "kv_cache"}
     assert compat.model_features(tiny_model(family="llada").capabilities) == {"bidirectional", "kv_cache"}
+
+
+@pytest.mark.parametrize("kind", compat.KINDS)
+def test_llada_moe_is_served_by_exactly_the_components_that_serve_llada(kind):
+    """LLaDA-MoE declares dense LLaDA's capabilities (bidirectional, unshifted, KV cache), so the pairs above,
+    run on ``llada``, speak for it; each cache that serves it also runs a generation on it."""
+    dense, moe = tiny_model(family="llada"), tiny_model(family="llada_moe")
+    for name in compat.builtin_names(kind):
+        part = component(kind, name)
+        refused = compat.model_problems(kind, part, moe.capabilities)
+        assert bool(refused) == bool(compat.model_problems(kind, part, dense.capabilities)), name
+        if kind == "cache" and not refused:
+            out = Pipeline(moe, component("iteration", "blockwise"), component("decoding", "low_confidence"),
+                           part).generate(input_ids=PROMPTS)
+            assert all(moe.capabilities.mask_id not in g.tolist() for g in out.generated), name

@@ -29,6 +29,7 @@ DEVICE = {
     "commit",  # GenerationState.commit: the three commit invariants, read in one go
     "top_k_select",  # top-k strategies: the largest quota is the shape of topk
 }
+MOE = "dispatch"  # sparse MoE layers: the rows per expert size each expert's matmul (once per layer and forward)
 # functions that read only host tensors (the per-row progress and geometry live on the host, so on a GPU these
 # never wait); the counter cannot tell a host tensor from a device one on a CPU-only machine, so they are named
 HOST = {
@@ -67,10 +68,10 @@ def _dlm_caller() -> str:
     return "<outside dlm>"
 
 
-def steps_with_syncs(ckpt, cache: str, decoding: str) -> list[Counter]:
+def steps_with_syncs(ckpt, cache: str, decoding: str, model: str = "llada") -> list[Counter]:
     """Run one generation of two rows (one left-padded); return the sync sites of every step but the first."""
     pipe = Pipeline.from_config(pipeline_config(
-        ckpt, cache={"name": cache}, decoding={"name": decoding},
+        ckpt, model={"name": model, "path": str(ckpt)}, cache={"name": cache}, decoding={"name": decoding},
         iteration={"name": "blockwise", "gen_length": 16, "block_length": 8, "steps": 8},
     ))
     per_step: list[Counter] = []
@@ -99,6 +100,17 @@ def test_a_step_waits_for_the_device_only_where_the_control_flow_needs_it(tiny_c
         assert rows <= 2  # once per step, once more when a row's block begins
         device = sum(n for site, n in counts.items() if site in DEVICE)
         assert device - rows + 1 <= budget, counts
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_a_sparse_moe_layer_waits_once_per_forward(tmp_path, cache):
+    from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
+
+    ckpt = make_llada_moe_checkpoint(tmp_path / "moe", moe_layer_freq=[1, 0], seed=1)  # one sparse layer
+    steps = steps_with_syncs(ckpt, cache, "threshold", model="llada_moe")
+    for counts in steps:
+        assert set(counts) <= ALLOWED | {MOE}, f"new host synchronisation in the step loop: {sorted(counts)}"
+        assert counts[MOE] == 1, counts  # one forward per step, one sparse layer
 
 
 def test_the_counter_sees_a_synchronisation(tiny_ckpt):

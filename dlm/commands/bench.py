@@ -9,6 +9,10 @@ Example (random-weight ~35M-parameter LLaDA-layout model, written once to a cach
 and, on a random Qwen2-layout model, causal decoders against autoregressive decoding:
 
     dlm bench examples/autoregressive.yaml examples/jacobi.yaml examples/wedlm.yaml --random-model family=qwen2
+
+and a random LLaDA-MoE-layout model (sparse experts) under LLaDA-MoE's published settings:
+
+    dlm bench examples/llada-moe.yaml --random-model family=llada_moe
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use a random-weight checkpoint instead of each config's model.path, e.g. "
              "'d_model=512,n_layers=8,n_heads=8,mlp_hidden_size=1536,vocab_size=8192' (bare flag or 'default': "
              "those sizes, ~35M parameters, LLaDA's layout); 'family=qwen2' writes Qwen2's layout (for the "
-             "qwen2 and wedlm adapters); written once under --model-cache",
+             "qwen2 and wedlm adapters); 'family=llada_moe' LLaDA-MoE's (n_experts=8, top_k=2 experts per "
+             "token, each mlp_hidden_size/top_k wide); written once under --model-cache",
     )
     m.add_argument("--model-cache", metavar="DIR", help="where random checkpoints are kept "
                                                          "(default $DLM_CACHE or ~/.cache/dlm/random-models)")
@@ -140,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         "warmup": args.warmup,
         "random_model": model_spec,
         "random_model_parameters": bm.count_parameters(model_spec) if model_spec else None,
+        "random_model_active_parameters": bm.count_parameters(model_spec, active=True) if model_spec else None,
         "processes": w.size,
         "data_parallel": w.dp_size,
     }

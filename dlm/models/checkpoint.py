@@ -113,12 +113,20 @@ def check_model_type(cfg: dict, directory: Path, adapter: str, accepted: tuple[s
 
 # model_type values (lower case) of the released checkpoints of each family, for :func:`check_model_type`
 MODEL_TYPES = {
-    "llada": ("llada", "llada_moe"),
+    "llada": ("llada",),
+    "llada_moe": ("lladamoe", "llada_moe"),  # the released config.json says "llada" (its config class's type)
     "dream": ("dream",),
     "fast_dllm_v2": ("fast_dllm_qwen", "fast_dllm_v2"),
     "qwen2": ("qwen2",),
     "wedlm": ("wedlm",),
 }
+
+
+def is_llada_moe_config(cfg: dict) -> bool:
+    """True for a config.json in LLaDA-MoE's schema, which shares ``model_type: "llada"`` with dense LLaDA's:
+    its ``architectures`` name ``LLaDAMoEModelLM``, or it declares experts and not LLaDA's ``d_model``."""
+    arch = cfg.get("architectures")
+    return (isinstance(arch, list) and "LLaDAMoEModelLM" in arch) or ("num_experts" in cfg and "d_model" not in cfg)
 
 
 def check_tokenizer(tokenizer, vocab: int, source: str) -> None:

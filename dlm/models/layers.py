@@ -2,18 +2,24 @@
 
 Attention is never causal by itself: the caller passes the attention mask it needs (bidirectional with
 padding, or block-causal), and optionally a :class:`~dlm.models.kv.KVBuffer` to write fresh keys/values
-into and read cached ones from. Families differ only in sizes, biases and tensor names.
+into and read cached ones from. Families differ in sizes, biases, tensor names and a few switches of the
+spec: per-head QK norm, partial rotary, clipped q/k/v, and a sparse mixture-of-experts feed-forward
+(:mod:`dlm.models.moe`) in the layers that have one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlm.models.kv import KVBuffer
+
+if TYPE_CHECKING:
+    from dlm.models.moe import MoESpec
 
 
 @dataclass(frozen=True)
@@ -35,10 +41,19 @@ class TransformerSpec:
     # RoPE in float32 when the model runs in bfloat16/float16 (LLaDA's `rope_full_precision`, on by default in its
     # config; HF Llama/Qwen2 rotate in the model dtype). float32 and float64 models rotate in their own dtype.
     rope_full_precision: bool = False
+    o_bias: bool = False  # a bias on the attention output projection (OLMoE-style attention_bias)
+    qk_norm: bool = False  # RMSNorm over each head's query and key before RoPE (OLMoE, LLaDA-MoE, Qwen3)
+    clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] after the projections (and QK norm)
+    rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head; None: the whole head
+    moe: MoESpec | None = None  # sparse mixture-of-experts feed-forward in the layers it names
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    @property
+    def rope_dim(self) -> int:
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
 
 class RMSNorm(nn.Module):
@@ -65,7 +80,11 @@ def rope_tables(head_dim: int, theta: float, length: int, device=None) -> tuple[
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x: [b, H, q, D]; cos/sin: [b, q, D] in x's dtype."""
+    """x: [b, H, q, D]; cos/sin: [b, q, R] in x's dtype, R <= D: the first R dims of each head are rotated
+    (partial rotary, as transformers' ``partial_rotary_factor``), the rest pass through."""
+    if cos.shape[-1] < x.shape[-1]:
+        r = cos.shape[-1]
+        return torch.cat((apply_rope(x[..., :r], cos, sin), x[..., r:]), dim=-1)
     cos, sin = cos[:, None], sin[:, None]
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -117,7 +136,10 @@ class Attention(nn.Module):
         self.q = nn.Linear(spec.dim, spec.n_heads * hd, bias=spec.qkv_bias)
         self.k = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
         self.v = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
-        self.o = nn.Linear(spec.n_heads * hd, spec.dim, bias=False)
+        self.o = nn.Linear(spec.n_heads * hd, spec.dim, bias=spec.o_bias)
+        self.q_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
+        self.clip = spec.clip_qkv
 
     def forward(
         self,
@@ -134,14 +156,23 @@ class Attention(nn.Module):
         keep: Rows | None = None,  # only these query rows need the output (keys/values: every row)
     ) -> Tensor:
         b, q_len, _ = x.shape
-        k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+        v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if self.clip is not None:
+            k, v = k.clamp(-self.clip, self.clip), v.clamp(-self.clip, self.clip)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
         k = apply_rope(k.to(cos.dtype), cos, sin).to(x.dtype)  # cos/sin may be float32 (rope_full_precision)
-        if keep is not None:
+        if keep is not None:  # the last layer: only these rows go on (every row wrote its keys and values)
             x, cos, sin, mask = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep), pick_mask_rows(mask, keep)
             b, q_len = x.shape[0], x.shape[1]
-        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2)
-        q = apply_rope(q.to(cos.dtype), cos, sin).to(x.dtype)
+        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.clip is not None:
+            q = q.clamp(-self.clip, self.clip)
+        q = apply_rope(q.transpose(1, 2).to(cos.dtype), cos, sin).to(x.dtype)
         if kv is not None:
             if columns is None:
                 kv.write(layer, rows, start, k, v)
@@ -159,23 +190,28 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, spec: TransformerSpec) -> None:
+    """down(silu(gate(x)) * up(x)): the dense feed-forward, and each expert of a sparse one."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.gate = nn.Linear(spec.dim, spec.ffn_dim, bias=False)
-        self.up = nn.Linear(spec.dim, spec.ffn_dim, bias=False)
-        self.down = nn.Linear(spec.ffn_dim, spec.dim, bias=False)
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class Block(nn.Module):
-    def __init__(self, spec: TransformerSpec) -> None:
+    def __init__(self, spec: TransformerSpec, layer: int = 0) -> None:
         super().__init__()
         self.attn_norm = RMSNorm(spec.dim, spec.norm_eps)
         self.attn = Attention(spec)
         self.ffn_norm = RMSNorm(spec.dim, spec.norm_eps)
-        self.ffn = SwiGLU(spec)
+        if spec.moe is not None:
+            self.ffn = spec.moe.ffn(spec.dim, spec.ffn_dim, layer)  # sparse MoE, or dense where it says so
+        else:
+            self.ffn = SwiGLU(spec.dim, spec.ffn_dim)
 
     def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end, columns=None, keep=None) -> Tensor:
         """``keep``: only those rows of the output are needed (the last layer, where only the rows whose logits are
@@ -190,7 +226,7 @@ class Transformer(nn.Module):
 
     Less work for the same logits: in the last layer only the query rows whose logits are read need the
     attention output, the MLP and the head; the other rows contribute their keys and values (which a cache
-    may keep) and stop there (``prune_outputs``, on by default; tests/test_model_llada.py proves the logits
+    may keep) and stop there (``prune_outputs``, on by default; tests/test_pruned_outputs.py proves the logits
     and the tokens equal the unpruned forward's). A forward that reads every row's logits is unchanged.
     """
 
@@ -200,7 +236,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.spec = spec
         self.embed = nn.Embedding(spec.vocab_in, spec.dim)
-        self.blocks = nn.ModuleList(Block(spec) for _ in range(spec.n_layers))
+        self.blocks = nn.ModuleList(Block(spec, i) for i in range(spec.n_layers))
         self.norm = RMSNorm(spec.dim, spec.norm_eps)
         self.head = None if spec.tied else nn.Linear(spec.dim, spec.vocab_out, bias=False)
         self._rope: tuple[Tensor, Tensor] | None = None
@@ -225,7 +261,7 @@ class Transformer(nn.Module):
 
     def rope(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if self._rope is None or self._rope[0].device != device:
-            self._rope = rope_tables(self.spec.head_dim, self.spec.rope_theta, self.spec.max_length, device)
+            self._rope = rope_tables(self.spec.rope_dim, self.spec.rope_theta, self.spec.max_length, device)
         return self._rope
 
     def forward(

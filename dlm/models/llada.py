@@ -30,6 +30,7 @@ from dlm.models.checkpoint import (
     config_float,
     config_ids,
     config_int,
+    is_llada_moe_config,
     read_config,
 )
 from dlm.models.finite import check_finite_forward
@@ -177,6 +178,9 @@ class LLaDAModel(TransformerAdapter):
             )
         cfg = read_config(directory)
         check_model_type(cfg, directory, "llada", MODEL_TYPES["llada"])
+        if is_llada_moe_config(cfg):  # LLaDA-MoE's config.json also says model_type "llada"
+            raise CheckpointError(f"{directory / 'config.json'} is a LLaDA-MoE checkpoint (architectures "
+                                  f"{cfg.get('architectures')}, num_experts); set model.name: llada_moe")
         spec = llada_spec(cfg, directory)
         tokenizer = Tokenizer.maybe_load(directory)
         check_tokenizer(tokenizer, spec.vocab_in, str(directory))

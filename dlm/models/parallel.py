@@ -22,6 +22,9 @@ from dlm.errors import CompositionError
 
 def tp_problem(spec, tp: int) -> str | None:
     """Why ``spec`` (a :class:`~dlm.models.layers.TransformerSpec`) cannot be split ``tp`` ways, or None."""
+    if spec.moe is not None:
+        return ("tensor_parallel does not shard a sparse mixture-of-experts model yet (its experts would need "
+                "their own plan); run it in one process")
     for what, n in (("KV heads", spec.n_kv_heads), ("attention heads", spec.n_heads), ("MLP width", spec.ffn_dim)):
         if n % tp:
             ok = [d for d in range(1, spec.n_kv_heads + 1) if spec.n_kv_heads % d == 0 and spec.n_heads % d == 0

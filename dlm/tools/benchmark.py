@@ -55,9 +55,11 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "family": "llada",
 }
-FAMILIES = ("llada", "qwen2")  # checkpoint layouts --random-model writes: LLaDA's, or Qwen2's (qwen2 / wedlm)
+# checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe)
+FAMILIES = ("llada", "qwen2", "llada_moe")
+MOE_DEFAULTS = {"n_experts": 8, "top_k": 2}  # family=llada_moe: experts per layer, experts per token
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
-               "max_sequence_length", "seed", "shards"}
+               "max_sequence_length", "seed", "shards", *MOE_DEFAULTS}
 _BOOL_FIELDS = {"weight_tying"}
 
 
@@ -67,7 +69,9 @@ _BOOL_FIELDS = {"weight_tying"}
 def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """``"d_model=512,n_layers=8"`` (or a mapping) -> the checkpoint's sizes on top of
     :data:`RANDOM_MODEL_DEFAULTS`; ``family=qwen2`` writes Qwen2's layout (for the ``qwen2`` and ``wedlm``
-    adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's."""
+    adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's; ``family=llada_moe`` writes
+    LLaDA-MoE's, with ``n_experts`` experts per layer (8) of which ``top_k`` (2) run per token, each
+    ``mlp_hidden_size / top_k`` wide: the active parameters of the dense model of the same sizes."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -103,11 +107,23 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"--random-model: {key}={text} must be {'0 or more' if key == 'seed' else 'positive'}")
     if out["d_model"] % out["n_heads"]:
         raise ConfigError(f"--random-model: n_heads ({out['n_heads']}) must divide d_model ({out['d_model']})")
+    moe = {k: out[k] for k in MOE_DEFAULTS if k in out}
+    if out["family"] != "llada_moe":
+        if moe:
+            raise ConfigError(f"--random-model: {', '.join(moe)} applies to family=llada_moe only")
+        return out
+    out = {**MOE_DEFAULTS, **out}
+    if out["top_k"] > out["n_experts"]:
+        raise ConfigError(f"--random-model: top_k ({out['top_k']}) must be at most n_experts ({out['n_experts']})")
+    if out["mlp_hidden_size"] % out["top_k"]:
+        raise ConfigError(f"--random-model: top_k ({out['top_k']}) must divide mlp_hidden_size "
+                          f"({out['mlp_hidden_size']}): each expert is mlp_hidden_size / top_k wide")
     return out
 
 
-def count_parameters(spec: Mapping[str, Any]) -> int:
-    """Parameters of a LLaDA-layout checkpoint written with ``spec`` (as parsed by :func:`parse_model_spec`)."""
+def count_parameters(spec: Mapping[str, Any], *, active: bool = False) -> int:
+    """Parameters of the checkpoint written with ``spec`` (as parsed by :func:`parse_model_spec`); ``active``:
+    those one token runs through (a sparse model's ``top_k`` experts instead of all of them)."""
     d, n, heads = spec["d_model"], spec["n_layers"], spec["n_heads"]
     kv = spec.get("n_kv_heads") or heads
     ffn = spec.get("mlp_hidden_size") or 2 * d
@@ -115,6 +131,9 @@ def count_parameters(spec: Mapping[str, Any]) -> int:
     per_layer = d * d * 2 + 2 * d * (d // heads) * kv + 3 * d * ffn + 2 * d
     if spec.get("family") == "qwen2":
         per_layer += d + 2 * (d // heads) * kv  # q/k/v biases
+    if spec.get("family") == "llada_moe":  # router, QK norms; all experts unless counting the active ones
+        experts = spec["top_k"] if active else spec["n_experts"]
+        per_layer += d * spec["n_experts"] + 2 * (d // heads) + 3 * d * (ffn // spec["top_k"]) * experts - 3 * d * ffn
     return n * per_layer + vocab * d * (1 if spec.get("weight_tying") else 2) + d
 
 
@@ -127,7 +146,7 @@ def default_cache_dir() -> Path:
 
 
 def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
-    """A random-weight checkpoint (LLaDA's or Qwen2's layout) for ``spec``, written once and reused (keyed
+    """A random-weight checkpoint (LLaDA's, Qwen2's or LLaDA-MoE's layout) for ``spec``, written once and reused (keyed
     by its sizes)."""
     kwargs = parse_model_spec(spec)
     key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
@@ -153,6 +172,18 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
         from dlm.tools.checkpoints import make_llada_checkpoint
 
         make_llada_checkpoint(directory, **kwargs)
+        return
+    if spec["family"] == "llada_moe":
+        from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
+
+        make_llada_moe_checkpoint(
+            directory, hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"],
+            num_attention_heads=kwargs["n_heads"], num_key_value_heads=kwargs.get("n_kv_heads"),
+            num_experts=kwargs["n_experts"], num_experts_per_tok=kwargs["top_k"],
+            expert_intermediate_size=kwargs["mlp_hidden_size"] // kwargs["top_k"],
+            max_position_embeddings=kwargs["max_sequence_length"], tie_word_embeddings=bool(kwargs.get("weight_tying")),
+            vocab_size=kwargs["vocab_size"], seed=kwargs["seed"], shards=kwargs.get("shards", 1),
+        )
         return
     from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS
     from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint

@@ -33,31 +33,33 @@ CHAT_TEMPLATE = (
 
 
 def write_char_tokenizer(
-    directory: Path, chars: str = CHARS, *, chat_template: str | None = CHAT_TEMPLATE, model_max_length: int = 512
+    directory: Path, chars: str = CHARS, *, chat_template: str | None = CHAT_TEMPLATE, model_max_length: int = 512,
+    specials: tuple[str, ...] = SPECIAL_TOKENS,
 ) -> int:
     """Write a character-level ``tokenizer.json`` + ``tokenizer_config.json``; return the vocabulary size.
 
-    Ids: the special tokens first (EOS 0, EOT 1, MASK 2, ...), then one id per character.
-    ``model_max_length`` is the model's context (its config.json ``max_sequence_length``): the two agree.
+    Ids: the special tokens first (EOS 0, EOT 1, MASK 2, ...; ``specials`` names them, in that order), then one
+    id per character. ``model_max_length`` is the model's context (its config.json ``max_sequence_length``):
+    the two agree.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab = {tok: i for i, tok in enumerate(specials)}
     for ch in chars:
         vocab.setdefault(ch, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=SPECIAL_TOKENS[0]))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=specials[0]))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    tok.add_special_tokens(list(specials))
     tok.save(str(directory / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "eos_token": SPECIAL_TOKENS[EOS_ID],
-        "bos_token": "<|startoftext|>",
-        "pad_token": SPECIAL_TOKENS[EOS_ID],
-        "mask_token": SPECIAL_TOKENS[MASK_ID],
+        "eos_token": specials[EOS_ID],
+        "bos_token": specials[3],
+        "pad_token": specials[EOS_ID],
+        "mask_token": specials[MASK_ID],
         "model_max_length": model_max_length,
     }
     if chat_template:

@@ -108,6 +108,9 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     writers["fast_dllm_v2"] = lambda d: make_qwen2_checkpoint(d, bd_size=SMALL_ITERATION["block_length"], seed=7)
     writers["qwen2"] = lambda d: make_qwen2_checkpoint(d, mask_token_id=None, extra_vocab=3, seed=7)  # plain AR config
     writers["wedlm"] = lambda d: make_qwen2_checkpoint(d, seed=7)
+    from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
+
+    writers["llada_moe"] = lambda d: make_llada_moe_checkpoint(d, num_key_value_heads=2, silent_router_rows=[1], seed=7)
     return writers
 
 
