@@ -78,6 +78,28 @@ def test_logit_index_equals_unpruned(net, b, q, n, data):
     torch.testing.assert_close(pruned, full, rtol=0, atol=1e-12)
 
 
+@pytest.fixture(scope="module")
+def moe_ckpt(tmp_path_factory):
+    from dlm.testing import make_llada_moe_checkpoint
+
+    return make_llada_moe_checkpoint(tmp_path_factory.mktemp("moe") / "llada_moe", seed=3)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_moe_generation_is_unchanged(moe_ckpt, cache):
+    """The sparse MoE of the last layer routes only the read rows: the same tokens as the unpruned forward."""
+    cfg = pipeline_config(moe_ckpt, iteration={"name": "blockwise", "gen_length": 12, "block_length": 4, "steps": 12},
+                          cache={"name": cache})
+    cfg["model"] = {"name": "llada_moe", "path": str(moe_ckpt)}
+    pipe = Pipeline.from_config(cfg)
+    prompts = [[5, 9, 14, 20, 33], [40, 41, 7]]
+    on = pipe.generate(input_ids=prompts)
+    pipe.model.net.prune_outputs, pipe.decoding.reads_eligible_only = False, False
+    off = pipe.generate(input_ids=prompts)
+    assert [g.tolist() for g in on.generated] == [g.tolist() for g in off.generated]
+    assert list(on.nfe) == list(off.nfe)
+
+
 @pytest.mark.parametrize("cache", ["none", "prefix", "dual", "dkv"])
 @pytest.mark.parametrize("decoding", [
     {"name": "low_confidence"}, {"name": "threshold", "threshold": 0.3}, {"name": "factor", "factor": 1.0},
