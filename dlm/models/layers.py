@@ -2,7 +2,9 @@
 
 Attention is never causal by itself: the caller passes the attention mask it needs (bidirectional with
 padding, or block-causal), and optionally a :class:`~dlm.models.kv.KVBuffer` to write fresh keys/values
-into and read cached ones from. Families differ only in sizes, biases and tensor names.
+into and read cached ones from. Families differ only in sizes, biases, tensor names and two Qwen3 options:
+a head size of its own (``head_size``, not ``dim / n_heads``) and per-head RMSNorm of queries and keys
+before RoPE (``qk_norm``; Qwen3 Technical Report, Yang et al., 2025, arXiv 2505.09388, §2).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ class TransformerSpec:
     max_length: int
     qkv_bias: bool = False
     tied: bool = False
+    head_size: int | None = None  # per-head width when it is not dim // n_heads (Qwen3: 128 for d 2560, 32 heads)
+    qk_norm: bool = False  # RMSNorm over each head's query and key (weights [head_dim]) before RoPE (Qwen3)
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
 
 class RMSNorm(nn.Module):
@@ -91,6 +95,9 @@ class Attention(nn.Module):
         self.k = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
         self.v = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
         self.o = nn.Linear(spec.n_heads * hd, spec.dim, bias=False)
+        # Qwen3's per-head QK norm (absent, not identity, otherwise: other families' parameter names stay theirs)
+        self.q_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
+        self.k_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
 
     def forward(
         self,
@@ -106,8 +113,11 @@ class Attention(nn.Module):
         columns: Tensor | None = None,  # [b, q]: per-row canvas columns of the queries (None: a range)
     ) -> Tensor:
         b, q_len, _ = x.shape
-        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)  # [b, q, H, D]
+        k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [b, H, q, D]
         v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:

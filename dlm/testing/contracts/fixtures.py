@@ -23,7 +23,7 @@ from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicabl
 _TMP: list[Path] = []
 _CHECKPOINTS: dict[int, Path] = {}
 _MODELS: dict[tuple[str, int], ModelAdapter] = {}
-FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2")  # test models tried, in order, for a cache or iteration manager
+FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2", "sdar")  # test models tried, in order, for a component
 
 
 def _tmp_root() -> Path:
@@ -108,6 +108,9 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     writers["fast_dllm_v2"] = lambda d: make_qwen2_checkpoint(d, bd_size=SMALL_ITERATION["block_length"], seed=7)
     writers["qwen2"] = lambda d: make_qwen2_checkpoint(d, mask_token_id=None, extra_vocab=3, seed=7)  # plain AR config
     writers["wedlm"] = lambda d: make_qwen2_checkpoint(d, seed=7)
+    from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
+
+    writers["sdar"] = lambda d: make_sdar_checkpoint(d, block_size=SMALL_ITERATION["block_length"], seed=7)
     return writers
 
 
