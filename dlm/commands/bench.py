@@ -9,6 +9,10 @@ Example (random-weight ~35M-parameter LLaDA-layout model, written once to a cach
 and, on a random Qwen2-layout model, causal decoders against autoregressive decoding:
 
     dlm bench examples/autoregressive.yaml examples/jacobi.yaml examples/wedlm.yaml --random-model family=qwen2
+
+and SDAR's remasking rules on a random SDAR-layout model (blocks of 4):
+
+    dlm bench examples/sdar.yaml examples/sdar-static.yaml --random-model family=sdar
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="use a random-weight checkpoint instead of each config's model.path, e.g. "
              "'d_model=512,n_layers=8,n_heads=8,mlp_hidden_size=1536,vocab_size=8192' (bare flag or 'default': "
              "those sizes, ~35M parameters, LLaDA's layout); 'family=qwen2' writes Qwen2's layout (for the "
-             "qwen2 and wedlm adapters); written once under --model-cache",
+             "qwen2 and wedlm adapters), 'family=sdar' SDAR's; written once under --model-cache",
     )
     m.add_argument("--model-cache", metavar="DIR", help="where random checkpoints are kept "
                                                          "(default $DLM_CACHE or ~/.cache/dlm/random-models)")

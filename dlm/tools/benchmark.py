@@ -55,7 +55,8 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "family": "llada",
 }
-FAMILIES = ("llada", "qwen2")  # checkpoint layouts --random-model writes: LLaDA's, or Qwen2's (qwen2 / wedlm)
+# checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), or SDAR's (Qwen3 layout, blocks of 4)
+FAMILIES = ("llada", "qwen2", "sdar")
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
                "max_sequence_length", "seed", "shards"}
 _BOOL_FIELDS = {"weight_tying"}
@@ -67,7 +68,8 @@ _BOOL_FIELDS = {"weight_tying"}
 def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     """``"d_model=512,n_layers=8"`` (or a mapping) -> the checkpoint's sizes on top of
     :data:`RANDOM_MODEL_DEFAULTS`; ``family=qwen2`` writes Qwen2's layout (for the ``qwen2`` and ``wedlm``
-    adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's."""
+    adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's, ``family=sdar`` SDAR's (the Qwen3
+    layout: per-head QK norm, no biases; ``block_size`` 4 in config.json)."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -115,6 +117,8 @@ def count_parameters(spec: Mapping[str, Any]) -> int:
     per_layer = d * d * 2 + 2 * d * (d // heads) * kv + 3 * d * ffn + 2 * d
     if spec.get("family") == "qwen2":
         per_layer += d + 2 * (d // heads) * kv  # q/k/v biases
+    if spec.get("family") == "sdar":
+        per_layer += 2 * (d // heads)  # per-head q/k norms
     return n * per_layer + vocab * d * (1 if spec.get("weight_tying") else 2) + d
 
 
@@ -127,8 +131,8 @@ def default_cache_dir() -> Path:
 
 
 def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
-    """A random-weight checkpoint (LLaDA's or Qwen2's layout) for ``spec``, written once and reused (keyed
-    by its sizes)."""
+    """A random-weight checkpoint (LLaDA's, Qwen2's or SDAR's layout) for ``spec``, written once and reused
+    (keyed by its sizes)."""
     kwargs = parse_model_spec(spec)
     key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -156,14 +160,19 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
         return
     from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS
     from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
+    from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
 
-    make_qwen2_checkpoint(
-        directory, hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"],
-        num_attention_heads=kwargs["n_heads"], num_key_value_heads=kwargs.get("n_kv_heads") or kwargs["n_heads"],
-        intermediate_size=kwargs["mlp_hidden_size"], max_position_embeddings=kwargs["max_sequence_length"],
+    sizes = dict(
+        hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"], num_attention_heads=kwargs["n_heads"],
+        num_key_value_heads=kwargs.get("n_kv_heads") or kwargs["n_heads"], intermediate_size=kwargs["mlp_hidden_size"],
+        max_position_embeddings=kwargs["max_sequence_length"],
         extra_vocab=max(0, kwargs["vocab_size"] - len(SPECIAL_TOKENS) - len(CHARS)), seed=kwargs["seed"],
         tie_word_embeddings=bool(kwargs.get("weight_tying")), shards=kwargs.get("shards", 1),
     )
+    if spec["family"] == "sdar":
+        make_sdar_checkpoint(directory, head_dim=None, **sizes)
+    else:
+        make_qwen2_checkpoint(directory, **sizes)
 
 
 # --- prompts -------------------------------------------------------------------------------------------
