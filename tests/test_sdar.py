@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from dlm.config import build_config
 from dlm.decoding.sampling import filtered_probs
 from dlm.decoding.sequential import leftmost_select
+from dlm.decoding.strict_threshold import quota_floor_select
 from dlm.errors import CheckpointError, CompositionError
 from dlm.iteration.base import left_padded_canvas
 from dlm.iteration.block_diffusion import block_schedule
@@ -285,15 +286,22 @@ rows = st.integers(1, 8).flatmap(lambda w: st.tuples(
 @given(row=rows, tau=st.floats(0.0, 1.0))
 def test_at_least_quota_commits_sdars_dynamic_choice(row, tau):
     """SDAR: the positions with p > τ when at least the quota of them, else the quota's most confident."""
-    from dlm.decoding.proposal import threshold_select, top_k_select
-
     conf, eligible, quota = row
     c, e = torch.tensor([conf], dtype=torch.float64), torch.tensor([eligible])
-    ours = threshold_select(c, e, tau, strict=True) | top_k_select(c, e, torch.tensor([quota]))
+    ours = quota_floor_select(c, e, tau, torch.tensor([quota]))
     masked = [i for i in range(len(conf)) if eligible[i]]
     high = [i for i in masked if conf[i] > tau]
     want = high if len(high) >= quota else sorted(masked, key=lambda i: -conf[i])[:quota]
     assert sorted(ours[0].nonzero()[:, 0].tolist()) == sorted(want)
+
+
+@pytest.mark.parametrize("width", [2, 4, 7])
+def test_at_least_quota_commits_exactly_the_quota_among_tied_maxima(width):
+    """Sampled confidences of filtered distributions are often exactly 1.0: ties must not add a position."""
+    conf = torch.ones(1, width, dtype=torch.float64)
+    eligible = torch.ones(1, width, dtype=torch.bool)
+    for quota in range(1, width + 1):
+        assert int(quota_floor_select(conf, eligible, 1.0, torch.tensor([quota])).sum()) == quota
 
 
 @settings(max_examples=10)

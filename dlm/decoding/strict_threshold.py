@@ -44,6 +44,15 @@ class StrictThresholdConfig(BaseModel):
     )
 
 
+def quota_floor_select(confidence: Tensor, eligible: Tensor, tau: float, quota: Tensor) -> Tensor:
+    """[b, W] bool: SDAR's dynamic rule, every eligible position with confidence ``> tau`` or, when fewer than
+    ``quota[r]`` (at least 1) pass, the ``quota[r]`` most confident: the union of the two sets, which is one or
+    the other. (Not ``threshold_select``'s forced argmax plus the top-k: among tied maxima the two can pick
+    different positions, committing one too many.)"""
+    above = eligible & (confidence > tau)
+    return above | top_k_select(confidence, eligible, quota.clamp(min=1))
+
+
 class StrictThreshold(DecodingStrategy):
     Config = StrictThresholdConfig
     joinable = True
@@ -57,7 +66,6 @@ class StrictThreshold(DecodingStrategy):
             probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator, rows=window.rows,
             spans=draw_spans(window, c.temperature),
         )
-        select = threshold_select(confidence, window.eligible, c.threshold, strict=True)
         if c.at_least == "quota":
-            select |= top_k_select(confidence, window.eligible, window.quota.clamp(min=1))
-        return Commit(select, tokens)
+            return Commit(quota_floor_select(confidence, window.eligible, c.threshold, window.quota), tokens)
+        return Commit(threshold_select(confidence, window.eligible, c.threshold, strict=True), tokens)
