@@ -161,6 +161,9 @@ def test_the_moe_checkpoint_is_refused_naming_what_is_missing(sdar_ckpt, tmp_pat
     (lambda c: c.update(attention_bias=True), "attention_bias=true"),
     (lambda c: c.update(use_sliding_window=True), "use_sliding_window"),
     (lambda c: c.update(model_type="llada"), "set model.name: llada"),
+    (lambda c: c.update(head_dim="wide"), "head_dim must be an integer"),
+    (lambda c: c.update(head_dim=7), "head_dim must be even"),
+    (lambda c: (c.pop("head_dim"), c.update(num_attention_heads=3, num_key_value_heads=1)), "has no 'head_dim'"),
 ])
 def test_unsupported_configs_are_refused_with_the_reason(sdar_ckpt, tmp_path, edit, match):
     path = _rewrite(sdar_ckpt, tmp_path, edit_config=edit)

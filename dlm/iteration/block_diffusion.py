@@ -3,9 +3,9 @@ arXiv 2509.26328, §3; the ``generate`` of the released modeling code) and SDAR'
 2510.06303; ``block_diffusion_generate`` in JetAstra/SDAR's ``generate.py``).
 
 Blocks are counted in each row's own positions: block ``j`` of a row is positions ``[j·bs, (j+1)·bs)``
-(``bs`` = the model's ``bd_size``, attention blocks and decoding blocks coincide). For a row with prompt
-length ``P``, block 0 is the block holding position ``P`` (the first generated token), so it may start with
-the prompt's tail. Per block, left to right:
+(``bs`` = the model's attention block size, v2's ``bd_size`` or SDAR's ``block_size``: attention blocks and
+decoding blocks coincide). For a row with prompt length ``P``, block 0 is the block holding position ``P``
+(the first generated token), so it may start with the prompt's tail. Per block, left to right:
 
 1. **AR token** (shifted models): when the block's first position is still masked, a step makes only that
    position eligible. Its logit is the output of the previous block's last position, so this step's
@@ -126,7 +126,7 @@ class BlockDiffusionConfig(BaseModel):
 
 
 class BlockDiffusion(SettlingManager):
-    """Fast-dLLM v2's block diffusion, each row at its own block and step (see the module doc)."""
+    """Block diffusion (Fast-dLLM v2's, SDAR's), each row at its own block and step (see the module doc)."""
 
     Config = BlockDiffusionConfig
     joinable = True
