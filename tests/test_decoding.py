@@ -176,7 +176,7 @@ JOIN_CASES = {
     "sched": [{"tau_high": 3.0, "tau_low": 0.0, "schedule": "cosine"}],
     "prophet": [{"gaps": [1e9, 1e9, 0.0]}, {"gaps": [1e9, 0.5, 0.0], "rule": "threshold", "threshold": 0.3}],
     "eb_sampler": [{"gamma": 0.5, "temperature": 0.5}],  # the plugin (plugins/dlm-eb-sampler), when installed
-    "sequential": [{}, {"temperature": 0.8, "top_k": 5, "top_p": 0.9}],
+    "sequential": [{"temperature": 0.8, "top_k": 5, "top_p": 0.9}],  # greedy: the contract kit's joins check
 }
 REGISTERED = set(entries("decoding"))
 CAUSAL = {  # strategies that need a causal model and their own iteration manager
