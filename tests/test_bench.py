@@ -99,7 +99,7 @@ def test_model_spec_parsing():
         bm.parse_model_spec("width=3")
     with pytest.raises(ConfigError, match="not an integer"):
         bm.parse_model_spec("d_model=big")
-    with pytest.raises(ConfigError, match="choose one of llada, qwen2"):
+    with pytest.raises(ConfigError, match="choose one of llada, qwen2, sdar"):
         bm.parse_model_spec("family=gpt2")
 
 
@@ -151,6 +151,26 @@ def test_bench_writes_a_random_llada_moe_layout_model(tmp_path):
     assert report["results"][0]["nfe"] == 8
 
 
+def test_bench_writes_a_random_sdar_layout_model_for_sdars_rules(tmp_path):
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=sdar,d_model=32,n_layers=1,n_heads=4,vocab_size=96,max_sequence_length=64"
+    static_as_threshold = tmp_path / "sdar-threshold-1.yaml"
+    static_as_threshold.write_text((root / "sdar.yaml").read_text().replace("threshold: 0.9", "threshold: 1.0"))
+    argv = ["bench", str(root / "sdar-static.yaml"), str(static_as_threshold), "--random-model", spec,
+            "--model-cache", str(tmp_path / "models"), "--set", "iteration.gen_length=8", "--set", "dtype=float64",
+            "--prompt-length", "5", "--repeats", "1", "--warmup", "0", "--no-progress", "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    cfg = json.loads((made / "config.json").read_text())
+    assert made.name.startswith("sdar-") and (cfg["model_type"], cfg["block_size"], cfg["vocab_size"]) == ("sdar", 4, 96)
+    assert report["settings"]["random_model"]["family"] == "sdar"
+    # threshold 1.0 with the quota floor is the static rule: the same tokens and NFE as low_confidence
+    assert report["results"][1]["same_tokens_as_first"] == pytest.approx(1.0)
+    assert report["results"][1]["nfe"] == report["results"][0]["nfe"]
+
+
 def test_examples_validate():
     from dlm.config import load_config
 
@@ -162,6 +182,10 @@ def test_examples_validate():
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
     for name in ("autoregressive", "jacobi", "wedlm"):
         assert load_config(root / f"{name}.yaml", ["model.path=/models/qwen"]).cache.name == "append"
+    for name in ("sdar", "sdar-static"):  # SDAR's published block length and steps
+        cfg = load_config(root / f"{name}.yaml")
+        assert (cfg.iteration.config.block_length, cfg.iteration.config.steps, cfg.cache.name) == (4, 4, "block")
+
     moe = load_config(root / "llada-moe.yaml")  # the model card's quick start
     assert moe.model.name == "llada_moe" and (moe.iteration.config.gen_length, moe.iteration.config.block_length,
                                               moe.iteration.config.steps) == (128, 32, 128)

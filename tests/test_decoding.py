@@ -166,7 +166,8 @@ JOIN_CASES = {
     "factor": [{"factor": 2.0}],
     "dream": [{"alg": "entropy"}, {"alg": "origin", "temperature": 0.8, "top_p": 0.9},
               {"alg": "maskgit_plus", "alg_temp": 0.5, "temperature": 0.5, "top_k": 5}],
-    "strict_threshold": [{"threshold": 0.2, "temperature": 0.7, "top_p": 0.95}],
+    "strict_threshold": [{"threshold": 0.2, "temperature": 0.7, "top_p": 0.95},
+                         {"threshold": 0.5, "at_least": "quota", "temperature": 0.5, "top_k": 5}],  # SDAR's
     "entropy_threshold": [{"threshold": 2.0}],
     "hierarchical": [{"threshold": 0.5, "low_threshold": 0.1, "temperature": 0.5}],
     "credit": [{"threshold": 0.9, "alpha": 3.0}],  # several steps per block: the credit decides
@@ -175,6 +176,7 @@ JOIN_CASES = {
     "sched": [{"tau_high": 3.0, "tau_low": 0.0, "schedule": "cosine"}],
     "prophet": [{"gaps": [1e9, 1e9, 0.0]}, {"gaps": [1e9, 0.5, 0.0], "rule": "threshold", "threshold": 0.3}],
     "eb_sampler": [{"gamma": 0.5, "temperature": 0.5}],  # the plugin (plugins/dlm-eb-sampler), when installed
+    "sequential": [{"temperature": 0.8, "top_k": 5, "top_p": 0.9}],  # greedy: the contract kit's joins check
 }
 REGISTERED = set(entries("decoding"))
 CAUSAL = {  # strategies that need a causal model and their own iteration manager

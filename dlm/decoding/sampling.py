@@ -1,7 +1,8 @@
-"""Dream / Fast-dLLM v2 style token sampling: temperature, top-p and top-k filtered distributions.
+"""Dream / Fast-dLLM v2 / SDAR style token sampling: temperature, top-p and top-k filtered distributions.
 
-Dream's ``sample_tokens`` (Ye et al., 2025, "Dream 7B") and Fast-dLLM v2's ``sample_with_top_p`` (Wu et al.,
-2025, arXiv 2509.26328) both turn logits into a distribution ``p`` (divided by the temperature when it is
+Dream's ``sample_tokens`` (Ye et al., 2025, "Dream 7B"), Fast-dLLM v2's ``sample_with_top_p`` (Wu et al.,
+2025, arXiv 2509.26328) and SDAR's ``sample_with_temperature_topk_topp`` (Cheng et al., 2025, arXiv
+2510.06303) all turn logits into a distribution ``p`` (divided by the temperature when it is
 positive, then top-p / top-k filtered and renormalised), draw ``x0 ~ p`` (argmax at temperature 0) and use
 ``p(x0)`` (or a function of ``p``) as the confidence. Differences kept on purpose: computed in float64
 (the references use the model dtype, bf16 on GPU), sampling by Gumbel-max from per-row streams
@@ -35,14 +36,19 @@ def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
     return logits.masked_fill(logits < kth, -torch.inf)
 
 
-def filtered_probs(logits: Tensor, *, temperature: float, top_p: float | None, top_k: int | None) -> Tensor:
-    """float64 probabilities [b, W, V] after temperature (when > 0), top-p and top-k."""
+def filtered_probs(logits: Tensor, *, temperature: float, top_p: float | None, top_k: int | None,
+                   top_k_first: bool = False) -> Tensor:
+    """float64 probabilities [b, W, V] after temperature (when > 0), top-p and top-k: top-p first as Dream's
+    ``sample_tokens``, or top-k first (``top_k_first``) as SDAR's ``sample_with_temperature_topk_topp``; the
+    order matters only when both filters are set."""
     x = logits.to(torch.float64)
     if temperature > 0:
         x = x / temperature
+    if top_k_first and top_k is not None:
+        x = top_k_filter(x, top_k)
     if top_p is not None and top_p < 1:
         x = top_p_filter(x, top_p)
-    if top_k is not None:
+    if not top_k_first and top_k is not None:
         x = top_k_filter(x, top_k)
     return torch.softmax(x, dim=-1)
 

@@ -1,19 +1,26 @@
-"""``block_diffusion``: Fast-dLLM v2's block-diffusion decoding (Wu et al., 2025, arXiv 2509.26328, §3;
-the ``generate`` of the released modeling code).
+"""``block_diffusion``: block-diffusion decoding of block-causal models: Fast-dLLM v2's (Wu et al., 2025,
+arXiv 2509.26328, §3; the ``generate`` of the released modeling code) and SDAR's (Cheng et al., 2025, arXiv
+2510.06303; ``block_diffusion_generate`` in JetAstra/SDAR's ``generate.py``).
 
 Blocks are counted in each row's own positions: block ``j`` of a row is positions ``[j·bs, (j+1)·bs)``
-(``bs`` = the model's ``bd_size``, attention blocks and decoding blocks coincide). For a row with prompt
-length ``P``, block 0 is the block holding position ``P`` (the first generated token), so it may start with
-the prompt's tail. Per block, left to right:
+(``bs`` = the model's attention block size, v2's ``bd_size`` or SDAR's ``block_size``: attention blocks and
+decoding blocks coincide). For a row with prompt length ``P``, block 0 is the block holding position ``P``
+(the first generated token), so it may start with the prompt's tail. Per block, left to right:
 
 1. **AR token** (shifted models): when the block's first position is still masked, a step makes only that
    position eligible. Its logit is the output of the previous block's last position, so this step's
    forward is the previous block's "commit" forward (with ``cache: block`` it writes the completed block's
    K/V). For block 0 with ``P % bs == 0`` it is the prompt prefill; for block 0 with ``P % bs != 0`` the
    first position is a prompt token and there is no AR step.
-2. **Sub-blocks** of ``sub_block_size`` (default 8) positions, left to right: each step makes the masked
-   positions of the first sub-block that still has masks eligible; the reference commits those with
-   confidence ``> τ`` (strict) plus the most confident (``strict_threshold`` decoding).
+2. **Sub-blocks** of ``sub_block_size`` (default 8, or the whole block when it is shorter) positions, left
+   to right: each step makes the masked positions of the first sub-block that still has masks eligible; the
+   reference commits those with confidence ``> τ`` (strict) plus the most confident (``strict_threshold``
+   decoding). SDAR has no sub-blocks (``sub_block_size`` = the block size, the default for its blocks of 4).
+   **Quota** (for top-k rules): one per step, or, with ``steps`` (SDAR's ``denoising_steps``), SDAR's
+   schedule of the *block size* over the steps (``get_num_transfer_tokens(block_length, steps)``:
+   ``bs // steps`` per step, one more in the first ``bs % steps``), whatever the masks of the block; a
+   block whose masks are fewer (the first block, which starts with the prompt's tail, or the canvas' last)
+   simply completes sooner. Unshifted models only (SDAR); there is no AR step to count.
 3. **Early stop** (on by default): a row ends once it committed an end token (the model's ``eos_ids``,
    ``<|im_end|>`` for Fast-dLLM v2) with no mask before it; the rest of its region is filled with EOS.
 
@@ -25,7 +32,18 @@ geometry (its block's canvas columns, its step in the block) and its current sub
 only on its own canvas (the attention mask is per row) and the steps it takes part in depend only on its
 own progress; so rows may also join a running generation at any step.
 
-Differences from the reference, on purpose:
+SDAR (``logit_shift = 0``) has no AR step: its blocks are denoised from their first masked position, and
+what the reference does with a separate forward when a block is full (store its K/V, ``store_kv=True``) and
+once for the prompt's whole blocks (prefill), the ``block`` cache does inside the next block's first
+forward (block-causal attention makes the two identical). Its NFE is therefore the reference's minus one
+forward per completed block and minus the prefill. SDAR's reference rounds the canvas up to whole blocks
+(``ceil((P + gen_length) / bs) · bs``); here exactly ``gen_length`` tokens are generated; they agree when
+``P + gen_length`` is a multiple of ``bs``. The reference ends at a stop token only after completing that
+token's block (the rest of the block keeps its decoded tokens); here the row ends as soon as the stop token
+has no mask before it and the rest is filled with the end token (the tokens up to the stop token are the
+same: a block's earlier positions are all committed by then). docs/fidelity.md lists the cases.
+
+Differences from Fast-dLLM v2's reference, on purpose:
 
 - ``gen_length`` tokens are generated for every prompt, the last block being cut at the canvas end (the
   reference always denoises ``max_new_tokens // bs`` whole blocks, so its output length depends on
@@ -52,6 +70,16 @@ from dlm.memory import RowMemory, derived_field, shared_field
 from dlm.messages import Geometry, ModelCapabilities, SubBlocks, Window
 from dlm.state import GenerationState
 
+DEFAULT_SUB_BLOCK = 8  # Fast-dLLM v2's sub-block size
+
+
+def block_schedule(block_size: int, steps: int, step: Tensor) -> Tensor:
+    """SDAR's quota of each step index in ``step`` ([b] long): ``block_size`` spread over ``steps`` steps,
+    ``block_size // steps`` each and one more in the first ``block_size % steps`` (``get_num_transfer_tokens``);
+    at least 1, also past the last step (a strategy never told to commit nothing)."""
+    quota = block_size // steps + (step < block_size % steps).long()
+    return torch.where(step < steps, quota, 1).clamp(min=1)
+
 
 @dataclass
 class DiffusionProgress(RowMemory):
@@ -74,21 +102,31 @@ class BlockDiffusionConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gen_length: int = Field(128, gt=0, description="tokens to generate per prompt")
-    block_length: int | None = Field(None, gt=0, description="decoding block size; default: the model's bd_size")
-    sub_block_size: int = Field(8, gt=0, description="positions denoised together inside a block")
+    block_length: int | None = Field(None, gt=0, description="decoding block size; default: the model's block size")
+    sub_block_size: int | None = Field(
+        None, gt=0, description="positions denoised together inside a block; default 8, or the whole block if shorter"
+    )
+    steps: int | None = Field(
+        None, gt=0, description="denoising steps per block (SDAR's denoising_steps): the top-k quota schedule of the "
+                                "block size; default: one token per step (unshifted models only)"
+    )
     early_stop: bool = Field(True, description="end a row once it committed an end token with no mask before it")
 
     @model_validator(mode="after")
     def _divides(self) -> "BlockDiffusionConfig":
-        if self.block_length is not None and self.block_length % self.sub_block_size:
+        if self.block_length is not None and self.block_length % self.sub_size(self.block_length):
             raise ValueError(
                 f"sub_block_size ({self.sub_block_size}) must divide block_length ({self.block_length})"
             )
         return self
 
+    def sub_size(self, block_size: int) -> int:
+        """The sub-block size for blocks of ``block_size``: as set, else 8 (Fast-dLLM v2's), or the whole block."""
+        return self.sub_block_size or min(DEFAULT_SUB_BLOCK, block_size)
+
 
 class BlockDiffusion(SettlingManager):
-    """Fast-dLLM v2's block diffusion, each row at its own block and step (see the module doc)."""
+    """Block diffusion (Fast-dLLM v2's, SDAR's), each row at its own block and step (see the module doc)."""
 
     Config = BlockDiffusionConfig
     joinable = True
@@ -102,8 +140,11 @@ class BlockDiffusion(SettlingManager):
                 f"iteration.block_length {bs} differs from the model's attention block size "
                 f"{capabilities.block_size}; leave it unset to use the model's"
             )
-        if bs % self.config.sub_block_size:
-            return f"sub_block_size ({self.config.sub_block_size}) must divide the block size ({bs})"
+        if bs % self.config.sub_size(bs):
+            return f"sub_block_size ({self.config.sub_size(bs)}) must divide the block size ({bs})"
+        if self.config.steps is not None and capabilities.logit_shift != 0:
+            return ("iteration.steps (SDAR's per-block schedule) is for models with unshifted logits; this model's "
+                    "blocks start with an AR step (leave steps unset: one token per step)")
         return None
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
@@ -135,7 +176,7 @@ class BlockDiffusion(SettlingManager):
         at_first = masked & (pos == first)
         masked_block = masked & in_block
         ar = at_first.any(dim=1, keepdim=True) if p.ar else torch.zeros_like(live)
-        sbs = self.config.sub_block_size
+        sbs = self.config.sub_size(p.block_size)
         sub = torch.div(pos - first, sbs, rounding_mode="floor")
         current = sub.masked_fill(~masked_block, torch.iinfo(torch.long).max).min(dim=1, keepdim=True).values
         denoise = masked_block & (sub == current)
@@ -183,11 +224,17 @@ class BlockDiffusion(SettlingManager):
             start=start,
             end=end,
             eligible=elig[:, start:end],
-            quota=torch.ones(len(rows), dtype=torch.long, device=state.device),
+            quota=self._quota(p, rows).to(state.device),
             mask_id=state.mask_id,
             geometry=geometry,
             extensions=(SubBlocks(host[2], host[3]),),
         )
+
+    def _quota(self, p: DiffusionProgress, rows: Tensor) -> Tensor:
+        """[b] host long: each row's quota at its step (one per step without ``steps``)."""
+        if self.config.steps is None:
+            return torch.ones(len(rows), dtype=torch.long)
+        return block_schedule(p.block_size, self.config.steps, p.step[rows])
 
     def advance(self, state: GenerationState) -> None:
         p: DiffusionProgress = state.progress

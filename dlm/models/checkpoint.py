@@ -119,6 +119,7 @@ MODEL_TYPES = {
     "fast_dllm_v2": ("fast_dllm_qwen", "fast_dllm_v2"),
     "qwen2": ("qwen2",),
     "wedlm": ("wedlm",),
+    "sdar": ("sdar", "sdar_moe"),
 }
 
 

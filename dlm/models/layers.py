@@ -3,8 +3,10 @@
 Attention is never causal by itself: the caller passes the attention mask it needs (bidirectional with
 padding, or block-causal), and optionally a :class:`~dlm.models.kv.KVBuffer` to write fresh keys/values
 into and read cached ones from. Families differ in sizes, biases, tensor names and a few switches of the
-spec: per-head QK norm, partial rotary, clipped q/k/v, and a sparse mixture-of-experts feed-forward
-(:mod:`dlm.models.moe`) in the layers that have one.
+spec: a head size of its own (``head_size``, not ``dim / n_heads``; Qwen3), per-head RMSNorm of queries and
+keys before RoPE (``qk_norm``; OLMoE, LLaDA-MoE, Qwen3: Yang et al., 2025, arXiv 2505.09388, §2), partial
+rotary, clipped q/k/v, and a sparse mixture-of-experts feed-forward (:mod:`dlm.models.moe`) in the layers
+that have one.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ class TransformerSpec:
     clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] after the projections (and QK norm)
     rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head; None: the whole head
     moe: MoESpec | None = None  # sparse mixture-of-experts feed-forward in the layers it names
+    head_size: int | None = None  # per-head width when it is not dim // n_heads (Qwen3: 128 for d 2560, 32 heads)
 
     @property
     def head_dim(self) -> int:
-        return self.dim // self.n_heads
+        return self.head_size or self.dim // self.n_heads
 
     @property
     def rope_dim(self) -> int:

@@ -170,11 +170,27 @@ class Qwen2Family(TransformerAdapter):
         return tuple(config_ids(cfg, "eos_token_id", directory)) or cls.default_eos_ids
 
     @classmethod
+    def spec_from(cls, cfg: dict, directory: Path) -> TransformerSpec:
+        """The network's sizes from config.json (Qwen2's schema; the Qwen3 layout overrides it)."""
+        return qwen2_spec(cfg, directory)
+
+    @classmethod
+    def tensor_names(cls, spec: TransformerSpec) -> dict[str, str]:
+        """Own parameter name -> checkpoint tensor name."""
+        return qwen2_names(spec)
+
+    @classmethod
+    def check_config(cls, cfg: dict, directory: Path) -> None:
+        """Refuse a config.json this adapter cannot load, before anything else is read (default: the
+        ``model_type`` check)."""
+        check_model_type(cfg, directory, cls.family, cls.model_types)
+
+    @classmethod
     def load(cls, config, *, dtype: torch.dtype, device: torch.device):
         directory = resolve_checkpoint(Path(config.path))
         cfg = read_config(directory)
-        check_model_type(cfg, directory, cls.family, cls.model_types)
-        spec = qwen2_spec(cfg, directory)
+        cls.check_config(cfg, directory)
+        spec = cls.spec_from(cfg, directory)
         tokenizer = Tokenizer.maybe_load(directory)
         check_tokenizer(tokenizer, spec.vocab_in, str(directory))
         if config.mask_token_id is not None:
@@ -186,6 +202,6 @@ class Qwen2Family(TransformerAdapter):
         check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)
         caps = cls.capabilities_for(config, cfg, spec, mask_id, eos)
         # the weights last: every cheap check above fails before gigabytes are read
-        net = load_transformer(directory, spec, qwen2_names(spec), dtype=dtype, device=torch.device(device))
+        net = load_transformer(directory, spec, cls.tensor_names(spec), dtype=dtype, device=torch.device(device))
         check_finite_forward(net, mask_id=mask_id, eos_id=eos[0], source=str(directory), dtype=dtype)
         return cls(config, net, caps, tokenizer, cfg)

@@ -55,8 +55,9 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "family": "llada",
 }
-# checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe)
-FAMILIES = ("llada", "qwen2", "llada_moe")
+# checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe), or SDAR's
+# (Qwen3 layout, blocks of 4)
+FAMILIES = ("llada", "qwen2", "llada_moe", "sdar")
 MOE_DEFAULTS = {"n_experts": 8, "top_k": 2}  # family=llada_moe: experts per layer, experts per token
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
                "max_sequence_length", "seed", "shards", *MOE_DEFAULTS}
@@ -71,7 +72,8 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     :data:`RANDOM_MODEL_DEFAULTS`; ``family=qwen2`` writes Qwen2's layout (for the ``qwen2`` and ``wedlm``
     adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's; ``family=llada_moe`` writes
     LLaDA-MoE's, with ``n_experts`` experts per layer (8) of which ``top_k`` (2) run per token, each
-    ``mlp_hidden_size / top_k`` wide: the active parameters of the dense model of the same sizes."""
+    ``mlp_hidden_size / top_k`` wide: the active parameters of the dense model of the same sizes;
+    ``family=sdar`` SDAR's (the Qwen3 layout: per-head QK norm, no biases; ``block_size`` 4 in config.json)."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -134,6 +136,8 @@ def count_parameters(spec: Mapping[str, Any], *, active: bool = False) -> int:
     if spec.get("family") == "llada_moe":  # router, QK norms; all experts unless counting the active ones
         experts = spec["top_k"] if active else spec["n_experts"]
         per_layer += d * spec["n_experts"] + 2 * (d // heads) + 3 * d * (ffn // spec["top_k"]) * experts - 3 * d * ffn
+    if spec.get("family") == "sdar":
+        per_layer += 2 * (d // heads)  # per-head q/k norms
     return n * per_layer + vocab * d * (1 if spec.get("weight_tying") else 2) + d
 
 
@@ -146,8 +150,8 @@ def default_cache_dir() -> Path:
 
 
 def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
-    """A random-weight checkpoint (LLaDA's, Qwen2's or LLaDA-MoE's layout) for ``spec``, written once and reused (keyed
-    by its sizes)."""
+    """A random-weight checkpoint (LLaDA's, Qwen2's, LLaDA-MoE's or SDAR's layout) for ``spec``, written once and
+    reused (keyed by its sizes)."""
     kwargs = parse_model_spec(spec)
     key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -187,14 +191,19 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
         return
     from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS
     from dlm.tools.qwen2_checkpoints import make_qwen2_checkpoint
+    from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
 
-    make_qwen2_checkpoint(
-        directory, hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"],
-        num_attention_heads=kwargs["n_heads"], num_key_value_heads=kwargs.get("n_kv_heads") or kwargs["n_heads"],
-        intermediate_size=kwargs["mlp_hidden_size"], max_position_embeddings=kwargs["max_sequence_length"],
+    sizes = dict(
+        hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"], num_attention_heads=kwargs["n_heads"],
+        num_key_value_heads=kwargs.get("n_kv_heads") or kwargs["n_heads"], intermediate_size=kwargs["mlp_hidden_size"],
+        max_position_embeddings=kwargs["max_sequence_length"],
         extra_vocab=max(0, kwargs["vocab_size"] - len(SPECIAL_TOKENS) - len(CHARS)), seed=kwargs["seed"],
         tie_word_embeddings=bool(kwargs.get("weight_tying")), shards=kwargs.get("shards", 1),
     )
+    if spec["family"] == "sdar":
+        make_sdar_checkpoint(directory, head_dim=None, **sizes)
+    else:
+        make_qwen2_checkpoint(directory, **sizes)
 
 
 # --- prompts -------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicabl
 _TMP: list[Path] = []
 _CHECKPOINTS: dict[int, Path] = {}
 _MODELS: dict[tuple[str, int], ModelAdapter] = {}
-FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2")  # test models tried, in order, for a cache or iteration manager
+FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2", "sdar")  # test models tried, in order, for a component
 
 
 def _tmp_root() -> Path:
@@ -111,6 +111,10 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
 
     writers["llada_moe"] = lambda d: make_llada_moe_checkpoint(d, num_key_value_heads=2, silent_router_rows=[1], seed=7)
+
+    from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
+
+    writers["sdar"] = lambda d: make_sdar_checkpoint(d, block_size=SMALL_ITERATION["block_length"], seed=7)
     return writers
 
 
