@@ -99,7 +99,7 @@ def test_model_spec_parsing():
         bm.parse_model_spec("width=3")
     with pytest.raises(ConfigError, match="not an integer"):
         bm.parse_model_spec("d_model=big")
-    with pytest.raises(ConfigError, match="choose one of llada, qwen2, sdar"):
+    with pytest.raises(ConfigError, match="choose one of llada, qwen2, llada_moe, sdar"):
         bm.parse_model_spec("family=gpt2")
 
 
