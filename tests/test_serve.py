@@ -279,15 +279,16 @@ def test_chat_completion_applies_the_template_and_streams_the_same_text(chat_ser
 
 @pytest.fixture
 def endless_pipeline(tmp_path) -> Pipeline:
-    """A random model whose head never proposes an end token, generating 960 tokens one per step in blocks
-    of 8: a request that keeps the worker busy until its client leaves."""
-    ckpt = make_llada_checkpoint(tmp_path / "endless", max_sequence_length=1024, seed=5)
+    """A random model whose head never proposes an end token, generating 4000 tokens one per step in blocks
+    of 8 (minutes on a CPU): a request that keeps the worker busy until its client leaves, however fast a
+    step is (960 tokens could finish before a loaded machine had queued the second request)."""
+    ckpt = make_llada_checkpoint(tmp_path / "endless", max_sequence_length=4096, seed=5)
     tensors = load_file(str(ckpt / "model.safetensors"))
     tensors["model.transformer.ff_out.weight"][[0, 1]] = 0.0  # EOS and EOT logits stay 0, below the argmax
     save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
     return Pipeline.from_config({
         "model": {"name": "llada", "path": str(ckpt)},
-        "iteration": {"name": "blockwise", "gen_length": 960, "block_length": 8, "steps": 960},
+        "iteration": {"name": "blockwise", "gen_length": 4000, "block_length": 8, "steps": 4000},
         "decoding": {"name": "low_confidence"},
         "threads": 1,
     })
