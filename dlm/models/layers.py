@@ -3,8 +3,8 @@
 Attention is never causal by itself: the caller passes the attention mask it needs (bidirectional with
 padding, or block-causal), and optionally a :class:`~dlm.models.kv.KVBuffer` to write fresh keys/values
 into and read cached ones from. Families differ in sizes, biases, tensor names and a few switches of the
-spec: per-head QK norm, partial rotary, clipped q/k/v, and a sparse mixture-of-experts feed-forward
-(:mod:`dlm.models.moe`) in the layers that have one.
+spec: per-head QK norm, partial rotary, clipped q/k/v, one fused q/k/v projection, and a sparse
+mixture-of-experts feed-forward (:mod:`dlm.models.moe`) in the layers that have one.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class TransformerSpec:
     qk_norm: bool = False  # RMSNorm over each head's query and key before RoPE (OLMoE, LLaDA-MoE, Qwen3)
     clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] after the projections (and QK norm)
     rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head; None: the whole head
+    fused_qkv: bool = False  # one projection to q, k, v stacked (rows: q heads, then k heads, then v heads; Bailing)
     moe: MoESpec | None = None  # sparse mixture-of-experts feed-forward in the layers it names
 
     @property
@@ -106,9 +107,13 @@ class Attention(nn.Module):
         super().__init__()
         hd = spec.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = spec.n_heads, spec.n_kv_heads, hd
-        self.q = nn.Linear(spec.dim, spec.n_heads * hd, bias=spec.qkv_bias)
-        self.k = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
-        self.v = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+        if spec.fused_qkv:  # one product, split by heads: the released fused layout computes it so
+            self.qkv = nn.Linear(spec.dim, (spec.n_heads + 2 * spec.n_kv_heads) * hd, bias=spec.qkv_bias)
+        else:
+            self.q = nn.Linear(spec.dim, spec.n_heads * hd, bias=spec.qkv_bias)
+            self.k = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+            self.v = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+        self.fused = spec.fused_qkv
         self.o = nn.Linear(spec.n_heads * hd, spec.dim, bias=spec.o_bias)
         self.q_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
@@ -128,9 +133,13 @@ class Attention(nn.Module):
         columns: Tensor | None = None,  # [b, q]: per-row canvas columns of the queries (None: a range)
     ) -> Tensor:
         b, q_len, _ = x.shape
-        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
-        k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
-        v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+        if self.fused:
+            qkv = self.qkv(x).view(b, q_len, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+            q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
+        else:
+            q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
+            k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+            v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.clip is not None:
