@@ -111,6 +111,9 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
 
     writers["llada_moe"] = lambda d: make_llada_moe_checkpoint(d, num_key_value_heads=2, silent_router_rows=[1], seed=7)
+    from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
+
+    writers["llada2"] = lambda d: make_llada2_checkpoint(d, num_key_value_heads=2, silent_router_rows=[0, 1], seed=7)
     return writers
 
 
