@@ -227,3 +227,14 @@ def test_compositions_it_cannot_serve_are_refused(ckpts):
     with pytest.raises(CompositionError, match="cache 'Unaware'.*cached K/V must then be recomputed"):
         dlm.Pipeline(model, Blockwise(Blockwise.Config(gen_length=8, block_length=8, steps=8)),
                      JointThreshold(JointThreshold.Config()), Unaware(Unaware.Config()))
+
+
+def test_the_server_refuses_an_editing_strategy(ckpts):
+    """`dlm serve` streams each committed token once; an edit could rewrite one already sent."""
+    pytest.importorskip("fastapi")
+    from dlm.errors import ConfigError
+    from dlm.tools.serve.app import create_app
+
+    pipe = pipeline(ckpts["one_layer"], {}, gen_length=8, block=8, iteration="blockwise", model="llada_moe")
+    with pytest.raises(ConfigError, match="decoding 'joint_threshold' edits placed tokens"):
+        create_app(pipe)
