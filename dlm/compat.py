@@ -47,6 +47,13 @@ FEATURES: dict[str, Feature] = {
         "decoding",
         "commits only the leading run of each row's window that it verified: tokens the model predicts from an "
         "all-committed context (the other positions become drafts)"),
+    "edits": Feature(
+        "iteration",
+        "keeps a row in a block its decoding strategy holds open (a commit's Edits) even with nothing pending, and "
+        "ends such a row at an end token only once the block is released"),
+    "edit_aware": Feature(
+        "cache",
+        "recomputes the K/V of placed tokens an editing strategy rewrote (state.edited) before reading them"),
     "causal": Feature("model", "causal attention: a column sees only the columns before it"),
     "bidirectional": Feature("model", "bidirectional attention"),
     "block_causal": Feature("model", "block-causal attention"),

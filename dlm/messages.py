@@ -20,7 +20,7 @@ and read with :meth:`Message.get` (``window.get(SubBlocks)``; None when absent).
 extension type next to its components instead of adding a field that every component must know.
 
 Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
-:class:`Candidates` (windows), :class:`Drafts`, :class:`Finish` and :class:`Keep` (commits),
+:class:`Candidates` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep` and :class:`Edits` (commits),
 :class:`Ordered` and :class:`CandidateBatch` (plans).
 
 Every component imports this module; it imports only torch, so no component depends on another.
@@ -316,6 +316,33 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class Edits:
+    """Commit extension (token editing: LLaDA2.1's T2T editing, DMax-style edit sampling): placed tokens of each
+    row's current block rewritten, and the block held open for more steps.
+
+    ``mask`` [b, S] over the logits span (like :class:`Finish`'s ``fill``; widen the window to the rows' blocks to
+    edit beyond it): positions whose token becomes ``tokens`` [b, S]. The invariant, checked by
+    :meth:`dlm.state.GenerationState.commit`: an edited position lies in its row's current block
+    (``window.block_start``/``block_end``) and in the generation region (never the prompt), holds a placed token (a
+    masked position is committed through ``select``; an edit never touches what ``select`` or drafts write in the
+    same commit), and its new token is not MASK. Tokens outside a row's current block never change.
+
+    ``hold`` [b] bool (None: no row): the strategy is not done with the row's current block. An iteration manager
+    providing ``edits`` (:mod:`dlm.compat`) keeps a held row in its block for another step even when nothing in it
+    is pending, and ends a held row at an end token only once its block is released (its tokens may still
+    change). A strategy releases a block by a commit without ``hold`` for that row; until then it must bound the
+    steps it holds (the loop has no other bound for held rows).
+
+    The state records the edited positions of the last step (``state.edited``): a cache that reuses K/V must
+    recompute them (they changed though they were committed).
+    """
+
+    mask: Tensor  # [b, S] bool
+    tokens: Tensor  # [b, S] long
+    hold: Tensor | None = None  # [b] bool
+
+
+@dataclass(frozen=True)
 class Keep:
     """Commit extension (candidate steps): the candidate whose K/V the cache keeps, per row."""
 
@@ -325,7 +352,7 @@ class Keep:
 class Commit(Message):
     """A decoding strategy's decision: which window positions to commit, with which tokens.
 
-    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`.
+    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`, :class:`Edits`.
     """
 
     __slots__ = ("select", "tokens", "extensions")
@@ -480,4 +507,5 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows"]
+    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "Edits", "ForwardPlan", "Ordered", "CandidateBatch",
+    "ReadRows"]

@@ -12,7 +12,10 @@ themselves. Each iteration manager keeps its per-run progress (block, step, sche
 its own in ``progress``, which no other component reads: they learn the geometry from the
 :class:`~dlm.messages.Window`.
 
-A position is *pending* while it holds MASK or a provisional (draft) token; committed tokens never change.
+A position is *pending* while it holds MASK or a provisional (draft) token. Committed tokens never change, but
+for one family: an editing strategy (a commit's :class:`~dlm.messages.Edits`) may rewrite placed tokens of a row's
+current block, never outside it; ``edited`` records what the last step rewrote, ``held`` the rows whose current
+block a strategy keeps open.
 
 **Run memory lives here.** Each component's per-run memory is on the state, per row (see :mod:`dlm.memory`):
 ``progress`` (the iteration manager's), ``memory["cache"]`` and ``memory["decoding"]``, and the per-row
@@ -32,12 +35,19 @@ from torch import Tensor
 from dlm._compat import moved
 from dlm.errors import DecodingError
 from dlm.memory import cat_rows, take_rows
-from dlm.messages import Drafts, Finish
+from dlm.messages import Drafts, Edits, Finish
 
 if TYPE_CHECKING:
     from dlm.messages import Commit, Window
 
 __all__ = ["GenerationState"]
+
+EDIT_RULES = (  # what an Edits commit may not do, as GenerationState.commit reports it
+    "a position outside its row's current block or inside the prompt; only placed tokens of the row's current "
+    "block may be edited",
+    "a masked position, or one the same commit selects or drafts; masked positions are committed through select",
+    "a token into MASK; an edit rewrites a placed token with another token",
+)
 
 
 __getattr__ = moved("dlm.state", {"Window": "dlm.messages:Window", "Commit": "dlm.messages:Commit"})
@@ -57,6 +67,9 @@ class GenerationState:
     nfe: Tensor  # [B] long: forward passes each row took part in
     done: Tensor  # [B] bool: row finished (all blocks complete or stopped at EOS)
     provisional: Tensor | None = None  # [B, L] bool: positions holding a revisable draft token (None: none yet)
+    held: Tensor | None = None  # [B] bool: rows whose current block a decoding strategy holds open (Edits.hold)
+    edited: Tensor | None = None  # [B, L] bool: placed tokens the last step's Edits rewrote (None: none); caches
+    # that reuse K/V recompute them
     progress: Any = None  # the iteration manager's run memory (a RowMemory of its own); no other component reads it
     memory: dict[str, Any] = field(default_factory=dict)  # "cache", "decoding": the other components' run memory
     rng: Any = None  # the per-row random streams (dlm.rng.RowRNG), set when the generation starts
@@ -161,6 +174,12 @@ class GenerationState:
             provisional = torch.cat((a, b))
         else:
             provisional = None
+        held = edited = None
+        if self.held is not None or other.held is not None:
+            held = torch.cat([s.held if s.held is not None else torch.zeros_like(s.done) for s in (self, other)])
+        if self.edited is not None or other.edited is not None:
+            edited = torch.cat([s.edited if s.edited is not None else torch.zeros_like(s.canvas, dtype=torch.bool)
+                                for s in (self, other)])
         width = max(self.history.shape[1], other.history.shape[1])
         grow = lambda h: torch.nn.functional.pad(h, (0, width - h.shape[1]))  # noqa: E731
         if set(self.memory) != set(other.memory):
@@ -173,6 +192,8 @@ class GenerationState:
             nfe=torch.cat((self.nfe, other.nfe)),
             done=torch.cat((self.done, other.done)),
             provisional=provisional,
+            held=held,
+            edited=edited,
             progress=cat_rows(self.progress, other.progress, name="progress"),
             memory={k: cat_rows(v, other.memory[k], name=k) for k, v in self.memory.items()},
             rng=cat_rows(self.rng, other.rng, name="rng"),
@@ -207,6 +228,7 @@ class GenerationState:
             pad=self.pad + n,
             gen_start=self.gen_start + n,
             provisional=shift_columns(self.provisional, n, 1, False),
+            edited=shift_columns(self.edited, n, 1, False),
             progress=None if self.progress is None else self.progress.shift_columns(n),
             memory={k: None if v is None else v.shift_columns(n) for k, v in self.memory.items()},
             last_window=None,
@@ -219,7 +241,9 @@ class GenerationState:
         """Write ``commit`` into the canvas, after checking the invariants every strategy must keep.
 
         Only eligible positions may be committed (or drafted), MASK is never written, and every row of the
-        window with an eligible position commits at least one token (or finishes). This is the only writer
+        window with an eligible position commits at least one token (or finishes). Edits (a commit's
+        :class:`~dlm.messages.Edits`) rewrite only placed tokens of each row's current block, outside the prompt,
+        never into MASK, and never where the same commit selects or drafts (:data:`EDIT_RULES`). This is the only writer
         of the canvas besides the iteration managers' own fill of ended rows (``stop_at_eos`` writes EOS
         after a row's first end token, which no component may read as a decision).
         """
@@ -228,16 +252,17 @@ class GenerationState:
             raise DecodingError(
                 f"commit has shape {tuple(select.shape)}, the window is {tuple(window.eligible.shape)}"
             )
-        drafts, finish = commit.get(Drafts), commit.get(Finish)
+        drafts, finish, edits = commit.get(Drafts), commit.get(Finish), commit.get(Edits)
         written = select if drafts is None else select | drafts.mask
         counts = select.sum(dim=1)
         starved = (counts == 0) & window.eligible.any(dim=1)
         if finish is not None:
             starved &= ~finish.rows
-        # the three invariants in one host read (one synchronisation per step instead of three)
-        ineligible, masks, stalled = torch.stack((
-            (written & ~window.eligible).any(), (written & (commit.tokens == self.mask_id)).any(), starved.any(),
-        )).tolist()
+        checks = [(written & ~window.eligible).any(), (written & (commit.tokens == self.mask_id)).any(), starved.any()]
+        if edits is not None:
+            checks += self._edit_problems(window, written, edits)
+        # the invariants in one host read (one synchronisation per step, not one per rule)
+        ineligible, masks, stalled, *edit_problems = torch.stack(checks).tolist()
         if ineligible:
             raise DecodingError("a decoding strategy committed a position that is not eligible")
         if masks:
@@ -247,7 +272,11 @@ class GenerationState:
                 "a decoding strategy committed no token for a row that still has masked positions; "
                 "every step must commit at least one token per active row, or the loop would not end"
             )
+        for problem, message in zip(edit_problems, EDIT_RULES):
+            if problem:
+                raise DecodingError(f"a decoding strategy edited {message}")
         rows, cols = window.rows, slice(window.start, window.end)
+        self._apply_edits(window, edits)
         region = self.canvas[rows, cols]
         self.canvas[rows, cols] = torch.where(written, commit.tokens, region)
         if drafts is not None or self.provisional is not None:
@@ -256,6 +285,38 @@ class GenerationState:
             counts = counts + self._finish(window, finish)
         self._record(rows, counts)
         self.last_window = window
+
+    def _edit_problems(self, window: Window, written: Tensor, edits: Edits) -> list[Tensor]:
+        """The :class:`~dlm.messages.Edits` invariants (one 0-d bool tensor each, in the order of EDIT_RULES)."""
+        lo, hi = window.logits_start, window.logits_end
+        b = len(window.rows)
+        if tuple(edits.mask.shape) != (b, hi - lo) or tuple(edits.tokens.shape) != (b, hi - lo) or (
+                edits.hold is not None and tuple(edits.hold.shape) != (b,)):
+            raise DecodingError(f"Edits must be mask and tokens [{b}, {hi - lo}] over the logits span [{lo}, {hi}) "
+                                f"and hold [{b}] (or None); got {tuple(edits.mask.shape)}, {tuple(edits.tokens.shape)}")
+        cols = torch.arange(lo, hi, device=self.device)[None, :]  # [1, S]
+        first = torch.clamp(window.block_start, min=self.gen_start).to(self.device)[:, None]
+        inside = (cols >= first) & (cols < window.block_end.to(self.device)[:, None])
+        span_written = torch.zeros_like(edits.mask)
+        span_written[:, window.start - lo : window.end - lo] = written
+        placed = self.canvas[window.rows, lo:hi] != self.mask_id
+        return [(edits.mask & ~inside).any(), (edits.mask & (~placed | span_written)).any(),
+                (edits.mask & (edits.tokens == self.mask_id)).any()]
+
+    def _apply_edits(self, window: Window, edits: Edits | None) -> None:
+        """Write checked edits; record them (``edited``) and the held rows (``held``) for the next step."""
+        self.edited = None
+        if edits is None:
+            if self.held is not None:
+                self.held[window.rows] = False
+            return
+        rows, lo, hi = window.rows, window.logits_start, window.logits_end
+        self.canvas[rows, lo:hi] = torch.where(edits.mask, edits.tokens, self.canvas[rows, lo:hi])
+        self.edited = torch.zeros_like(self.canvas, dtype=torch.bool)
+        self.edited[rows, lo:hi] = edits.mask
+        if self.held is None:
+            self.held = torch.zeros_like(self.done)
+        self.held[rows] = False if edits.hold is None else edits.hold
 
     def _record(self, rows: Tensor, counts: Tensor) -> None:
         """Per-row step history: ``counts`` [b] tokens committed by ``rows`` in this step."""

@@ -99,7 +99,7 @@ def test_model_spec_parsing():
         bm.parse_model_spec("width=3")
     with pytest.raises(ConfigError, match="not an integer"):
         bm.parse_model_spec("d_model=big")
-    with pytest.raises(ConfigError, match="choose one of llada, qwen2, llada_moe, sdar"):
+    with pytest.raises(ConfigError, match="choose one of llada, qwen2, llada_moe, llada2, sdar"):
         bm.parse_model_spec("family=gpt2")
 
 
@@ -126,7 +126,7 @@ def test_model_spec_of_the_moe_family():
     dense = bm.parse_model_spec("d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,vocab_size=8192")
     moe_attention_extra = 2 * (64 * 8 + 2 * 16)  # router and QK norms per layer
     assert bm.count_parameters(spec, active=True) == bm.count_parameters(dense) + moe_attention_extra
-    with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe only"):
+    with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe or llada2 only"):
         bm.parse_model_spec("n_experts=4")
     with pytest.raises(ConfigError, match="top_k .9. must be at most n_experts .8."):
         bm.parse_model_spec("family=llada_moe,top_k=9,mlp_hidden_size=18")
@@ -171,6 +171,23 @@ def test_bench_writes_a_random_sdar_layout_model_for_sdars_rules(tmp_path):
     assert report["results"][1]["nfe"] == report["results"][0]["nfe"]
 
 
+def test_bench_writes_a_random_llada2_layout_model_and_runs_both_llada2_examples(tmp_path):
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=llada2,d_model=32,n_layers=1,n_heads=4,mlp_hidden_size=32,n_experts=4,vocab_size=96,max_sequence_length=64"
+    argv = ["bench", str(root / "llada2.yaml"), str(root / "llada2.1-editing.yaml"), "--random-model", spec,
+            "--model-cache", str(tmp_path / "models"), "--set", "model.block_length=4", "--set", "iteration.gen_length=8",
+            "--set", "iteration.sub_block_size=4", "--set", "dtype=float64",
+            "--prompt-length", "4", "--repeats", "1", "--warmup", "0", "--no-progress", "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    cfg = json.loads((made / "config.json").read_text())
+    assert made.name.startswith("llada2-") and cfg["model_type"] == "llada2_moe" and cfg["n_group"] == 2
+    assert report["settings"]["random_model_active_parameters"] < report["settings"]["random_model_parameters"]
+    assert all(r["nfe"] >= 2 for r in report["results"])
+
+
 def test_examples_validate():
     from dlm.config import load_config
 
@@ -189,6 +206,11 @@ def test_examples_validate():
     moe = load_config(root / "llada-moe.yaml")  # the model card's quick start
     assert moe.model.name == "llada_moe" and (moe.iteration.config.gen_length, moe.iteration.config.block_length,
                                               moe.iteration.config.steps) == (128, 32, 128)
+    for name, editing in (("llada2", None), ("llada2.1-editing", 0.9)):  # the released generate's settings
+        cfg = load_config(root / f"{name}.yaml")
+        assert (cfg.model.config.block_length, cfg.iteration.config.sub_block_size) == (32, 32)
+        assert (cfg.decoding.name, cfg.decoding.config.threshold, cfg.decoding.config.editing_threshold) == (
+            "joint_threshold", 0.95, editing)
 
 
 def test_moe_bench_times_moe_and_dense_side_by_side(tmp_path, capsys):

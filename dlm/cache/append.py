@@ -57,6 +57,7 @@ class AppendMemory(KVMemory):
 class AppendCache(CacheManager):
     Config = AppendCacheConfig
     joinable = True
+    provides = frozenset({"edit_aware"})  # a column whose token changed is stale (the canvas is compared)
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if not capabilities.kv_cache:

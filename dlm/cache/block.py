@@ -18,6 +18,10 @@ position's own shifted logit is never needed, since that position is committed. 
 and when the iteration's ``sub_block_size`` equals the block size. The sub-blocks are the iteration
 manager's, read from the window (:class:`~dlm.messages.SubBlocks`), so the two cannot disagree.
 
+**Edited tokens** (an editing strategy's :class:`~dlm.messages.Edits`, recorded in ``state.edited``): a block
+holding an edited column is no longer final, so a row's ``valid_end`` falls back to that block's start, and a
+sub-block step after an edit refreshes the whole block.
+
 **Rows at different places.** Everything above is decided per row (its own ``valid_end``, eligible
 positions, sub-block and last full forward, kept in the run memory), and one range forward serves every
 row with per-row write bounds: a sub-block row stores only its sub-block, a full row from its ``valid_end``.
@@ -63,6 +67,7 @@ class BlockMemory(KVMemory):
 class BlockCache(CacheManager):
     Config = BlockCacheConfig
     joinable = True
+    provides = frozenset({"edit_aware"})  # an edited column's block is recomputed (see the module doc)
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if not capabilities.kv_cache:
@@ -94,11 +99,15 @@ class BlockCache(CacheManager):
             state.pad[rows],
         ]
         sub = window.get(SubBlocks) if self.config.sub_block_cache else None
+        edited = state.edited[rows] if state.edited is not None else None
+        if edited is not None:  # the first column each row's last commit edited (length: none)
+            reads.append(torch.where(edited.any(dim=1), edited.int().argmax(dim=1), length))
         if sub is not None:  # is each row's sub-block's first position committed?
             first_col = torch.as_tensor(sub.start).to(state.device).clamp(max=length - 1)
             reads.append((state.canvas[rows, first_col] != state.mask_id).long())
         host = torch.stack(reads).cpu()  # one read of the device
         hrows, first_mask, first, last, pad = host[:5]
+        first_edit = host[5] if edited is not None else torch.full_like(pad, length)
 
         def floor(cols: Tensor) -> Tensor:  # start of the attention block holding ``cols``, in each row's positions
             return pad + torch.div(cols - pad, bs, rounding_mode="floor") * bs
@@ -110,13 +119,16 @@ class BlockCache(CacheManager):
         if window.logits_end > window.end:
             need_hi = torch.full_like(need_hi, window.logits_end - shift)
         valid, full_at = m.valid_end[hrows], m.full_at[hrows]
+        has_edit = first_edit < length
+        valid = torch.where(has_edit, torch.minimum(valid, floor(first_edit)), valid)  # its block is not final
         end = torch.clamp(floor(need_hi - 1) + bs, max=length)  # a full forward: up to its last needed block
         lo, hi, key = torch.minimum(valid, need_lo), end, end
         block_start = floor(first)
         cached = torch.zeros(len(hrows), dtype=torch.bool)
         if sub is not None:
             sub_start, sub_end = torch.as_tensor(sub.start).cpu(), torch.as_tensor(sub.end).cpu()
-            cached = (first > block_start) & host[5].bool() & (full_at == block_start) & (valid >= block_start)
+            committed = host[6 if edited is not None else 5].bool()
+            cached = (first > block_start) & committed & (full_at == block_start) & (valid >= block_start) & ~has_edit
             block_end = torch.clamp(block_start + bs, max=length)
             sub_hi = torch.maximum(torch.minimum(sub_end, block_end), need_hi)
             lo = torch.where(cached, torch.minimum(sub_start, need_lo), lo)

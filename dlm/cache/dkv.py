@@ -14,7 +14,8 @@ share one forward (a column-set plan, :func:`~dlm.cache.columns.column_plan`) an
 alone, also when it joined a running generation.
 
 Exactness: on a 1-layer model every step is exact (a column's layer-0 K/V depend only on its own token, and
-every changed token is recomputed); ``refresh_every: 1`` refreshes every step, which is ``none``.
+every changed token is recomputed: committed ones, and placed ones an editing strategy rewrote, ``state.edited``);
+``refresh_every: 1`` refreshes every step, which is ``none``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class DKVCache(PrefixCache):
         rows = window.rows
         pending = state.pending()[rows]  # [b, L]
         store = pending | (m.seen[rows] & ~pending)  # pending, or committed since the row's last forward
+        if state.edited is not None:  # or rewritten by an editing strategy's last commit
+            store |= state.edited[rows]
         m.seen[rows] = pending
         step = window.step
         refresh = (step < 2) | (step % self.config.refresh_every == 0)  # [b] host

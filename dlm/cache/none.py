@@ -22,6 +22,7 @@ class NoCacheConfig(BaseModel):
 class NoCache(CacheManager):
     Config = NoCacheConfig
     joinable = True
+    provides = frozenset({"edit_aware"})  # nothing is reused
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         if window.has(Reorder):

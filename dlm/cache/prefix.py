@@ -69,6 +69,8 @@ class PrefixCache(CacheManager):
 
     Config = PrefixCacheConfig
     joinable = True
+    # every plan computes each row's whole block, where edits happen (subclasses computing less must drop it)
+    provides = frozenset({"edit_aware"})
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         return block_cache_problem(capabilities)

@@ -17,6 +17,10 @@ and a random LLaDA-MoE-layout model (sparse experts) under LLaDA-MoE's published
 and SDAR's remasking rules on a random SDAR-layout model (blocks of 4):
 
     dlm bench examples/sdar.yaml examples/sdar-static.yaml --random-model family=sdar
+
+and a random LLaDA2-layout model (BailingMoeV2), LLaDA2.0's decoding against LLaDA2.1's token editing:
+
+    dlm bench examples/llada2.yaml examples/llada2.1-editing.yaml --random-model family=llada2
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              "'d_model=512,n_layers=8,n_heads=8,mlp_hidden_size=1536,vocab_size=8192' (bare flag or 'default': "
              "those sizes, ~35M parameters, LLaDA's layout); 'family=qwen2' writes Qwen2's layout (for the "
              "qwen2 and wedlm adapters); 'family=llada_moe' LLaDA-MoE's (n_experts=8, top_k=2 experts per "
-             "token, each mlp_hidden_size/top_k wide); 'family=sdar' SDAR's; written once under --model-cache",
+             "token, each mlp_hidden_size/top_k wide), 'family=llada2' LLaDA2's (the same sizes, group-limited "
+             "routing), 'family=sdar' SDAR's; written once under --model-cache",
     )
     m.add_argument("--model-cache", metavar="DIR", help="where random checkpoints are kept "
                                                          "(default $DLM_CACHE or ~/.cache/dlm/random-models)")

@@ -34,6 +34,7 @@ class BlockProgress(RowMemory):
     total_steps: int | None = shared_field(default=None)  # the configured steps of a generation (Geometry.total_steps)
     active: Tensor | None = derived_field(default=None)  # [B] bool (host): rows with work, found by the last advance
     active_cancels: int = derived_field(default=-1)  # state.cancels when ``active`` was found
+    held: Tensor | None = derived_field(default=None)  # [B] bool (host): rows an editing strategy held, at that advance
 
     @staticmethod
     def fresh(batch: int, *, total_steps: int | None = None) -> "BlockProgress":
@@ -159,7 +160,9 @@ def left_padded_canvas(
 
 def stop_at_eos(state: GenerationState) -> None:
     """End every row that has committed an end token with nothing pending (MASK or a provisional draft)
-    before it; fill the rest with EOS. A draft end token does not count: drafts may still change."""
+    before it; fill the rest with EOS. A draft end token does not count: drafts may still change; nor does any
+    token of a row whose current block an editing strategy holds open (``state.held``), since an edit may still
+    rewrite it or a token before it: such a row ends once its block is released."""
     gen = state.canvas[:, state.gen_start :]  # [B, G]
     pending = state.pending()[:, state.gen_start :]
     is_end = torch.isin(gen, torch.tensor(state.eos_ids, device=gen.device)) & ~pending
@@ -167,6 +170,8 @@ def stop_at_eos(state: GenerationState) -> None:
     cols = torch.arange(gen.shape[1], device=gen.device)[None, :]
     pending_before = (pending & (cols < first[:, None])).any(dim=1)
     stop = (first < gen.shape[1]) & ~pending_before & ~state.done  # [B]
+    if state.held is not None:
+        stop &= ~state.held
     # no branch on ``stop``: filling and ending nothing is a no-op, and the host never waits for the device
     fill = stop[:, None] & (cols > first[:, None])
     gen.masked_fill_(fill, state.eos_ids[0])

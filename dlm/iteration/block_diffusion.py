@@ -23,6 +23,9 @@ decoding blocks coincide). For a row with prompt length ``P``, block 0 is the bl
    simply completes sooner. Unshifted models only (SDAR); there is no AR step to count.
 3. **Early stop** (on by default): a row ends once it committed an end token (the model's ``eos_ids``,
    ``<|im_end|>`` for Fast-dLLM v2) with no mask before it; the rest of its region is filled with EOS.
+4. **Held blocks** (token editing, :class:`~dlm.messages.Edits`): a row whose block an editing strategy holds open
+   (``state.held``) stays in it for more steps even when nothing in it is masked; its window is then its block,
+   with nothing eligible, and it ends at an end token only once the block is released.
 
 Each row moves through its blocks at its own pace: its block index and step are its own (per-row
 progress), and a row that completes its block moves on at once, without waiting for the others. One step's
@@ -91,6 +94,7 @@ class DiffusionProgress(RowMemory):
     ar: bool = shared_field()  # shifted logits: each block starts with an AR step for its first position
     active: Tensor | None = derived_field(default=None)  # [B] bool (host): rows with work, found by the last advance
     active_cancels: int = derived_field(default=-1)  # state.cancels when ``active`` was found
+    held: Tensor | None = derived_field(default=None)  # [B] bool (host): rows an editing strategy held, at that advance
 
     @staticmethod
     def fresh(batch: int, *, block_size: int, ar: bool) -> "DiffusionProgress":
@@ -130,6 +134,7 @@ class BlockDiffusion(SettlingManager):
 
     Config = BlockDiffusionConfig
     joinable = True
+    provides = frozenset({"edits"})  # a held block keeps its row (see the module doc)
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         bs = self.config.block_length or capabilities.block_size
@@ -194,9 +199,11 @@ class BlockDiffusion(SettlingManager):
         """Mark complete rows done; move each live row with nothing left in its block to its next block (each
         row on its own); find the active rows."""
         p: DiffusionProgress = state.progress
-        state.done |= ~state.masked()[:, state.gen_start :].any(dim=1)
+        held = state.held if state.held is not None else torch.zeros_like(state.done)
+        state.done |= ~state.masked()[:, state.gen_start :].any(dim=1) & ~held
         while True:
-            work, live = torch.stack((self.eligible(state).any(dim=1), ~state.done)).cpu()  # one read of the device
+            work, live, p.held = torch.stack((self.eligible(state).any(dim=1), ~state.done, held)).cpu()  # one read
+            work |= p.held
             complete = live & ~work
             if not bool(complete.any()):
                 break
@@ -212,7 +219,13 @@ class BlockDiffusion(SettlingManager):
         dev_rows = rows.to(state.device)
         elig, block_col, sub_start, sub_end = self._sub_blocks(state)
         elig = elig[dev_rows]
-        cols = elig.any(dim=0).nonzero()[:, 0]
+        span = elig
+        if state.held is not None:  # a held row's window is its whole block (its strategy revises placed tokens)
+            pos = self._positions(state)
+            first = self._block_starts(state)[:, None]
+            block = (pos >= first) & (pos < first + p.block_size) & state.held[:, None]
+            span = elig | block[dev_rows]
+        cols = span.any(dim=0).nonzero()[:, 0]
         start, end = int(cols[0]), int(cols[-1]) + 1
         block_start = block_col[dev_rows]
         block_end = torch.clamp(block_start + p.block_size, max=state.length)
@@ -238,14 +251,15 @@ class BlockDiffusion(SettlingManager):
 
     def advance(self, state: GenerationState) -> None:
         p: DiffusionProgress = state.progress
-        if state.last_window is not None:
-            rows = state.last_window.rows.cpu()
+        rows = state.last_window.rows.cpu() if state.last_window is not None else None
+        if rows is not None:
             p.step[rows] += 1
-            over = rows[p.step[rows] > p.block_size + 1]
+        if self.config.early_stop:
+            stop_at_eos(state)
+        self._settle(state)
+        if rows is not None:  # rows still in their block (a held block is bounded by the strategy holding it)
+            over = rows[(p.step[rows] > p.block_size + 1) & p.active[rows] & ~p.held[rows]]
             if len(over):
                 row = int(over[0])
                 raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after "
                                     f"{int(p.step[row])} steps")
-        if self.config.early_stop:
-            stop_at_eos(state)
-        self._settle(state)

@@ -6,7 +6,9 @@ split evenly over the blocks; in a block with ``m`` masked positions and ``s`` s
 ``m // s`` plus one for the first ``m % s`` steps. Only masked positions of the current block are eligible,
 and a block is denoised until it holds no mask (the reference's "until done" loop), so strategies that
 ignore the quota (threshold, factor) simply take as many steps as they need. Positions holding a provisional
-(draft) token count as not yet committed: they stay eligible until a step commits them.
+(draft) token count as not yet committed: they stay eligible until a step commits them. A block that an editing
+strategy holds open (:class:`~dlm.messages.Edits`, ``state.held``) keeps its row for more steps, with nothing
+eligible, until the strategy releases it; the strategy bounds those steps.
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ class Blockwise(SettlingManager):
 
     Config = BlockwiseConfig
     joinable = True
-    provides = frozenset({"drafts"})  # a block's pending positions include drafts: it ends when all are committed
+    # a block's pending positions include drafts: it ends when all are committed; a held block stays (Edits)
+    provides = frozenset({"drafts", "edits"})
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
               gen_start: int | None = None) -> GenerationState:
@@ -146,9 +149,13 @@ class Blockwise(SettlingManager):
         p.active, p.active_cancels = live & work, state.cancels
 
     def _read_work(self, state: GenerationState) -> tuple[Tensor, Tensor]:
-        """The one read of the device in a step: [B] host bools, rows with work in their block and live rows."""
-        work, live = torch.stack((self._own(state).any(dim=1), ~state.done)).cpu()
-        return work, live
+        """The one read of the device in a step: [B] host bools, rows with work in their block (pending positions,
+        or a block an editing strategy holds open) and live rows."""
+        own = self._own(state).any(dim=1)
+        held = state.held if state.held is not None else torch.zeros_like(own)
+        work, live, held = torch.stack((own, ~state.done, held)).cpu()
+        state.progress.held = held
+        return work | held, live
 
     def window(self, state: GenerationState) -> Window:
         p: BlockProgress = state.progress
@@ -169,8 +176,8 @@ class Blockwise(SettlingManager):
         if self.config.early_stop:
             stop_at_eos(state)
         self._settle(state)
-        active = p.active
+        active = p.active & ~p.held  # a held block is bounded by the strategy holding it
         if bool((p.step[active] > self.config.block_length).any()):
-            row = int(active.nonzero()[0, 0])
+            row = int((active & (p.step > self.config.block_length)).nonzero()[0, 0])
             raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after "
                                 f"{int(p.step[row])} steps")

@@ -115,6 +115,7 @@ def check_model_type(cfg: dict, directory: Path, adapter: str, accepted: tuple[s
 MODEL_TYPES = {
     "llada": ("llada",),
     "llada_moe": ("lladamoe", "llada_moe"),  # the released config.json says "llada" (its config class's type)
+    "llada2": ("llada2_moe", "llada21_moe", "llada2"),
     "dream": ("dream",),
     "fast_dllm_v2": ("fast_dllm_qwen", "fast_dllm_v2"),
     "qwen2": ("qwen2",),

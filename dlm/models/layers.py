@@ -5,8 +5,8 @@ padding, or block-causal), and optionally a :class:`~dlm.models.kv.KVBuffer` to 
 into and read cached ones from. Families differ in sizes, biases, tensor names and a few switches of the
 spec: a head size of its own (``head_size``, not ``dim / n_heads``; Qwen3), per-head RMSNorm of queries and
 keys before RoPE (``qk_norm``; OLMoE, LLaDA-MoE, Qwen3: Yang et al., 2025, arXiv 2505.09388, §2), partial
-rotary, clipped q/k/v, and a sparse mixture-of-experts feed-forward (:mod:`dlm.models.moe`) in the layers
-that have one.
+rotary, clipped q/k/v, one fused q/k/v projection (Bailing), and a sparse mixture-of-experts feed-forward
+(:mod:`dlm.models.moe`) in the layers that have one.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class TransformerSpec:
     qk_norm: bool = False  # RMSNorm over each head's query and key before RoPE (OLMoE, LLaDA-MoE, Qwen3)
     clip_qkv: float | None = None  # q, k, v clamped to [-clip, clip] after the projections (and QK norm)
     rotary_dim: int | None = None  # RoPE on the first rotary_dim dims of each head; None: the whole head
+    fused_qkv: bool = False  # one projection to q, k, v stacked (rows: q heads, then k heads, then v heads; Bailing)
     moe: MoESpec | None = None  # sparse mixture-of-experts feed-forward in the layers it names
     head_size: int | None = None  # per-head width when it is not dim // n_heads (Qwen3: 128 for d 2560, 32 heads)
 
@@ -136,9 +137,13 @@ class Attention(nn.Module):
         super().__init__()
         hd = spec.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = spec.n_heads, spec.n_kv_heads, hd
-        self.q = nn.Linear(spec.dim, spec.n_heads * hd, bias=spec.qkv_bias)
-        self.k = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
-        self.v = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+        if spec.fused_qkv:  # one product, split by heads: the released fused layout computes it so
+            self.qkv = nn.Linear(spec.dim, (spec.n_heads + 2 * spec.n_kv_heads) * hd, bias=spec.qkv_bias)
+        else:
+            self.q = nn.Linear(spec.dim, spec.n_heads * hd, bias=spec.qkv_bias)
+            self.k = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+            self.v = nn.Linear(spec.dim, spec.n_kv_heads * hd, bias=spec.qkv_bias)
+        self.fused = spec.fused_qkv
         self.o = nn.Linear(spec.n_heads * hd, spec.dim, bias=spec.o_bias)
         self.q_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(hd, spec.norm_eps) if spec.qk_norm else None
@@ -159,8 +164,13 @@ class Attention(nn.Module):
         keep: Rows | None = None,  # only these query rows need the output (keys/values: every row)
     ) -> Tensor:
         b, q_len, _ = x.shape
-        k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
-        v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+        q = None
+        if self.fused:  # one product gives q, k and v (the query rows are cut below like the others)
+            qkv = self.qkv(x).view(b, q_len, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+            q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
+        else:
+            k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
+            v = self.v(x).view(b, q_len, self.n_kv_heads, self.head_dim)
         if self.k_norm is not None:
             k = self.k_norm(k)
         if self.clip is not None:
@@ -169,8 +179,10 @@ class Attention(nn.Module):
         k = apply_rope(k.to(cos.dtype), cos, sin).to(x.dtype)  # cos/sin may be float32 (rope_full_precision)
         if keep is not None:  # the last layer: only these rows go on (every row wrote its keys and values)
             x, cos, sin, mask = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep), pick_mask_rows(mask, keep)
+            q = None if q is None else pick_rows(q, keep)
             b, q_len = x.shape[0], x.shape[1]
-        q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
+        if q is None:
+            q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.clip is not None:

@@ -7,15 +7,18 @@ weighted by the router. Two pieces, kept apart so that a family adds its routing
 dispatch:
 
 - **Routing** (:class:`Router`): from the rows ``[T, dim]`` to a :class:`Routing` (``k`` expert ids and
-  ``k`` weights per row). One class per scoring rule; the rule's frozen spec (:class:`SoftmaxTopK`) lives in
-  the model's :class:`~dlm.models.layers.TransformerSpec` and builds it. Families still to come bring their own
-  rule here: BailingMoeV2 / LLaDA2's sigmoid scores with an expert bias for the choice only, group-limited
-  top-k and a routed scaling factor (DeepSeek-V3, arXiv 2412.19437, §2.1.2), and Qwen3-MoE's softmax top-k
-  with normalisation (:class:`SoftmaxTopK` with ``normalize=True``).
+  ``k`` weights per row). One class per scoring rule; the rule's frozen spec lives in the model's
+  :class:`~dlm.models.layers.TransformerSpec` and builds it: :class:`SoftmaxTopK` (OLMoE, LLaDA-MoE; Qwen3-MoE
+  with ``normalize=True``) and :class:`GroupLimitedTopK` (BailingMoeV2 / LLaDA2: sigmoid scores, an expert bias
+  for the choice only, group-limited top-k and a routed scaling factor, DeepSeek-V3, arXiv 2412.19437,
+  §2.1.2). A family still to come adds its rule the same way.
 - **Dispatch** (:func:`dispatch`): route once per forward, then run each expert only on the rows routed to it
   (rows gathered per expert, the weighted outputs added back with ``index_add_``). There is no fallback that
   runs every expert on every row: the cost is the active experts', docs/benchmarks.md measures it. Grouping the
-  rows needs the number of rows per expert on the host: one synchronisation per MoE layer and forward.
+  rows needs the number of rows per expert on the host: one synchronisation per MoE layer and forward. How the
+  weighted outputs of a row are added is the routing's to say (:attr:`Routing.by_slot`), since the released
+  codes round differently: OLMoE's loop accumulates in ascending expert order in the model dtype, BailingMoeV2's
+  ``moe_infer`` sums each row's ``k`` slots in the router's float32.
   Expert parallelism fits here: a rank holding a slice of the experts runs only their groups and the partial
   outputs are summed across ranks.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlm.models.layers import SwiGLU
@@ -37,10 +41,17 @@ from dlm.models.layers import SwiGLU
 
 @dataclass(frozen=True)
 class Routing:
-    """Where each row goes: ``experts`` [T, k] (long, distinct per row) and their ``weights`` [T, k]."""
+    """Where each row goes: ``experts`` [T, k] (long, distinct per row) and their ``weights`` [T, k].
+
+    ``by_slot``: how :func:`dispatch` adds a row's weighted expert outputs. False: accumulated into the output in
+    ascending expert order, in the model dtype (the weights are cast to it). True: each expert output is cast to
+    the weights' dtype, weighted, and the row's ``k`` terms summed in slot order (the order of ``experts``), then
+    cast back (BailingMoeV2 / DeepSeek's ``moe_infer``, whose weights are float32 whatever the model dtype).
+    """
 
     weights: Tensor
     experts: Tensor
+    by_slot: bool = False
 
 
 class Router(nn.Module):
@@ -107,19 +118,105 @@ class SoftmaxRouter(Router):
         return Routing(weights.to(x.dtype), experts)
 
 
+@dataclass(frozen=True)
+class GroupLimitedTopK:
+    """Sigmoid scores, an expert bias for the choice only, group-limited top-k, normalised and scaled weights:
+    BailingMoeV2's router as LLaDA2.0/2.1's released ``modeling_llada2_moe.py`` computes it (``LLaDA2MoeGate``),
+    the rule of DeepSeek-V3 (arXiv 2412.19437, §2.1.2 "auxiliary-loss-free load balancing" and the node-limited
+    routing of §2.1.2/§3.2 applied to expert groups).
+
+    For each row: ``s = sigmoid(x Wg)`` over the ``E`` experts, in float32 (the gate's product too, whatever the
+    model dtype); ``b = s + expert_bias`` (the bias in the model dtype, as the released buffer is); the experts
+    are split into ``n_group`` groups of ``E / n_group`` consecutive experts, each group scored by the sum of its
+    two largest ``b``; the ``topk_group`` best groups are kept (``torch.topk``, unsorted), the other experts
+    masked to ``-inf``; the ``top_k`` largest remaining ``b`` are the experts (``torch.topk``: ties broken as it
+    breaks them). Their weights are the *unbiased* ``s`` of the chosen experts, divided by their sum (``+ 1e-20``)
+    when ``normalize`` and ``top_k > 1``, times ``scaling``; float32, combined slot by slot (``by_slot``).
+
+    The float32 steps are the released code's, kept so that logits equal it bit for bit; they make a row's routing
+    sensitive to the last bits of its float64 hidden state, which the shape of a batch moves (padding keys, kernel
+    choice): in a float64 run a row of a batch agrees with the row alone to ~1e-6, not 1e-12 (docs/models.md).
+    """
+
+    top_k: int
+    n_group: int
+    topk_group: int
+    scaling: float = 1.0
+    normalize: bool = True
+
+    def router(self, dim: int, n_experts: int) -> "Router":
+        return GroupLimitedRouter(self, dim, n_experts)
+
+
+class GroupLimitedRouter(Router):
+    """:class:`GroupLimitedTopK`'s router; ``expert_bias`` [E] is a checkpoint tensor."""
+
+    def __init__(self, rule: GroupLimitedTopK, dim: int, n_experts: int) -> None:
+        super().__init__(dim, n_experts)
+        problem = group_limit_problem(rule, n_experts)
+        if problem:
+            raise ValueError(problem)
+        self.rule = rule
+        self.register_buffer("expert_bias", torch.zeros(n_experts))
+
+    def forward(self, x: Tensor) -> Routing:
+        rule = self.rule
+        logits = F.linear(x.float(), self.gate.weight.float())  # [T, E], float32 whatever the model dtype
+        scores = torch.sigmoid(logits)
+        biased = scores + self.expert_bias  # the choice only
+        t = biased.shape[0]
+        groups = biased.view(t, rule.n_group, -1)  # [T, G, E/G]
+        group_scores = groups.topk(2, dim=-1).values.sum(dim=-1)  # [T, G]
+        kept = torch.topk(group_scores, rule.topk_group, dim=-1, sorted=False).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, kept, True)  # [T, G]
+        allowed = keep[:, :, None].expand_as(groups).reshape(t, -1)  # [T, E]
+        experts = torch.topk(biased.masked_fill(~allowed, -torch.inf), rule.top_k, dim=-1).indices  # [T, k]
+        weights = scores.gather(1, experts)
+        if rule.normalize and rule.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return Routing(weights * rule.scaling, experts, by_slot=True)
+
+
+def group_limit_problem(rule: GroupLimitedTopK, n_experts: int) -> str | None:
+    """Why ``rule`` cannot route over ``n_experts`` experts (a config.json naming it is refused), or None."""
+    if rule.n_group < 1 or n_experts % rule.n_group:
+        return f"n_group {rule.n_group} must divide num_experts {n_experts}"
+    size = n_experts // rule.n_group
+    if size < 2:
+        return (f"each of the n_group {rule.n_group} expert groups needs at least 2 experts (groups are scored by "
+                f"their two best), num_experts is {n_experts}")
+    if not 1 <= rule.topk_group <= rule.n_group:
+        return f"topk_group {rule.topk_group} must be between 1 and n_group {rule.n_group}"
+    if not 1 <= rule.top_k <= rule.topk_group * size:
+        return (f"num_experts_per_tok {rule.top_k} must be between 1 and the experts of the topk_group "
+                f"{rule.topk_group} kept groups ({rule.topk_group * size})")
+    return None
+
+
 @torch.compiler.disable  # group sizes are data: a compiled forward runs the dispatch eagerly, not one graph per size
 def dispatch(x: Tensor, routing: Routing, experts: nn.ModuleList) -> Tensor:
     """``sum_j weights[t, j] * experts[experts[t, j]](x[t])`` for every row ``t`` of ``x`` [T, dim], each
     expert run once, on the rows routed to it.
 
-    Each row's terms are added in ascending expert order (the order of the released code's loop over experts),
-    so the sum rounds as the reference's does.
+    Each row's terms are added as ``routing.by_slot`` says (see :class:`Routing`): in ascending expert order (the
+    order of OLMoE's loop over experts), or over the row's slots in the weights' dtype (BailingMoeV2's
+    ``moe_infer``), so the sum rounds as the released code's does.
     """
     t, k = routing.experts.shape
     choice = routing.experts.reshape(-1)  # [T*k]: expert of each (row, slot)
     order = torch.argsort(choice, stable=True)  # slots grouped by expert
     counts = torch.bincount(choice, minlength=len(experts)).tolist()  # the one host wait of the layer
     rows = order // k  # [T*k]: the row of each slot, in expert order
+    if routing.by_slot:
+        slots = x.new_empty(t * k, x.shape[-1])  # [T*k, dim]: each (row, slot)'s expert output
+        start = 0
+        for expert, n in zip(experts, counts):
+            if n:
+                s = order[start : start + n]
+                slots[s] = expert(x[rows[start : start + n]])
+                start += n
+        w = routing.weights
+        return (slots.view(t, k, -1).to(w.dtype) * w[..., None]).sum(dim=1).to(x.dtype)
     weights = routing.weights.reshape(-1, 1)[order]  # [T*k, 1]
     out = torch.zeros_like(x)
     start = 0
@@ -154,13 +251,13 @@ class MoESpec:
 
     ``sparse_layers`` holds one flag per layer (a family's ``moe_layer_freq``, or BailingMoeV2's first dense
     layers): a layer without it keeps the dense SwiGLU of ``ffn_dim``. ``rule`` is a routing rule's spec
-    (:class:`SoftmaxTopK`, ...) with a ``router(dim, n_experts)`` method. ``shared_dim``: the hidden size of
+    (:class:`SoftmaxTopK`, :class:`GroupLimitedTopK`) with ``top_k`` and a ``router(dim, n_experts)`` method. ``shared_dim``: the hidden size of
     the shared experts (None: none).
     """
 
     n_experts: int
     expert_dim: int
-    rule: SoftmaxTopK
+    rule: SoftmaxTopK | GroupLimitedTopK
     sparse_layers: tuple[bool, ...]
     shared_dim: int | None = None
 

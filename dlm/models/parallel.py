@@ -25,6 +25,8 @@ def tp_problem(spec, tp: int) -> str | None:
     if spec.moe is not None:
         return ("tensor_parallel does not shard a sparse mixture-of-experts model yet (its experts would need "
                 "their own plan); run it in one process")
+    if spec.fused_qkv:
+        return "tensor_parallel does not shard a fused q/k/v projection yet; run it in one process"
     for what, n in (("KV heads", spec.n_kv_heads), ("attention heads", spec.n_heads), ("MLP width", spec.ffn_dim)):
         if n % tp:
             ok = [d for d in range(1, spec.n_kv_heads + 1) if spec.n_kv_heads % d == 0 and spec.n_heads % d == 0

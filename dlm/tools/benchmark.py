@@ -55,10 +55,11 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "family": "llada",
 }
-# checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe), or SDAR's
-# (Qwen3 layout, blocks of 4)
-FAMILIES = ("llada", "qwen2", "llada_moe", "sdar")
-MOE_DEFAULTS = {"n_experts": 8, "top_k": 2}  # family=llada_moe: experts per layer, experts per token
+# checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe), LLaDA2's
+# (llada2), or SDAR's (Qwen3 layout, blocks of 4)
+FAMILIES = ("llada", "qwen2", "llada_moe", "llada2", "sdar")
+MOE_FAMILIES = ("llada_moe", "llada2")
+MOE_DEFAULTS = {"n_experts": 8, "top_k": 2}  # sparse families: experts per layer, experts per token
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
                "max_sequence_length", "seed", "shards", *MOE_DEFAULTS}
 _BOOL_FIELDS = {"weight_tying"}
@@ -73,7 +74,9 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     adapters: q/k/v biases, MASK id 2 in config.json) instead of LLaDA's; ``family=llada_moe`` writes
     LLaDA-MoE's, with ``n_experts`` experts per layer (8) of which ``top_k`` (2) run per token, each
     ``mlp_hidden_size / top_k`` wide: the active parameters of the dense model of the same sizes;
-    ``family=sdar`` SDAR's (the Qwen3 layout: per-head QK norm, no biases; ``block_size`` 4 in config.json)."""
+    ``family=llada2`` LLaDA2's (BailingMoeV2: every layer sparse, no shared expert, experts in groups of two of
+    which half the groups are kept, the same active sizes); ``family=sdar`` SDAR's (the Qwen3 layout: per-head
+    QK norm, no biases; ``block_size`` 4 in config.json)."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -110,9 +113,9 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     if out["d_model"] % out["n_heads"]:
         raise ConfigError(f"--random-model: n_heads ({out['n_heads']}) must divide d_model ({out['d_model']})")
     moe = {k: out[k] for k in MOE_DEFAULTS if k in out}
-    if out["family"] != "llada_moe":
+    if out["family"] not in MOE_FAMILIES:
         if moe:
-            raise ConfigError(f"--random-model: {', '.join(moe)} applies to family=llada_moe only")
+            raise ConfigError(f"--random-model: {', '.join(moe)} applies to family=llada_moe or llada2 only")
         return out
     out = {**MOE_DEFAULTS, **out}
     if out["top_k"] > out["n_experts"]:
@@ -133,9 +136,11 @@ def count_parameters(spec: Mapping[str, Any], *, active: bool = False) -> int:
     per_layer = d * d * 2 + 2 * d * (d // heads) * kv + 3 * d * ffn + 2 * d
     if spec.get("family") == "qwen2":
         per_layer += d + 2 * (d // heads) * kv  # q/k/v biases
-    if spec.get("family") == "llada_moe":  # router, QK norms; all experts unless counting the active ones
+    if spec.get("family") in MOE_FAMILIES:  # router (+ expert bias), QK norms; all experts unless the active ones
         experts = spec["top_k"] if active else spec["n_experts"]
         per_layer += d * spec["n_experts"] + 2 * (d // heads) + 3 * d * (ffn // spec["top_k"]) * experts - 3 * d * ffn
+        if spec["family"] == "llada2":
+            per_layer += spec["n_experts"]
     if spec.get("family") == "sdar":
         per_layer += 2 * (d // heads)  # per-head q/k norms
     return n * per_layer + vocab * d * (1 if spec.get("weight_tying") else 2) + d
@@ -150,8 +155,8 @@ def default_cache_dir() -> Path:
 
 
 def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: str | Path | None = None) -> Path:
-    """A random-weight checkpoint (LLaDA's, Qwen2's, LLaDA-MoE's or SDAR's layout) for ``spec``, written once and
-    reused (keyed by its sizes)."""
+    """A random-weight checkpoint (LLaDA's, Qwen2's, LLaDA-MoE's, LLaDA2's or SDAR's layout) for ``spec``, written
+    once and reused (keyed by its sizes)."""
     kwargs = parse_model_spec(spec)
     key = hashlib.sha1(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -187,6 +192,22 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
             expert_intermediate_size=kwargs["mlp_hidden_size"] // kwargs["top_k"],
             max_position_embeddings=kwargs["max_sequence_length"], tie_word_embeddings=bool(kwargs.get("weight_tying")),
             vocab_size=kwargs["vocab_size"], seed=kwargs["seed"], shards=kwargs.get("shards", 1),
+        )
+        return
+    if spec["family"] == "llada2":
+        from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
+
+        n_experts, top_k = kwargs["n_experts"], kwargs["top_k"]
+        n_group = n_experts // 2 if n_experts % 2 == 0 else 1  # groups of two experts (one group if odd)
+        size = n_experts // n_group
+        make_llada2_checkpoint(
+            directory, hidden_size=kwargs["d_model"], num_hidden_layers=kwargs["n_layers"],
+            num_attention_heads=kwargs["n_heads"], num_key_value_heads=kwargs.get("n_kv_heads"),
+            num_experts=n_experts, num_experts_per_tok=top_k, n_group=n_group,
+            topk_group=max(-(-top_k // size), n_group // 2), moe_intermediate_size=kwargs["mlp_hidden_size"] // top_k,
+            first_k_dense_replace=0, num_shared_experts=0, max_position_embeddings=kwargs["max_sequence_length"],
+            tie_word_embeddings=bool(kwargs.get("weight_tying")), vocab_size=kwargs["vocab_size"], seed=kwargs["seed"],
+            shards=kwargs.get("shards", 1),
         )
         return
     from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS

@@ -19,7 +19,7 @@ from torch import Tensor
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
-from dlm.messages import Candidates, Commit, Finish, Geometry, Window
+from dlm.messages import Candidates, Commit, Edits, Finish, Geometry, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import CPU, OTHER_PROMPTS, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
@@ -144,7 +144,30 @@ def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, ge
         starved &= ~finish.rows
     if bool(starved.any()):
         _fail(f"{where}: committed nothing for rows {starved.nonzero()[:, 0].tolist()} that have eligible positions")
+    edits = commit.get(Edits)
+    if edits is not None:
+        _check_edits(edits, window, select, where)
     return commit
+
+
+def _check_edits(edits: Edits, window: Window, select: Tensor, where: str) -> None:
+    """An Edits extension rewrites only placed tokens of each row's block (never eligible, never to MASK)."""
+    span = (len(window.rows), window.logits_end - window.logits_start)
+    if tuple(edits.mask.shape) != span or tuple(edits.tokens.shape) != span or edits.mask.dtype != torch.bool:
+        _fail(f"{where}: Edits must be a bool mask and tokens {span} over the logits span, got "
+              f"{tuple(edits.mask.shape)} {edits.mask.dtype} and {tuple(edits.tokens.shape)}")
+    if edits.hold is not None and tuple(edits.hold.shape) != span[:1]:
+        _fail(f"{where}: Edits.hold must be [{span[0]}] bool, got {tuple(edits.hold.shape)}")
+    cols = torch.arange(window.logits_start, window.logits_end)[None, :]
+    inside = (cols >= window.block_start[:, None]) & (cols < window.block_end[:, None])
+    eligible = torch.zeros(span, dtype=torch.bool)
+    eligible[:, window.start - window.logits_start : window.end - window.logits_start] = window.eligible | select
+    if bool((edits.mask & ~inside).any()):
+        _fail(f"{where}: edited a position outside its row's block")
+    if bool((edits.mask & eligible).any()):
+        _fail(f"{where}: edited a masked position or one it also commits (masked positions are committed by select)")
+    if bool((edits.mask & (edits.tokens == window.mask_id)).any()):
+        _fail(f"{where}: edited a token into MASK")
 
 
 def _decoding_make(cls, config_dict):

@@ -115,6 +115,10 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
 
     writers["sdar"] = lambda d: make_sdar_checkpoint(d, block_size=SMALL_ITERATION["block_length"], seed=7)
+
+    from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
+
+    writers["llada2"] = lambda d: make_llada2_checkpoint(d, num_key_value_heads=2, silent_router_rows=[0, 1], seed=7)
     return writers
 
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from dlm.config import MAX_SEED
+from dlm.compat import registered_name, requires
 from dlm.errors import ConfigError, InputError
 from dlm.pipeline import Pipeline
 from dlm.tools.serve.responses import Shape, collect, stream
@@ -48,6 +49,11 @@ def create_app(
         raise ConfigError("the server needs a model with a tokenizer (tokenizer.json in the checkpoint)")
     if max_batch_size < 1 or max_queue < 1:
         raise ConfigError("max_batch_size and max_queue must be at least 1")
+    if "edits" in requires(pipeline.decoding):
+        raise ConfigError(
+            f"decoding {registered_name('decoding', pipeline.decoding)!r} edits placed tokens (token editing): the "
+            "server streams each committed token once, so a client would get text a later step rewrites; serve "
+            "a decoding strategy that does not edit")
     variants = Variants(pipeline, max_tokens=max_tokens)
     if batching == "continuous":
         worker = EngineWorker(variants, max_batch_size=max_batch_size, max_queue=max_queue,
