@@ -177,6 +177,8 @@ JOIN_CASES = {
     "prophet": [{"gaps": [1e9, 1e9, 0.0]}, {"gaps": [1e9, 0.5, 0.0], "rule": "threshold", "threshold": 0.3}],
     "eb_sampler": [{"gamma": 0.5, "temperature": 0.5}],  # the plugin (plugins/dlm-eb-sampler), when installed
     "sequential": [{"temperature": 0.8, "top_k": 5, "top_p": 0.9}],  # greedy: the contract kit's joins check
+    # token editing: rows hold their blocks open for edits, each on its own count of post steps
+    "joint_threshold": [{"threshold": 0.5, "editing_threshold": 0.3, "max_post_steps": 3, "temperature": 0.5}],
 }
 REGISTERED = set(entries("decoding"))
 CAUSAL = {  # strategies that need a causal model and their own iteration manager
