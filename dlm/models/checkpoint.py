@@ -198,6 +198,14 @@ def config_bool(cfg: dict, key: str, directory: Path, default: bool) -> bool:
     return value
 
 
+def end_ids(cfg: dict, directory: Path, default: int, tokenizer=None, extra_token: str | None = None) -> tuple[int, ...]:
+    """The end tokens: config.json's ``eos_token_id`` (``default`` when absent), plus the id of ``extra_token`` (an
+    end-of-turn token such as ``<|role_end|>``) when the tokenizer has it."""
+    ids = config_ids(cfg, "eos_token_id", directory) or [default]
+    extra = tokenizer.token_id(extra_token) if tokenizer is not None and extra_token else None
+    return tuple(ids + ([extra] if extra is not None and extra not in ids else []))
+
+
 def config_ids(cfg: dict, key: str, directory: Path) -> list[int]:
     """``cfg[key]`` as a list of token ids: one id or a list of ids; absent or null gives []."""
     value = cfg.get(key)

@@ -35,7 +35,7 @@ from dlm.models.checkpoint import (
 )
 from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
-from dlm.models.layers import Transformer, TransformerSpec
+from dlm.models.layers import TransformerSpec
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
 
@@ -163,10 +163,6 @@ class LLaDAModel(TransformerAdapter):
     """``llada``: LLaDA-8B-Base/Instruct, LLaDA-1.5 and any checkpoint in their layout."""
 
     Config = LLaDAConfig
-
-    def __init__(self, config: LLaDAConfig, net: Transformer, capabilities: ModelCapabilities, tokenizer) -> None:
-        self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
-        self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
 
     @classmethod
     def load(cls, config: LLaDAConfig, *, dtype: torch.dtype, device: torch.device) -> "LLaDAModel":

@@ -46,6 +46,7 @@ from pydantic import Field
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import (
+    end_ids,
     MAX_CONTEXT,
     MAX_HEADS,
     MAX_LAYERS,
@@ -57,13 +58,12 @@ from dlm.models.checkpoint import (
     check_tokenizer,
     config_bool,
     config_float,
-    config_ids,
     config_int,
     read_config,
 )
 from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
-from dlm.models.layers import Transformer, TransformerSpec
+from dlm.models.layers import TransformerSpec
 from dlm.models.llada_moe import MAX_EXPERTS, ROLE_END
 from dlm.models.moe import GroupLimitedTopK, MoESpec, group_limit_problem
 from dlm.models.qwen2 import Qwen2FamilyConfig, rope_theta
@@ -193,10 +193,6 @@ class LLaDA2Model(TransformerAdapter):
 
     Config = LLaDA2Config
 
-    def __init__(self, config: LLaDA2Config, net: Transformer, capabilities: ModelCapabilities, tokenizer) -> None:
-        self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
-        self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
-
     @classmethod
     def load(cls, config: LLaDA2Config, *, dtype: torch.dtype, device: torch.device) -> "LLaDA2Model":
         directory = resolve_checkpoint(Path(config.path))
@@ -208,9 +204,7 @@ class LLaDA2Model(TransformerAdapter):
         if config.eos_token_ids:
             eos = tuple(config.eos_token_ids)
         else:
-            ids = config_ids(cfg, "eos_token_id", directory) or [LLADA2_EOS_ID]
-            role_end = tokenizer.token_id(ROLE_END) if tokenizer else None
-            eos = tuple(ids + ([role_end] if role_end is not None and role_end not in ids else []))
+            eos = end_ids(cfg, directory, LLADA2_EOS_ID, tokenizer, ROLE_END)
         mask_id = config.mask_token_id if config.mask_token_id is not None else config_int(
             cfg, "mask_token_id", directory, LLADA2_MASK_ID)
         check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)

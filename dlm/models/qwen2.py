@@ -150,9 +150,8 @@ class Qwen2Family(TransformerAdapter):
     default_eos_ids: tuple[int, ...]
 
     def __init__(self, config, net: Transformer, capabilities: ModelCapabilities, tokenizer, raw: dict) -> None:
-        self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
+        super().__init__(config, net, capabilities, tokenizer)
         self.checkpoint_config = raw
-        self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
 
     @classmethod
     def capabilities_for(

@@ -42,6 +42,10 @@ class TransformerAdapter(ModelAdapter):
     dtype: torch.dtype
     device: torch.device
 
+    def __init__(self, config, net: Transformer, capabilities, tokenizer) -> None:
+        self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
+        self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
+
     def new_kv(self, batch: int, length: int) -> KVBuffer:
         s = self.net.spec
         heads = self.net.blocks[0].attn.n_kv_heads if len(self.net.blocks) else s.n_kv_heads  # this rank's heads
