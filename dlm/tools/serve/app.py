@@ -90,7 +90,7 @@ def create_app(
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok" if worker.is_alive() else "stopped", "batching": batching, "queued": worker.queued,
-                "running_rows": worker.running_rows, **worker.stats}
+                "running_rows": worker.running_rows, **worker.counters()}
 
     @app.get("/v1/models")
     async def models() -> dict:

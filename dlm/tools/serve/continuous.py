@@ -35,7 +35,7 @@ class EngineWorker(QueuedWorker):
         self._jobs: dict[Job, int] = {}  # admitted jobs: rows still running
         self._settled: set = set()  # tags of rows whose answer is settled in this step: they leave after it
         self.reserved = 0  # bytes of the running and queued rows (the memory budget's count)
-        self.stats.update(joins=0, steps=0)
+        self.stats.update(steps=0)
         self._step_seconds = 0.05  # moving average, for Retry-After
 
     # --- the event loop's side ----------------------------------------------------------------------
@@ -75,6 +75,15 @@ class EngineWorker(QueuedWorker):
     @property
     def running_rows(self) -> int:
         return sum(e.running for e in list(self._engines.values()))
+
+    @property
+    def joins(self) -> int:
+        """Rows that joined a running generation, read from the engines as ``running_rows`` is: a client that
+        has its joined row's first chunk sees the join counted (the step that admitted it may still run)."""
+        return sum(e.stats["joins"] for e in list(self._engines.values()))
+
+    def counters(self) -> dict:
+        return {**self.stats, "joins": self.joins}
 
     # --- the worker thread --------------------------------------------------------------------------
 
@@ -159,9 +168,7 @@ class EngineWorker(QueuedWorker):
             self._forget(job)
 
     def _step(self, engine: Engine) -> None:
-        before = engine.stats["joins"]
         results, failures = engine.step()
-        self.stats["joins"] += engine.stats["joins"] - before
         self.stats["largest_batch"] = max(self.stats["largest_batch"], max((c.batch_size for c in engine.cohorts),
                                                                           default=0))
         for failure in failures:  # a failing step fails only the requests of its rows

@@ -118,6 +118,10 @@ class QueuedWorker(threading.Thread):
         self._stopping = False
         self.stats = {"batches": 0, "rows": 0, "cancelled_rows": 0, "largest_batch": 0, "failed_batches": 0}
 
+    def counters(self) -> dict:
+        """The counters ``/health`` reports (a worker adds those it reads live)."""
+        return dict(self.stats)
+
     @property
     def queued(self) -> int:
         return len(self._queue)
