@@ -96,7 +96,7 @@ class ExpertShard(SparseMoE):
 
     def partial(self, flat: Tensor) -> Tensor:
         """This rank's experts' weighted sum for the rows ``flat`` [T, dim] (zero from the others' experts)."""
-        return dispatch(flat, self.router(flat), self.experts, self.first)
+        return dispatch(flat, self.router(flat), self.experts, self.first, cast=False)
 
     def routed(self, flat: Tensor) -> Tensor:
         return _add_partials(self.partial(flat), self.group)
