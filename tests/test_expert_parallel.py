@@ -94,7 +94,7 @@ def test_the_world_is_dp_by_ep_by_tp_with_tp_fastest():
 
 
 @pytest.mark.parametrize("name", ["llada_moe", "llada2"])
-@pytest.mark.parametrize("ep,tp", [(2, 1), (4, 1), (2, 2)])
+@pytest.mark.parametrize("ep,tp", [(2, 1), (4, 1), (2, 2), (1, 2)])
 def test_the_ranks_partial_sums_add_up_to_the_layer_and_each_holds_its_share_of_the_experts(ckpts, name, ep, tp):
     """llada_moe adds a row's experts in ascending order in float64, llada2 by slot in float32: the ranks' partials
     are the same terms added in another order (equal to the float's rounding, docs/scaling.md)."""
