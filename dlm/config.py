@@ -76,6 +76,9 @@ class RunSettings(BaseModel):
     tensor_parallel: int = Field(
         1, ge=1, description="shard attention heads and MLP over this many processes (launch with torchrun)"
     )
+    expert_parallel: int = Field(
+        1, ge=1, description="split a sparse MoE model's routed experts over this many processes (launch with torchrun)"
+    )
 
     @field_validator("device")
     @classmethod

@@ -1,10 +1,11 @@
 """Several processes started by ``torchrun``: the process group, the device mesh, and sharded prompts.
 
 ``torchrun --nproc-per-node N`` starts N copies of a command and tells each its ``RANK``, ``WORLD_SIZE``
-and ``LOCAL_RANK``. The world is laid out as ``dp × tp``: consecutive ranks form one tensor-parallel group
-(``tensor_parallel`` ranks sharing one model, :mod:`dlm.models.parallel`), and the groups split the prompts
-between them (data parallelism, :func:`shard`). Without torchrun the world is one process and every helper
-here is the identity, so the single-process path never touches ``torch.distributed``.
+and ``LOCAL_RANK``. The world is laid out as ``dp × ep × tp`` (tp fastest): consecutive ranks form one model
+group of ``tensor_parallel × expert_parallel`` ranks sharing one model and the same prompts
+(:mod:`dlm.models.parallel`: heads split over the ``tp`` ranks, routed experts over the ``ep`` slices), and the
+groups split the prompts between them (data parallelism, :func:`shard`). Without torchrun the world is one
+process and every helper here is the identity, so the single-process path never touches ``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -22,19 +23,29 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class World:
-    """This process's place: global rank and size, and its data-parallel and tensor-parallel coordinates."""
+    """This process's place: global rank and size, and its data-, expert- and tensor-parallel coordinates."""
 
     rank: int = 0
     size: int = 1
     tp: int = 1  # ranks per tensor-parallel group
+    ep: int = 1  # expert slices per model group
+
+    @property
+    def group(self) -> int:
+        """Ranks per model group (one model, the same prompts): ``tp × ep`` consecutive ranks."""
+        return self.tp * self.ep
 
     @property
     def dp_size(self) -> int:
-        return self.size // self.tp
+        return self.size // self.group
 
     @property
     def dp_rank(self) -> int:
-        return self.rank // self.tp
+        return self.rank // self.group
+
+    @property
+    def ep_rank(self) -> int:
+        return self.rank // self.tp % self.ep
 
     @property
     def tp_rank(self) -> int:
@@ -46,16 +57,30 @@ class World:
         return self.rank == 0
 
 
-def world(tp: int = 1) -> World:
-    """The world torchrun describes in the environment (one process without it)."""
+def world(tp: int = 1, ep: int = 1) -> World:
+    """The world torchrun describes in the environment (one process without it), with model groups of
+    ``tp × ep`` ranks (``tensor_parallel``, ``expert_parallel``)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if size % tp:
+    n = tp * ep
+    if size == 1 and n > 1:
         raise CompositionError(
-            f"tensor_parallel: {tp} must divide the number of processes ({size}); launch with "
-            f"torchrun --nproc-per-node {tp} (or a multiple of it for data parallelism over tensor-parallel groups)"
+            f"{group_settings(tp, ep)} needs {n} processes; launch with torchrun --nproc-per-node {n} "
+            "$(which dlm) generate ..."
         )
-    return World(rank=rank, size=size, tp=tp)
+    if size % n:
+        raise CompositionError(
+            f"{group_settings(tp, ep)} must divide the number of processes ({size}); launch with "
+            f"torchrun --nproc-per-node {n} (or a multiple of it for data parallelism over model groups)"
+        )
+    return World(rank=rank, size=size, tp=tp, ep=ep)
+
+
+def group_settings(tp: int, ep: int) -> str:
+    """The settings that size a model group, as a user wrote them: ``tensor_parallel: 2 × expert_parallel: 2``."""
+    parts = [f"{name}: {n}" for name, n in (("tensor_parallel", tp), ("expert_parallel", ep)) if n > 1]
+    parts = parts or ["tensor_parallel: 1"]
+    return " × ".join(parts) + (f" ({tp * ep} ranks per model)" if len(parts) > 1 else "")
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -102,7 +127,7 @@ def _collective_device() -> torch.device:
 
 
 def gather_ints(values: Sequence[int], w: World, device: torch.device | None = None) -> list[list[int]]:
-    """Every data-parallel group's list of integers (each group's first rank speaks for it), in group order.
+    """Every data-parallel group's list of integers (each model group's first rank speaks for it), in group order.
 
     Moves plain integers as tensors (no pickling): lengths first, then the padded values.
     """
@@ -119,7 +144,7 @@ def gather_ints(values: Sequence[int], w: World, device: torch.device | None = N
     padded[: len(mine)] = mine
     parts = [torch.zeros(longest, dtype=torch.long, device=device) for _ in range(w.size)]
     dist.all_gather(parts, padded)
-    return [parts[r][: int(lengths[r])].tolist() for r in range(0, w.size, w.tp)]
+    return [parts[r][: int(lengths[r])].tolist() for r in range(0, w.size, w.group)]
 
 
 def gather_floats(values: Sequence[float], w: World, device: torch.device | None = None) -> list[list[float]]:
@@ -136,4 +161,4 @@ def gather_floats(values: Sequence[float], w: World, device: torch.device | None
     padded[:n] = torch.tensor(list(values), dtype=torch.float64, device=device)
     parts = [torch.zeros(longest, dtype=torch.float64, device=device) for _ in range(w.size)]
     dist.all_gather(parts, padded)
-    return [parts[r][: counts[r // w.tp][0]].tolist() for r in range(0, w.size, w.tp)]
+    return [parts[r][: counts[r // w.group][0]].tolist() for r in range(0, w.size, w.group)]

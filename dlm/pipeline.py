@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -164,8 +165,14 @@ class Pipeline:
                     f"device{'s' if n > 1 else ''} (cuda:0 to cuda:{n - 1})"
                 )
             model = config.model.cls.load(config.model.config, dtype=config.torch_dtype, device=device)
-            if config.run.tensor_parallel > 1:
-                model.shard(config.run.tensor_parallel)
+            tp, ep = config.run.tensor_parallel, config.run.expert_parallel
+            if ep > 1:
+                if "expert_parallel" not in inspect.signature(model.shard).parameters:  # a plugin's older shard()
+                    raise CompositionError(f"{config.source}: expert_parallel is not supported by the "
+                                           f"{type(model).__name__} adapter (its shard() takes no expert_parallel)")
+                model.shard(tp, expert_parallel=ep)
+            elif tp > 1:
+                model.shard(tp)
         if config.run.compile:
             model.compile()
         elif not isinstance(model, config.model.cls):

@@ -239,5 +239,6 @@ def test_validate_without_a_file_prints_the_default_pipeline_as_yaml_that_valida
 
 def test_default_pipeline_lists_every_field_of_every_section():
     printed = default_config().to_dict()
-    assert set(printed) == {"model", "iteration", "decoding", "cache", "seed", "dtype", "device", "threads", "compile", "tensor_parallel"}
+    assert set(printed) == {"model", "iteration", "decoding", "cache", "seed", "dtype", "device", "threads", "compile",
+                            "tensor_parallel", "expert_parallel"}
     assert {"gen_length", "block_length", "steps", "early_stop"} <= set(printed["iteration"])

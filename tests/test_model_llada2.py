@@ -142,9 +142,10 @@ def test_capabilities_and_end_tokens_come_from_the_checkpoint(ckpts):
     assert caps.kv_cache and caps.vocab_size == 86
 
 
-def test_tensor_parallel_is_refused(ckpts):
-    with pytest.raises(CompositionError, match="mixture-of-experts"):
-        model("gqa").shard(2)
+def test_tensor_parallel_is_refused_for_the_fused_qkv_projection(ckpts):
+    """expert_parallel alone splits LLaDA2 (tests/test_expert_parallel.py); its fused q/k/v has no tensor-parallel plan."""
+    with pytest.raises(CompositionError, match="fused q/k/v projection"):
+        model("gqa").shard(2, expert_parallel=2)
 
 
 # --- the layout: every tensor named, bad configs refused naming the field --------------------------------------

@@ -220,6 +220,8 @@ def test_capabilities_and_end_tokens_come_from_the_checkpoint(ckpts):
     assert caps.attention == "bidirectional" and caps.logit_shift == 0 and caps.kv_cache
 
 
-def test_tensor_parallel_is_refused_for_a_sparse_model(ckpts):
-    with pytest.raises(CompositionError, match="mixture-of-experts"):
-        model("gqa").shard(2)
+def test_sharding_without_torchrun_is_refused_with_the_command_to_use(ckpts):
+    """tensor_parallel and expert_parallel split a LLaDA-MoE model (tests/test_expert_parallel.py runs them);
+    one process cannot."""
+    with pytest.raises(CompositionError, match="tensor_parallel: 2 × expert_parallel: 2 .* torchrun --nproc-per-node 4"):
+        model("gqa").shard(2, expert_parallel=2)

@@ -23,12 +23,12 @@ WORKER = Path(__file__).parent / "workers" / "torchrun_cli.py"
 CACHES = ("none", "prefix", "dual")
 
 
-def torchrun(out: Path, *commands: str, timeout: int = 240) -> None:
-    """Run ``dlm`` command lines in one launch of two processes; fail with their output if it fails."""
+def torchrun(out: Path, *commands: str, processes: int = 2, timeout: int = 240) -> None:
+    """Run ``dlm`` command lines in one launch of ``processes`` processes; fail with their output if it fails."""
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run(
-        [torchrun, "--standalone", "--nproc-per-node", "2", str(WORKER), str(out), *commands],
+        [torchrun, "--standalone", "--nproc-per-node", str(processes), str(WORKER), str(out), *commands],
         env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

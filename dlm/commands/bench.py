@@ -131,9 +131,10 @@ def run(args: argparse.Namespace) -> int:
 
     from dlm.distributed import init, shard, world
 
-    w = world(entries[0].config.run.tensor_parallel)
+    run_settings = entries[0].config.run
+    w = world(run_settings.tensor_parallel, run_settings.expert_parallel)
     if w.size > 1:
-        init(torch.device(entries[0].config.run.device))
+        init(torch.device(run_settings.device))
     if len(prompts) < w.dp_size:
         raise InputError(f"{len(prompts)} prompts for {w.dp_size} data-parallel processes; give --prompts {w.dp_size} or more")
     bm.run_benchmark(

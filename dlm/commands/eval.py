@@ -79,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
     from dlm.distributed import init, world
     from dlm.provenance import provenance
 
-    w = world(policies[0].config.run.tensor_parallel)
+    run_settings = policies[0].config.run
+    w = world(run_settings.tensor_parallel, run_settings.expert_parallel)
     if w.size > 1:
-        init(torch.device(policies[0].config.run.device))
+        init(torch.device(run_settings.device))
     results = evaluate(policies, tasks, n=args.n, seed=args.seed, batch_size=args.batch_size,
                        progress=not args.quiet and w.main, world=w)
     if not w.main:

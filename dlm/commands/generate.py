@@ -1,7 +1,7 @@
 """Generate text (or token ids) for one or more prompts with a pipeline.
 
-With ``tensor_parallel: N`` launch it as ``torchrun --nproc-per-node N $(which dlm) generate ...``: the N
-processes share the model's heads and MLP, and the first one prints.
+With ``tensor_parallel: T`` and/or ``expert_parallel: N`` launch it as ``torchrun --nproc-per-node T*N $(which dlm)
+generate ...``: the processes share the model's heads and MLP (T) and its routed experts (N); the first prints.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from dlm.tools.show import CanvasPrinter
 
     pipeline = Pipeline.from_yaml(args.config or default_config_path(), overrides=args.overrides)
-    main = world(pipeline.config.run.tensor_parallel).main
+    main = world(pipeline.config.run.tensor_parallel, pipeline.config.run.expert_parallel).main
     # with --json, stdout is one JSON document: the canvas goes to stderr so `dlm generate --json --show ... |
     # jq` still parses
     trace = CanvasPrinter(pipeline, sys.stderr if args.json else sys.stdout) if args.show and main else None

@@ -47,9 +47,11 @@ class ModelAdapter(ABC):
         """Compile the forward (``compile: true``). Adapters that cannot say so."""
         raise CompositionError(f"compile: true is not supported by the {type(self).__name__} adapter")
 
-    def shard(self, tensor_parallel: int) -> None:
-        """Shard the weights over ``tensor_parallel`` processes of this process's group (``tensor_parallel: N``)."""
-        raise CompositionError(f"tensor_parallel is not supported by the {type(self).__name__} adapter")
+    def shard(self, tensor_parallel: int, expert_parallel: int = 1) -> None:
+        """Shard the weights over this process's model group of ``tensor_parallel × expert_parallel`` processes
+        (``tensor_parallel: T``: heads and MLPs over T ranks; ``expert_parallel: N``: routed experts over N)."""
+        what = "expert_parallel" if expert_parallel > 1 else "tensor_parallel"
+        raise CompositionError(f"{what} is not supported by the {type(self).__name__} adapter")
 
     def encode(self, text: str, *, chat: bool = False) -> list[int]:
         if self.tokenizer is None:

@@ -19,8 +19,10 @@ dispatch:
   weighted outputs of a row are added is the routing's to say (:attr:`Routing.by_slot`), since the released
   codes round differently: OLMoE's loop accumulates in ascending expert order in the model dtype, BailingMoeV2's
   ``moe_infer`` sums each row's ``k`` slots in the router's float32.
-  Expert parallelism fits here: a rank holding a slice of the experts runs only their groups and the partial
-  outputs are summed across ranks.
+  Expert parallelism (``expert_parallel: N``, :mod:`dlm.models.parallel`) runs the dispatch on a rank's slice
+  of the experts (``first``): the slots routed elsewhere contribute nothing, and :meth:`SparseMoE.routed`'s
+  result, in the dtype its terms were added in, is what the ranks add with one all-reduce before the cast to the
+  model dtype and the shared experts.
 
 :class:`SparseMoE` is the layer: router, experts (:class:`~dlm.models.layers.SwiGLU` each, so a checkpoint's
 per-expert ``gate/up/down`` tensors map one to one) and optional shared experts, which every row passes
@@ -194,32 +196,40 @@ def group_limit_problem(rule: GroupLimitedTopK, n_experts: int) -> str | None:
 
 
 @torch.compiler.disable  # group sizes are data: a compiled forward runs the dispatch eagerly, not one graph per size
-def dispatch(x: Tensor, routing: Routing, experts: nn.ModuleList) -> Tensor:
+def dispatch(x: Tensor, routing: Routing, experts: nn.ModuleList, first: int = 0, *, cast: bool = True) -> Tensor:
     """``sum_j weights[t, j] * experts[experts[t, j]](x[t])`` for every row ``t`` of ``x`` [T, dim], each
     expert run once, on the rows routed to it.
 
+    ``experts`` are the experts ``first, first + 1, ...``: all of them in one process; under expert parallelism
+    a rank's slice, and the slots routed to other experts contribute nothing here (the ranks' partial sums are
+    added by :class:`~dlm.models.parallel.ExpertShard`).
+
     Each row's terms are added as ``routing.by_slot`` says (see :class:`Routing`): in ascending expert order (the
     order of OLMoE's loop over experts), or over the row's slots in the weights' dtype (BailingMoeV2's
-    ``moe_infer``), so the sum rounds as the released code's does.
+    ``moe_infer``), so the sum rounds as the released code's does. The result is in ``x``'s dtype, or with
+    ``cast=False`` in the dtype the terms were added in (the weights' when ``by_slot``): the ranks' partial sums
+    are added in that dtype before the cast, as one process adds the terms.
     """
     t, k = routing.experts.shape
     choice = routing.experts.reshape(-1)  # [T*k]: expert of each (row, slot)
     order = torch.argsort(choice, stable=True)  # slots grouped by expert
-    counts = torch.bincount(choice, minlength=len(experts)).tolist()  # the one host wait of the layer
+    counts = torch.bincount(choice, minlength=first + len(experts)).tolist()  # the one host wait of the layer
+    start = sum(counts[:first])  # the first slot (in expert order) of this slice's experts
+    counts = counts[first : first + len(experts)]
     rows = order // k  # [T*k]: the row of each slot, in expert order
     if routing.by_slot:
-        slots = x.new_empty(t * k, x.shape[-1])  # [T*k, dim]: each (row, slot)'s expert output
-        start = 0
+        every = sum(counts) == t * k  # this slice serves every slot (one process): none is left to zero
+        slots = (x.new_empty if every else x.new_zeros)(t * k, x.shape[-1])  # [T*k, dim]: each (row, slot)'s output
         for expert, n in zip(experts, counts):
             if n:
                 s = order[start : start + n]
                 slots[s] = expert(x[rows[start : start + n]])
                 start += n
         w = routing.weights
-        return (slots.view(t, k, -1).to(w.dtype) * w[..., None]).sum(dim=1).to(x.dtype)
+        out = (slots.view(t, k, -1).to(w.dtype) * w[..., None]).sum(dim=1)
+        return out.to(x.dtype) if cast else out
     weights = routing.weights.reshape(-1, 1)[order]  # [T*k, 1]
     out = torch.zeros_like(x)
-    start = 0
     for expert, n in zip(experts, counts):
         if n:
             r = rows[start : start + n]
@@ -237,9 +247,13 @@ class SparseMoE(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.shared = shared
 
+    def routed(self, flat: Tensor) -> Tensor:
+        """The routed experts' weighted sum for the rows ``flat`` [T, dim], in the dtype it was added in."""
+        return dispatch(flat, self.router(flat), self.experts, cast=False)
+
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])  # [T, dim]
-        out = dispatch(flat, self.router(flat), self.experts)
+        out = self.routed(flat).to(x.dtype)
         if self.shared is not None:
             out = out + self.shared(flat)
         return out.view(x.shape)

@@ -57,8 +57,8 @@ class TransformerAdapter(ModelAdapter):
     def compile(self) -> None:
         compile_transformer(self)
 
-    def shard(self, tensor_parallel: int) -> None:
-        shard_transformer(self, tensor_parallel)
+    def shard(self, tensor_parallel: int, expert_parallel: int = 1) -> None:
+        shard_transformer(self, tensor_parallel, expert_parallel)
 
     def attention_mask(self, state: GenerationState, rows: Tensor, q_cols: Tensor, k_cols: Tensor) -> Tensor | None:
         """Bool mask [b, 1, q|1, keys] (True = attend) for queries at canvas columns ``q_cols`` and keys at

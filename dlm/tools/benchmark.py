@@ -278,7 +278,8 @@ class BenchEntry:
 def _model_key(config: PipelineConfig) -> str:
     m = config.model
     run = config.run
-    return json.dumps([m.name, m.config.model_dump(mode="json"), run.dtype, run.device, run.compile, run.tensor_parallel],
+    return json.dumps([m.name, m.config.model_dump(mode="json"), run.dtype, run.device, run.compile, run.tensor_parallel,
+                       run.expert_parallel],
                       sort_keys=True)
 
 
