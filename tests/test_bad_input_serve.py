@@ -21,7 +21,7 @@ import urllib.request
 import pytest
 
 pytest.importorskip("fastapi", reason="dlm serve needs the [serve] extra: pip install -e '.[test,serve]'")
-from badinput import assert_refused, run_cli  # noqa: E402
+from badinput import assert_refused, cli_refuses, run_cli  # noqa: E402
 
 from dlm import ConfigError, Pipeline  # noqa: E402
 from dlm.config import MAX_SEED, default_config_path  # noqa: E402
@@ -96,16 +96,23 @@ def test_max_tokens_beyond_the_model_is_refused_not_capped():
 
 @pytest.mark.parametrize("args, needle", [
     (["--port", "70000"], "--port 70000 is not a TCP port"),
-    (["--port", "-1"], "--port -1 is not a TCP port"),
-    (["--host", "no such host"], "--host 'no such host' is not an address"),
     (["--host", "256.1.1.1"], "does not resolve"),
-    (["--max-tokens", "0"], "--max-tokens must be a positive"),
-    (["--max-batch-size", "0"], "--max-batch-size must be a positive"),
 ])
 def test_serve_refuses_bad_listen_settings_before_loading_the_model(args, needle):
     proc = run_cli("serve", *args, timeout=60)
     assert_refused(proc, "serve", needle)
     assert "model" not in proc.stdout  # nothing started
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--port", "-1"], "--port -1 is not a TCP port"),
+    (["--host", "no such host"], "--host 'no such host' is not an address"),
+    (["--max-tokens", "0"], "--max-tokens must be a positive"),
+    (["--max-batch-size", "0"], "--max-batch-size must be a positive"),
+])
+def test_serve_refuses_bad_settings_in_one_line_in_process(capsys, args, needle):
+    """The same refusals through ``main`` (the console script's code), without a fresh interpreter each."""
+    cli_refuses(capsys, "serve", *args, needles=(needle,))
 
 
 def test_serve_refuses_a_port_in_use_before_loading_the_model():
