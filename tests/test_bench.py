@@ -184,8 +184,9 @@ def test_bench_writes_a_random_sdar_moe_layout_model_for_the_sdar_moe_example(tm
     report = json.loads(js.read_text())
     (made,) = list((tmp_path / "models").iterdir())
     cfg = json.loads((made / "config.json").read_text())
-    assert made.name.startswith("sdar_moe-") and (cfg["model_type"], cfg["num_experts"], cfg["moe_intermediate_size"],
-                                                  cfg["norm_topk_prob"], cfg["vocab_size"]) == ("sdar_moe", 4, 16, True, 96)
+    assert made.name.startswith("sdar_moe-")
+    assert (cfg["model_type"], cfg["num_experts"], cfg["moe_intermediate_size"], cfg["norm_topk_prob"],
+            cfg["vocab_size"]) == ("sdar_moe", 4, 16, True, 96)
     written = sum(t.numel() for t in load_file(str(made / "model.safetensors")).values())
     assert report["settings"]["random_model_parameters"] == written
     assert report["settings"]["random_model_active_parameters"] < written

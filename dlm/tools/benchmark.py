@@ -225,7 +225,8 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
     if spec["family"] == "sdar":
         make_sdar_checkpoint(directory, head_dim=None, **sizes)
     elif spec["family"] == "sdar_moe":
-        make_sdar_checkpoint(directory, head_dim=None, num_experts=kwargs["n_experts"], num_experts_per_tok=kwargs["top_k"],
+        make_sdar_checkpoint(directory, head_dim=None, num_experts=kwargs["n_experts"],
+                             num_experts_per_tok=kwargs["top_k"],
                              moe_intermediate_size=kwargs["mlp_hidden_size"] // kwargs["top_k"], **sizes)
     else:
         make_qwen2_checkpoint(directory, **sizes)
