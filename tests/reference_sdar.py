@@ -11,6 +11,14 @@ either denoise (a forward, a quota ``get_num_transfer_tokens(block_length, steps
 holds no mask, store its K/V (a forward), and a stop check after each block. Two deliberate differences, the
 ones dlm makes (docs/fidelity.md): MASK is never proposed, and a step's top-k never picks more positions than
 the block has masks (the released ``torch.topk`` then also rewrites unmasked positions).
+
+The sparse-MoE checkpoints (SDAR-30B-A3B, ``model_type: sdar_moe``) are Qwen3-MoE under the same attention, and
+their modeling file is not public: a sparse layer's MLP here restates transformers 4.x's
+``Qwen3MoeSparseMoeBlock`` (layer ``i`` sparse iff ``i not in mlp_only_layers and num_experts > 0 and (i + 1) %
+decoder_sparse_step == 0``; ``softmax(h Wgate, dtype=float32)``, ``torch.topk``, divided by the kept sum when
+``norm_topk_prob``, cast to the hidden dtype; each expert's weighted output added in ascending expert order), with
+every expert run on every token and weighted by a dense vector of router weights (zero where not chosen, which
+adds exactly nothing).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from safetensors.torch import load_file
 
 
 class NaiveSDAR:
-    """Float64 forward of an SDAR (Qwen3-layout) checkpoint under block-causal attention."""
+    """Float64 forward of an SDAR (Qwen3- or Qwen3-MoE-layout) checkpoint under block-causal attention."""
 
     def __init__(self, ckpt: Path) -> None:
         ckpt = Path(ckpt)
@@ -48,6 +56,31 @@ class NaiveSDAR:
         cos, sin = ang.cos().double(), ang.sin().double()
         rot = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], -1)
         return x * cos + rot * sin
+
+    def _swiglu(self, a, prefix):
+        g = torch.nn.functional.silu(a @ self.t[prefix + "gate_proj.weight"].T)
+        return (g * (a @ self.t[prefix + "up_proj.weight"].T)) @ self.t[prefix + "down_proj.weight"].T
+
+    def sparse(self, i: int) -> bool:
+        """Qwen3MoeDecoderLayer's rule: is layer ``i``'s MLP a sparse MoE block?"""
+        c = self.cfg
+        return (i not in c.get("mlp_only_layers", []) and c.get("num_experts", 0) > 0
+                and (i + 1) % c.get("decoder_sparse_step", 1) == 0)
+
+    def routing_weights(self, a, i: int) -> torch.Tensor:
+        """Dense router weights [n, E] of layer ``i`` (zero for the experts a token does not go to)."""
+        probs = torch.softmax(a @ self.t[f"layers.{i}.mlp.gate.weight"].T, dim=-1, dtype=torch.float32)
+        kept, chosen = torch.topk(probs, self.cfg["num_experts_per_tok"], dim=-1)
+        if self.cfg.get("norm_topk_prob", False):
+            kept = kept / kept.sum(dim=-1, keepdim=True)
+        return torch.zeros(probs.shape, dtype=a.dtype).scatter(1, chosen, kept.to(a.dtype))
+
+    def _moe(self, a, i: int):
+        weights = self.routing_weights(a, i)  # [n, E]
+        out = torch.zeros_like(a)
+        for e in range(self.cfg["num_experts"]):  # every expert on every token, weight 0 where not chosen
+            out = out + weights[:, e : e + 1] * self._swiglu(a, f"layers.{i}.mlp.experts.{e}.")
+        return out
 
     def logits(self, ids: list[int], block_length: int) -> torch.Tensor:
         """[n, V] logits of the canvas ``ids`` (positions 0..n-1): query q sees key k iff q//bs >= k//bs."""
@@ -74,8 +107,7 @@ class NaiveSDAR:
             o = torch.stack(heads, 1).reshape(n, self.h * self.hd)
             x = x + o @ self.t[p + "self_attn.o_proj.weight"].T
             a = self._norm(x, self.t[p + "post_attention_layernorm.weight"])
-            g = torch.nn.functional.silu(a @ self.t[p + "mlp.gate_proj.weight"].T)
-            x = x + (g * (a @ self.t[p + "mlp.up_proj.weight"].T)) @ self.t[p + "mlp.down_proj.weight"].T
+            x = x + (self._moe(a, i) if self.sparse(i) else self._swiglu(a, p + "mlp."))
         x = self._norm(x, self.t["norm.weight"])
         head = self.t.get("lm_head.weight", self.t["embed_tokens.weight"])
         return x @ head.T

@@ -99,7 +99,7 @@ def test_model_spec_parsing():
         bm.parse_model_spec("width=3")
     with pytest.raises(ConfigError, match="not an integer"):
         bm.parse_model_spec("d_model=big")
-    with pytest.raises(ConfigError, match="choose one of llada, qwen2, llada_moe, llada2, sdar"):
+    with pytest.raises(ConfigError, match="choose one of llada, qwen2, llada_moe, llada2, sdar, sdar_moe"):
         bm.parse_model_spec("family=gpt2")
 
 
@@ -126,7 +126,7 @@ def test_model_spec_of_the_moe_family():
     dense = bm.parse_model_spec("d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,vocab_size=8192")
     moe_attention_extra = 2 * (64 * 8 + 2 * 16)  # router and QK norms per layer
     assert bm.count_parameters(spec, active=True) == bm.count_parameters(dense) + moe_attention_extra
-    with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe or llada2 only"):
+    with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe, llada2, sdar_moe only"):
         bm.parse_model_spec("n_experts=4")
     with pytest.raises(ConfigError, match="top_k .9. must be at most n_experts .8."):
         bm.parse_model_spec("family=llada_moe,top_k=9,mlp_hidden_size=18")
@@ -171,6 +171,28 @@ def test_bench_writes_a_random_sdar_layout_model_for_sdars_rules(tmp_path):
     assert report["results"][1]["nfe"] == report["results"][0]["nfe"]
 
 
+def test_bench_writes_a_random_sdar_moe_layout_model_for_the_sdar_moe_example(tmp_path):
+    from safetensors.torch import load_file
+
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=sdar_moe,d_model=32,n_layers=1,n_heads=4,mlp_hidden_size=32,n_experts=4,vocab_size=96,max_sequence_length=64"
+    argv = ["bench", str(root / "sdar-moe.yaml"), "--random-model", spec, "--model-cache", str(tmp_path / "models"),
+            "--set", "iteration.gen_length=8", "--set", "dtype=float64", "--prompt-length", "4", "--repeats", "1",
+            "--warmup", "0", "--no-progress", "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    cfg = json.loads((made / "config.json").read_text())
+    assert made.name.startswith("sdar_moe-")
+    assert (cfg["model_type"], cfg["num_experts"], cfg["moe_intermediate_size"], cfg["norm_topk_prob"],
+            cfg["vocab_size"]) == ("sdar_moe", 4, 16, True, 96)
+    written = sum(t.numel() for t in load_file(str(made / "model.safetensors")).values())
+    assert report["settings"]["random_model_parameters"] == written
+    assert report["settings"]["random_model_active_parameters"] < written
+    assert report["results"][0]["nfe"] == 8  # one token per step, as the example's static rule
+
+
 def test_bench_writes_a_random_llada2_layout_model_and_runs_both_llada2_examples(tmp_path):
     root = Path(__file__).parent.parent / "examples"
     js = tmp_path / "bench.json"
@@ -199,9 +221,12 @@ def test_examples_validate():
         assert cfg.iteration.config.gen_length == 256 and cfg.iteration.config.block_length == 32
     for name in ("autoregressive", "jacobi", "wedlm"):
         assert load_config(root / f"{name}.yaml", ["model.path=/models/qwen"]).cache.name == "append"
-    for name in ("sdar", "sdar-static"):  # SDAR's published block length and steps
+    for name in ("sdar", "sdar-static", "sdar-moe"):  # SDAR's published block length and steps
         cfg = load_config(root / f"{name}.yaml")
         assert (cfg.iteration.config.block_length, cfg.iteration.config.steps, cfg.cache.name) == (4, 4, "block")
+    sdar_moe = load_config(root / "sdar-moe.yaml")  # the 30B-A3B with the static rule of the authors' benchmarks
+    assert (sdar_moe.model.name, str(sdar_moe.model.config.path), sdar_moe.decoding.name) == (
+        "sdar", "JetLM/SDAR-30B-A3B-Chat", "low_confidence")
 
     moe = load_config(root / "llada-moe.yaml")  # the model card's quick start
     assert moe.model.name == "llada_moe" and (moe.iteration.config.gen_length, moe.iteration.config.block_length,

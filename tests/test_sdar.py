@@ -146,15 +146,29 @@ def test_a_misshapen_tensor_is_named_with_both_shapes(sdar_ckpt, tmp_path):
         SDARModel.load(SDARConfig(path=path), dtype=torch.float64, device=CPU)
 
 
-def test_the_moe_checkpoint_is_refused_naming_what_is_missing(sdar_ckpt, tmp_path):
-    def moe(cfg):
-        cfg.update(model_type="sdar_moe", num_experts=128, num_experts_per_tok=8, moe_intermediate_size=768)
+MOE = dict(model_type="sdar_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
 
-    path = _rewrite(sdar_ckpt, tmp_path, edit_config=moe)
-    with pytest.raises(CheckpointError) as info:
+
+@pytest.mark.parametrize("edit, match", [
+    (dict(num_experts_per_tok=5), "num_experts_per_tok 5 is more than num_experts 4"),
+    (dict(num_experts_per_tok=0), r"num_experts_per_tok must be an integer >= 1, got 0"),
+    (dict(num_experts=-1), r"num_experts must be an integer >= 0, got -1"),
+    (dict(num_experts="many"), r"num_experts must be an integer, got 'many'"),
+    (dict(num_experts=None), "model_type 'sdar_moe' but no 'num_experts'"),
+    (dict(moe_intermediate_size=None), "has no 'moe_intermediate_size'"),
+    (dict(decoder_sparse_step=0), r"decoder_sparse_step must be an integer >= 1, got 0"),
+    (dict(mlp_only_layers=[0, 2]), r"mlp_only_layers \[2\] name no layer: the model has num_hidden_layers 2"),
+    (dict(mlp_only_layers=[-1]), r"mlp_only_layers \[-1\] name no layer"),
+    (dict(mlp_only_layers="0"), "mlp_only_layers must be a list of layer indices"),
+    (dict(mlp_only_layers=[True]), "mlp_only_layers must be a list of layer indices"),
+    (dict(norm_topk_prob="yes"), r"norm_topk_prob must be true or false, got 'yes'"),
+])
+def test_bad_moe_values_are_refused_naming_the_file_and_field(sdar_ckpt, tmp_path, edit, match):
+    """Sparse-MoE configs (SDAR-30B-A3B) load (tests/test_sdar_moe.py); values the routing cannot follow do not."""
+    path = _rewrite(sdar_ckpt, tmp_path, edit_config=lambda c: c.update({**MOE, **edit}))
+    with pytest.raises(CheckpointError, match=match) as info:
         SDARModel.load(SDARConfig(path=path), dtype=torch.float64, device=CPU)
-    assert "num_experts=128" in str(info.value) and "sparse MoE feed-forward block" in str(info.value)
-    assert "mlp.experts" in str(info.value)
+    assert str(path / "config.json") in str(info.value)
 
 
 @pytest.mark.parametrize("edit, match", [

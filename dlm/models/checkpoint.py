@@ -176,6 +176,7 @@ def config_int(
 MAX_LAYERS = 1024
 MAX_WIDTH = 1 << 17
 MAX_HEADS = 4096
+MAX_EXPERTS = 1 << 14  # experts per sparse layer (released MoE models: 64 to 512)
 
 
 def config_float(cfg: dict, key: str, directory: Path, default: float, *, positive: bool = False) -> float:

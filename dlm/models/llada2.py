@@ -48,6 +48,7 @@ from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import (
     end_ids,
     MAX_CONTEXT,
+    MAX_EXPERTS,
     MAX_HEADS,
     MAX_LAYERS,
     MAX_VOCAB,
@@ -64,8 +65,8 @@ from dlm.models.checkpoint import (
 from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
 from dlm.models.layers import TransformerSpec
-from dlm.models.llada_moe import MAX_EXPERTS, ROLE_END
-from dlm.models.moe import GroupLimitedTopK, MoESpec, group_limit_problem
+from dlm.models.llada_moe import ROLE_END
+from dlm.models.moe import GroupLimitedTopK, MoESpec, expert_names, group_limit_problem, swiglu_names
 from dlm.models.qwen2 import Qwen2FamilyConfig, rope_theta
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -164,7 +165,6 @@ def llada2_names(spec: TransformerSpec) -> dict[str, str]:
     if not spec.tied:
         names["head.weight"] = "lm_head.weight"
     moe = spec.moe
-    swiglu = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
     for i in range(spec.n_layers):
         own, theirs = f"blocks.{i}.", f"model.layers.{i}."
         pairs = {"attn.qkv.weight": "attention.query_key_value.weight", "attn.o.weight": "attention.dense.weight",
@@ -178,12 +178,11 @@ def llada2_names(spec: TransformerSpec) -> dict[str, str]:
                           "attn.k_norm.weight": "attention.key_layernorm.weight"})
         if moe.sparse_layers[i]:
             pairs.update({"ffn.router.gate.weight": "mlp.gate.weight", "ffn.router.expert_bias": "mlp.gate.expert_bias"})
-            for e in range(moe.n_experts):
-                pairs.update({f"ffn.experts.{e}.{a}.weight": f"mlp.experts.{e}.{b}.weight" for a, b in swiglu.items()})
+            pairs.update(expert_names(moe.n_experts, "mlp.experts."))
             if moe.shared_dim:
-                pairs.update({f"ffn.shared.{a}.weight": f"mlp.shared_experts.{b}.weight" for a, b in swiglu.items()})
+                pairs.update(swiglu_names("ffn.shared.", "mlp.shared_experts."))
         else:
-            pairs.update({f"ffn.{a}.weight": f"mlp.{b}.weight" for a, b in swiglu.items()})
+            pairs.update(swiglu_names("ffn.", "mlp."))
         names.update({own + a: theirs + b for a, b in pairs.items()})
     return names
 

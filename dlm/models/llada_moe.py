@@ -41,6 +41,7 @@ from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import (
     end_ids,
     MAX_CONTEXT,
+    MAX_EXPERTS,
     MAX_HEADS,
     MAX_LAYERS,
     MAX_VOCAB,
@@ -57,7 +58,7 @@ from dlm.models.checkpoint import (
 from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
 from dlm.models.layers import TransformerSpec
-from dlm.models.moe import MoESpec, SoftmaxTopK
+from dlm.models.moe import MoESpec, SoftmaxTopK, expert_names, swiglu_names
 from dlm.models.qwen2 import Qwen2FamilyConfig, rope_theta
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -65,7 +66,6 @@ from dlm.models.transformer import TransformerAdapter, load_transformer
 LLADA_MOE_MASK_ID = 156895
 LLADA_MOE_EOS_ID = 156892
 ROLE_END = "<|role_end|>"
-MAX_EXPERTS = 1 << 14  # bound on num_experts a config.json may declare (released MoE models: 64 to 512)
 
 
 class LLaDAMoEConfig(Qwen2FamilyConfig):
@@ -163,7 +163,6 @@ def llada_moe_names(spec: TransformerSpec) -> dict[str, str]:
     if not spec.tied:
         names["head.weight"] = "lm_head.weight"
     moe = spec.moe
-    swiglu = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
     for i in range(spec.n_layers):
         own, theirs = f"blocks.{i}.", f"model.layers.{i}."
         pairs = {f"attn.{p}.weight": f"self_attn.{p}_proj.weight" for p in "qkvo"}
@@ -178,12 +177,11 @@ def llada_moe_names(spec: TransformerSpec) -> dict[str, str]:
             pairs["ffn.router.gate.weight"] = "mlp.gate.weight"
             if moe.rule.expert_bias:
                 pairs["ffn.router.expert_bias"] = "mlp.expert_bias"
-            for e in range(moe.n_experts):
-                pairs.update({f"ffn.experts.{e}.{a}.weight": f"mlp.experts.{e}.{b}.weight" for a, b in swiglu.items()})
+            pairs.update(expert_names(moe.n_experts, "mlp.experts."))
             if moe.shared_dim:
-                pairs.update({f"ffn.shared.{a}.weight": f"shared_expert.{b}.weight" for a, b in swiglu.items()})
+                pairs.update(swiglu_names("ffn.shared.", "shared_expert."))
         else:
-            pairs.update({f"ffn.{a}.weight": f"mlp.{b}.weight" for a, b in swiglu.items()})
+            pairs.update(swiglu_names("ffn.", "mlp."))
         names.update({own + a: theirs + b for a, b in pairs.items()})
     return names
 

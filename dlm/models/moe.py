@@ -27,7 +27,9 @@ dispatch:
 :class:`SparseMoE` is the layer: router, experts (:class:`~dlm.models.layers.SwiGLU` each, so a checkpoint's
 per-expert ``gate/up/down`` tensors map one to one) and optional shared experts, which every row passes
 through unweighted (BailingMoeV2; Qwen2-MoE gates them, a rule it would add). :class:`MoESpec` says which layers
-are sparse (the others keep the dense feed-forward of ``TransformerSpec.ffn_dim``).
+are sparse (the others keep the dense feed-forward of ``TransformerSpec.ffn_dim``). :func:`expert_names` and
+:func:`swiglu_names` map the experts' parameters to the ``gate_proj``/``up_proj``/``down_proj`` names every hosted
+family's checkpoints use.
 """
 
 from __future__ import annotations
@@ -286,3 +288,22 @@ class MoESpec:
         experts = [SwiGLU(dim, self.expert_dim) for _ in range(self.n_experts)]
         shared = SwiGLU(dim, self.shared_dim) if self.shared_dim else None
         return SparseMoE(self.rule.router(dim, self.n_experts), experts, shared)
+
+
+# own SwiGLU parameter -> the projection name of the Llama/Qwen checkpoint layout, which every MoE family hosted here
+# keeps for its experts (and shared experts, and dense layers)
+SWIGLU_NAMES = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+
+
+def swiglu_names(own: str, theirs: str) -> dict[str, str]:
+    """``{own}gate.weight`` ... -> ``{theirs}gate_proj.weight`` ...: one SwiGLU's tensor names."""
+    return {f"{own}{a}.weight": f"{theirs}{b}.weight" for a, b in SWIGLU_NAMES.items()}
+
+
+def expert_names(n_experts: int, theirs: str) -> dict[str, str]:
+    """Own routed-expert parameters of a :class:`SparseMoE` (``ffn.experts.{e}.*``) -> ``{theirs}{e}.*_proj.weight``
+    (``theirs`` e.g. ``"mlp.experts."``)."""
+    names: dict[str, str] = {}
+    for e in range(n_experts):
+        names.update(swiglu_names(f"ffn.experts.{e}.", f"{theirs}{e}."))
+    return names

@@ -56,9 +56,9 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "family": "llada",
 }
 # checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe), LLaDA2's
-# (llada2), or SDAR's (Qwen3 layout, blocks of 4)
-FAMILIES = ("llada", "qwen2", "llada_moe", "llada2", "sdar")
-MOE_FAMILIES = ("llada_moe", "llada2")
+# (llada2), SDAR's (Qwen3 layout, blocks of 4) or SDAR-30B-A3B's (sdar_moe: Qwen3-MoE layout, for model sdar)
+FAMILIES = ("llada", "qwen2", "llada_moe", "llada2", "sdar", "sdar_moe")
+MOE_FAMILIES = ("llada_moe", "llada2", "sdar_moe")
 MOE_DEFAULTS = {"n_experts": 8, "top_k": 2}  # sparse families: experts per layer, experts per token
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
                "max_sequence_length", "seed", "shards", *MOE_DEFAULTS}
@@ -76,7 +76,8 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     ``mlp_hidden_size / top_k`` wide: the active parameters of the dense model of the same sizes;
     ``family=llada2`` LLaDA2's (BailingMoeV2: every layer sparse, no shared expert, experts in groups of two of
     which half the groups are kept, the same active sizes); ``family=sdar`` SDAR's (the Qwen3 layout: per-head
-    QK norm, no biases; ``block_size`` 4 in config.json)."""
+    QK norm, no biases; ``block_size`` 4 in config.json); ``family=sdar_moe`` SDAR-30B-A3B's (Qwen3-MoE: every
+    layer sparse, the kept weights normalised, the same active sizes; loaded by model ``sdar``)."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -115,7 +116,7 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     moe = {k: out[k] for k in MOE_DEFAULTS if k in out}
     if out["family"] not in MOE_FAMILIES:
         if moe:
-            raise ConfigError(f"--random-model: {', '.join(moe)} applies to family=llada_moe or llada2 only")
+            raise ConfigError(f"--random-model: {', '.join(moe)} applies to family={', '.join(MOE_FAMILIES)} only")
         return out
     out = {**MOE_DEFAULTS, **out}
     if out["top_k"] > out["n_experts"]:
@@ -223,6 +224,10 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
     )
     if spec["family"] == "sdar":
         make_sdar_checkpoint(directory, head_dim=None, **sizes)
+    elif spec["family"] == "sdar_moe":
+        make_sdar_checkpoint(directory, head_dim=None, num_experts=kwargs["n_experts"],
+                             num_experts_per_tok=kwargs["top_k"],
+                             moe_intermediate_size=kwargs["mlp_hidden_size"] // kwargs["top_k"], **sizes)
     else:
         make_qwen2_checkpoint(directory, **sizes)
 
