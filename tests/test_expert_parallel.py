@@ -22,8 +22,9 @@ from dlm.models.llada2 import LLaDA2Config, LLaDA2Model
 from dlm.models.llada_moe import LLaDAMoEConfig, LLaDAMoEModel
 from dlm.models.moe import SparseMoE
 from dlm.models.parallel import ExpertShard, expert_range, split_experts, tp_problem
+from dlm.models.sdar import SDARConfig, SDARModel
 from dlm.pipeline import Pipeline
-from dlm.testing import make_llada2_checkpoint, make_llada_moe_checkpoint
+from dlm.testing import make_llada2_checkpoint, make_llada_moe_checkpoint, make_sdar_checkpoint
 from tests.conftest import pipeline_config
 from tests.test_parallel import one_process, torchrun
 
@@ -41,6 +42,8 @@ def ckpts(tmp_path_factory):
                                                num_experts_per_tok=3, moe_layer_freq=[1, 0, 1],
                                                shared_expert_intermediate_size=16, seed=5),
         "llada2": make_llada2_checkpoint(root / "llada2", num_key_value_heads=2, seed=6),
+        "sdar_moe": make_sdar_checkpoint(root / "sdar_moe", num_hidden_layers=3, num_experts=4, num_experts_per_tok=2,
+                                         decoder_sparse_step=1, mlp_only_layers=[1], seed=7),
     }
     _MODELS.clear()
 
@@ -51,7 +54,8 @@ _MODELS: dict = {}
 def load(ckpts, name):
     """The float64 adapter of checkpoint ``name``, loaded once (tests split deep copies of its network)."""
     if name not in _MODELS:
-        adapter, config = {"llada_moe": (LLaDAMoEModel, LLaDAMoEConfig), "llada2": (LLaDA2Model, LLaDA2Config)}[name]
+        adapter, config = {"llada_moe": (LLaDAMoEModel, LLaDAMoEConfig), "llada2": (LLaDA2Model, LLaDA2Config),
+                           "sdar_moe": (SDARModel, SDARConfig)}[name]
         _MODELS[name] = adapter.load(config(path=ckpts[name]), dtype=torch.float64, device=torch.device("cpu"))
     return _MODELS[name]
 
@@ -67,6 +71,14 @@ def llada2_config(ckpts, cache: str) -> dict:
         ckpts["llada2"], model={"name": "llada2", "path": str(ckpts["llada2"]), "block_length": 4},
         iteration={"name": "block_diffusion", "gen_length": 12, "sub_block_size": 4},
         decoding={"name": "joint_threshold", "threshold": 0.5, "editing_threshold": 0.3, "max_post_steps": 2},
+        cache={"name": cache}, threads=1,
+    )
+
+
+def sdar_moe_config(ckpts, cache: str) -> dict:
+    return pipeline_config(
+        ckpts["sdar_moe"], model={"name": "sdar", "path": str(ckpts["sdar_moe"])},
+        iteration={"name": "block_diffusion", "gen_length": 8, "steps": 2}, decoding={"name": "strict_threshold"},
         cache={"name": cache}, threads=1,
     )
 
@@ -93,7 +105,7 @@ def test_the_world_is_dp_by_ep_by_tp_with_tp_fastest():
     assert World(rank=5, size=8, tp=2, ep=2).dp_size == 2 and World(size=8, tp=2, ep=2).group == 4
 
 
-@pytest.mark.parametrize("name", ["llada_moe", "llada2"])
+@pytest.mark.parametrize("name", ["llada_moe", "llada2", "sdar_moe"])
 @pytest.mark.parametrize("ep,tp", [(2, 1), (4, 1), (2, 2), (1, 2)])
 def test_the_ranks_partial_sums_add_up_to_the_layer_and_each_holds_its_share_of_the_experts(ckpts, name, ep, tp):
     """llada_moe adds a row's experts in ascending order in float64, llada2 by slot in float32: the ranks' partials
@@ -113,7 +125,7 @@ def test_the_ranks_partial_sums_add_up_to_the_layer_and_each_holds_its_share_of_
                                                                            rank // tp).start
         assert sum(p.numel() for p in net.parameters()) == rest + experts // (ep * tp)
         partials.append(moe.partial(x))
-    tol = 1e-12 if name == "llada_moe" else 1e-6  # the slot sums of llada2 are float32
+    tol = 1e-6 if name == "llada2" else 1e-12  # the slot sums of llada2 are float32
     assert whole.dtype == partials[0].dtype
     torch.testing.assert_close(torch.stack(partials).sum(0), whole, rtol=0, atol=tol)
 
@@ -169,6 +181,7 @@ def test_expert_parallel_is_a_run_setting_of_at_least_one(ckpts):
 def test_expert_parallel_over_two_processes_gives_the_tokens_of_one_for_every_cache(ckpts, tmp_path, capsys):
     configs = [write(tmp_path, f"moe-{c}", moe_config(ckpts, c)) for c in ("none", "prefix", "dual")]
     configs += [write(tmp_path, f"llada2-{c}", llada2_config(ckpts, c)) for c in ("none", "block")]
+    configs += [write(tmp_path, f"sdar-moe-{c}", sdar_moe_config(ckpts, c)) for c in ("none", "block")]
     lines = [f"generate --config {p} --json {PROMPTS}" for p in configs]
     torchrun(tmp_path, *(f"{line} --set expert_parallel=2" for line in lines))
     for i, line in enumerate(lines):
