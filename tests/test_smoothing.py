@@ -187,6 +187,22 @@ def test_rows_joining_a_running_generation_give_their_alone_output(tiny_ckpt, mo
     assert joined_outputs(pipe, ids, seeds, join_at[: len(ids)]) == alone_outputs(pipe, ids, seeds)
 
 
+def test_the_soft_store_follows_the_canvas_when_it_grows_or_shrinks_on_the_left(tiny_ckpt, model):
+    """The engine shifts a running generation to make room for a longer prompt: the recorded soft embeddings move
+    with their columns, so the rows give what they gave unshifted."""
+    pipe = build(tiny_ckpt, model, {**SMOOTHING, **STRONG}, DECODINGS[0], CACHES[2])
+    prompts = [[5, 6, 7], [8, 9, 10, 11]]
+    want = outputs(pipe, prompts)
+    state = pipe.start(input_ids=prompts)
+    for n in (3, -2):  # columns added, then some of them dropped, each after a few steps
+        for _ in range(3):
+            pipe.step(state)
+        assert state.shiftable and state.progress.soft.values is not None
+        state = state.shift(n)
+    out = pipe.output(pipe.run(state))
+    assert ([g.tolist() for g in out.generated], out.nfe) == want
+
+
 # --- dInfer's own code ----------------------------------------------------------------------------------------
 
 
