@@ -187,6 +187,17 @@ def test_rows_joining_a_running_generation_give_their_alone_output(tiny_ckpt, mo
     assert joined_outputs(pipe, ids, seeds, join_at[: len(ids)]) == alone_outputs(pipe, ids, seeds)
 
 
+@settings(max_examples=3)
+@given(prompts=prompts_st, every=st.integers(2, 4))
+def test_column_plans_feed_and_record_as_range_plans_do(one_layer_ckpt, prompts, every):
+    """dKV-Cache's cached steps are column plans computing every masked column: on a 1-layer model (cached K/V
+    depend on their own token only) smoothing under ``dkv`` is smoothing under ``none``, soft inputs included."""
+    dkv = {"name": "dkv", "refresh_every": every}
+    iteration = {**SMOOTHING, **STRONG}
+    got = outputs(build(one_layer_ckpt, None, iteration, DECODINGS[0], dkv), prompts)
+    assert got[0] == outputs(build(one_layer_ckpt, None, iteration, DECODINGS[0], {"name": "none"}), prompts)[0]
+
+
 def test_the_soft_store_follows_the_canvas_when_it_grows_or_shrinks_on_the_left(tiny_ckpt, model):
     """The engine shifts a running generation to make room for a longer prompt: the recorded soft embeddings move
     with their columns, so the rows give what they gave unshifted."""
