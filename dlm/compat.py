@@ -54,10 +54,16 @@ FEATURES: dict[str, Feature] = {
     "edit_aware": Feature(
         "cache",
         "recomputes the K/V of placed tokens an editing strategy rewrote (state.edited) before reading them"),
+    "threshold_floor": Feature(
+        "decoding",
+        "decides with the larger of its own threshold and a window's ThresholdFloor (dInfer's iter_threshold)"),
     "causal": Feature("model", "causal attention: a column sees only the columns before it"),
     "bidirectional": Feature("model", "bidirectional attention"),
     "block_causal": Feature("model", "block-causal attention"),
     "kv_cache": Feature("model", "the adapter runs through a KV store"),
+    "soft_inputs": Feature(
+        "model", "the adapter runs a plan's SoftInputs: stored soft embeddings added to its input embeddings, and "
+                 "the expected embeddings of its predictions recorded"),
     "next_token": Feature(
         "model", "causal attention with next-token logits (logit shift 1): the prediction for a column is read at "
                  "the column before it, from the columns up to it only"),
@@ -69,6 +75,8 @@ def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     features = {capabilities.attention}
     if capabilities.kv_cache:
         features.add("kv_cache")
+    if capabilities.soft_inputs:
+        features.add("soft_inputs")
     if capabilities.attention == "causal" and capabilities.logit_shift == 1:
         features.add("next_token")
     return frozenset(features)
@@ -234,8 +242,9 @@ def _model_requirements() -> list[str]:
         for name, cls in _classes(kind).items():
             for feature, reason in requires(cls).items():
                 if feature in FEATURES and FEATURES[feature].kind == "model":
-                    out.append(f"- {kind} `{name}` needs a model with {feature.replace('_', '-')} logits: {reason}"
-                               if feature == "next_token" else f"- {kind} `{name}` needs a {feature} model: {reason}")
+                    what = {"next_token": "a model with next-token logits",
+                            "soft_inputs": "a model taking soft inputs"}.get(feature, f"a {feature} model")
+                    out.append(f"- {kind} `{name}` needs {what}: {reason}")
     return out
 
 

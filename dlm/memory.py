@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-__all__ = ["RowMemory", "row_field", "shared_field", "derived_field", "column_field", "column_index_field",
+__all__ = ["RowMemory", "SoftStore", "row_field", "shared_field", "derived_field", "column_field", "column_index_field",
            "take_rows", "cat_rows", "shift_columns"]
 
 
@@ -170,3 +170,49 @@ def _reset(f) -> Any:
     if f.default_factory is not MISSING:
         return f.default_factory()
     return None if f.default is MISSING else f.default
+
+
+class SoftStore:
+    """Run memory of soft inputs (:class:`~dlm.messages.SoftInputs`): per batch row and canvas column, the soft
+    embedding a forward recorded, for a later forward to add to its input embedding.
+
+    The component asking for soft inputs creates one per generation (``SoftStore(rows, columns)``) and keeps it
+    in its own run memory; the model writes it (as it writes a KV store) and reads it. dInfer's iteration
+    smoothing keeps ``w · softmax(logits) @ E`` here (:mod:`dlm.iteration.smoothing`); self-conditioning would keep
+    the previous step's expected embedding the same way. ``values`` is allocated by the model at its first record
+    (it knows the width and the dtype); a column holds zeros until something is recorded there. Rows follow
+    the state (:meth:`take`, :meth:`cat`) and the columns follow the canvas (:meth:`shift_columns`).
+    """
+
+    def __init__(self, rows: int, columns: int, values: Tensor | None = None) -> None:
+        self.rows, self.columns = rows, columns
+        self.values = values  # [rows, columns, dim] in the model's dtype, or None: nothing recorded yet
+
+    def allocate(self, like: Tensor) -> Tensor:
+        """``values``, allocated as zeros [rows, columns, dim] with ``like``'s dim, dtype and device if absent
+        (``like``: the model's input embedding matrix [vocab, dim])."""
+        if self.values is None:
+            self.values = like.new_zeros(self.rows, self.columns, like.shape[-1])
+        return self.values
+
+    def take(self, rows: Tensor) -> "SoftStore":
+        values = None if self.values is None else self.values.index_select(0, rows.to(self.values.device))
+        return SoftStore(len(rows), self.columns, values)
+
+    def cat(self, other: "SoftStore") -> "SoftStore":
+        if not isinstance(other, SoftStore) or other.columns != self.columns:
+            raise ValueError(f"cannot join a soft store of {self.columns} columns with {other!r}")
+        a, b = self.values, other.values
+        if a is None and b is None:
+            return SoftStore(self.rows + other.rows, self.columns)
+        ref = a if a is not None else b
+        a = ref.new_zeros(self.rows, *ref.shape[1:]) if a is None else a
+        b = ref.new_zeros(other.rows, *ref.shape[1:]) if b is None else b.to(ref.device)
+        return SoftStore(self.rows + other.rows, self.columns, torch.cat((a, b)))
+
+    def shift_columns(self, n: int) -> "SoftStore":
+        return SoftStore(self.rows, self.columns + n, shift_columns(self.values, n, 1, 0))
+
+    def __repr__(self) -> str:
+        shape = None if self.values is None else tuple(self.values.shape)
+        return f"SoftStore(rows={self.rows}, columns={self.columns}, values={shape})"

@@ -20,10 +20,12 @@ and read with :meth:`Message.get` (``window.get(SubBlocks)``; None when absent).
 extension type next to its components instead of adding a field that every component must know.
 
 Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
-:class:`Candidates` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep` and :class:`Edits` (commits),
-:class:`Ordered` and :class:`CandidateBatch` (plans).
+:class:`Candidates` and :class:`ThresholdFloor` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep` and
+:class:`Edits` (commits), :class:`Ordered`, :class:`CandidateBatch`, :class:`ReadRows` and :class:`SoftInputs`
+(plans; a window may carry a :class:`SoftInputs` to the plan made for it).
 
-Every component imports this module; it imports only torch, so no component depends on another.
+Every component imports this module; it imports only torch (and :mod:`dlm.memory`, which imports only torch), so
+no component depends on another.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any, Callable, Literal, Protocol, TypeVar
 
 import torch
 from torch import Tensor
+
+from dlm.memory import SoftStore
 
 PLUGIN_API = "2.0"  # the version of the component interfaces; CHANGELOG.md lists what each version changed
 
@@ -57,6 +61,7 @@ class ModelCapabilities:
     attention: Literal["bidirectional", "block_causal", "causal"] = "bidirectional"
     kv_cache: bool = True  # can write to / attend through a KV store
     block_size: int | None = None  # block-causal models: attention block size
+    soft_inputs: bool = False  # runs a plan's SoftInputs: adds soft embeddings to its inputs, records new ones
 
     @property
     def eos_id(self) -> int:
@@ -189,6 +194,16 @@ class Candidates:
     @property
     def count(self) -> int:
         return self.select.shape[1]
+
+
+@dataclass(frozen=True)
+class ThresholdFloor:
+    """Window extension (dInfer's iteration smoothing, ``iter_threshold``): a threshold rule decides this step
+    with, for each window row, the larger of its own threshold and ``value`` [b] (float64, rows as the window's).
+    A strategy that reads it declares the feature ``threshold_floor`` (:mod:`dlm.compat`): ``threshold``,
+    ``credit`` (its fused confidence) and ``hierarchical`` (its high threshold) do."""
+
+    value: Tensor  # [b] float64
 
 
 @dataclass(frozen=True)
@@ -449,6 +464,34 @@ class ReadRows:
 
 
 @dataclass(frozen=True)
+class SoftInputs:
+    """Plan extension (soft inputs: dInfer's iteration smoothing, self-conditioning): the forward's input
+    embedding of a computed column ``c`` of plan row ``i`` (batch row ``r = rows[i]``) is
+    ``embed(token) + store.values[r, c]`` where ``feed[i, c]``, else ``embed(token)``; and, where ``record[i, c]``,
+    the model writes into ``store.values[r, c]`` the expected embedding under the distribution it predicts for
+    column ``c``: ``scale[i] · softmax(logits_c / temperature) @ E`` (``E`` the input embedding matrix).
+
+    A row records only the columns it stores this step (inside its write bounds for a range plan, its column set
+    for a column plan): a column computed as a peek for another row leaves the row's store as it was, so rows
+    give in a batch what they give alone. Recording needs the logits of every computed column, so the model
+    computes them all (extra head work only in such forwards); a plan without this extension runs exactly as
+    before (the embedding is computed once, inside the network).
+
+    Attached by the component that asks for soft inputs to its *window*; the plan made for that window carries
+    it (:meth:`ForwardPlan.for_window`), so every cache composes without knowing it. The store is that
+    component's run memory (:class:`~dlm.memory.SoftStore`). Only a model declaring
+    ``ModelCapabilities.soft_inputs`` runs it; a component requiring the feature ``soft_inputs``
+    (:mod:`dlm.compat`) is refused with any other model when the pipeline is built.
+    """
+
+    store: SoftStore
+    feed: Tensor  # [b, L] bool: canvas columns whose input gets the stored soft embedding added
+    record: Tensor | None = None  # [b, L] bool: canvas columns whose predicted expected embedding is stored
+    scale: Tensor | None = None  # [b] float: weight of each row's recorded embedding (None: 1)
+    temperature: float = 1.0  # of the softmax over the logits
+
+
+@dataclass(frozen=True)
 class ForwardPlan(Message):
     """What one forward pass computes, what it reuses, and which logits it returns.
 
@@ -485,10 +528,15 @@ class ForwardPlan(Message):
             object.__setattr__(self, "write_end", self.end)
 
     def for_window(self, window: "Window") -> "ForwardPlan":
-        """This plan, returning ``window``'s logits span unless it names its own."""
-        if self.logits_start is not None and self.logits_end is not None:
-            return self
-        return replace(self, logits_start=window.logits_start, logits_end=window.logits_end)
+        """This plan, returning ``window``'s logits span unless it names its own, and carrying the window's
+        :class:`SoftInputs` (a request to the model that caches pass on without reading)."""
+        plan = self
+        if self.logits_start is None or self.logits_end is None:
+            plan = replace(self, logits_start=window.logits_start, logits_end=window.logits_end)
+        soft = window.get(SoftInputs)
+        if soft is not None and not plan.has(SoftInputs):
+            plan = plan.extend(soft)
+        return plan
 
     @property
     def writes_all(self) -> bool:
@@ -507,5 +555,5 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "Edits", "ForwardPlan", "Ordered", "CandidateBatch",
-    "ReadRows"]
+    "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "ForwardPlan", "Ordered",
+    "CandidateBatch", "ReadRows", "SoftInputs", "SoftStore"]

@@ -6,7 +6,8 @@ At every step of the block but its first the table decays by ``decay``; then eac
 ``p ** power`` at its argmax token, ``p`` being the top-1 probability of the raw float32 softmax (argmax over
 the whole vocabulary). The step is then Fast-dLLM's threshold rule (:func:`threshold_select`, ``≥ threshold``
 plus the most confident) applied to the fused logits ``logits + alpha · log(1 + credit)``: tokens that kept
-winning earlier steps cross the threshold sooner. ``alpha: 0`` is exactly ``threshold``.
+winning earlier steps cross the threshold sooner. ``alpha: 0`` is exactly ``threshold``. A window's
+:class:`~dlm.messages.ThresholdFloor` raises the threshold for the step, as dInfer's ``iter_threshold`` does.
 
 The table is run memory on the state (:class:`CreditMemory`), one per batch row, over the row's own window:
 rows at different blocks (a row that joined later) each keep and reset their own, as alone.
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import propose, row_spans, threshold_select
+from dlm.decoding.proposal import propose, row_spans, step_threshold, threshold_select
 from dlm.memory import RowMemory, column_index_field
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
@@ -99,6 +100,7 @@ def _padded(table: Tensor | None, rows: int, width: int, like: Tensor) -> Tensor
 class Credit(DecodingStrategy):
     Config = CreditConfig
     joinable = True
+    provides = frozenset({"threshold_floor"})
 
     def start(self, state: GenerationState) -> CreditMemory:
         return CreditMemory.fresh(state.batch_size)
@@ -140,4 +142,5 @@ class Credit(DecodingStrategy):
         tokens, confidence = propose(fuse(logits, table, c.alpha), mask_id=window.mask_id,
                                      temperature=c.temperature, generator=generator, rows=window.rows,
                                      spans=(lo, hi))
-        return Commit(threshold_select(confidence, window.eligible, c.threshold), tokens)
+        tau = step_threshold(window, c.threshold, confidence.device)
+        return Commit(threshold_select(confidence, window.eligible, tau), tokens)

@@ -6,7 +6,8 @@ reaches its run's maximum confidence when that confidence is above ``low_thresho
 confidence is above ``threshold``, and always the row's most confident position. Spreading the commits
 over separate runs keeps tokens decided together far apart, so less dependent. Comparisons are strict, as
 in dInfer; the confidence is the softmax probability of the proposed token in the logits' dtype. Works on
-batches of any size (dInfer's accepts batch 1 only).
+batches of any size (dInfer's accepts batch 1 only). A window's :class:`~dlm.messages.ThresholdFloor` raises
+``threshold`` for the step, as dInfer's ``iter_threshold`` does.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.decoding.proposal import draw_spans, propose
+from dlm.decoding.proposal import draw_spans, propose, step_threshold
 from dlm.messages import Commit, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
@@ -29,8 +30,9 @@ def run_ids(eligible: Tensor) -> Tensor:
     return torch.where(eligible, starts.long().cumsum(dim=1) - 1, 0)
 
 
-def hierarchical_select(confidence: Tensor, eligible: Tensor, low: float, high: float) -> Tensor:
-    """[b, W] bool: run maxima above ``low``, positions above ``high``, and each row's most confident one."""
+def hierarchical_select(confidence: Tensor, eligible: Tensor, low: float, high: float | Tensor) -> Tensor:
+    """[b, W] bool: run maxima above ``low``, positions above ``high`` (a float, or per row [b, 1]), and each row's
+    most confident one."""
     floor = torch.finfo(confidence.dtype).min
     conf = confidence.masked_fill(~eligible, floor)
     seg = run_ids(eligible)
@@ -53,11 +55,15 @@ class HierarchicalConfig(BaseModel):
 class Hierarchical(DecodingStrategy):
     Config = HierarchicalConfig
     joinable = True
+    provides = frozenset({"threshold_floor"})
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
         tokens, _ = propose(logits, mask_id=window.mask_id, temperature=c.temperature, generator=generator,
                             rows=window.rows, spans=draw_spans(window, c.temperature))
         logp = torch.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]  # [b, W], logits' dtype
-        select = hierarchical_select(logp.exp(), window.eligible, c.low_threshold, c.threshold)
+        high = step_threshold(window, c.threshold, logits.device)
+        if isinstance(high, Tensor):  # compared in the confidence's dtype, as the float threshold is
+            high = high.to(logp.dtype)
+        select = hierarchical_select(logp.exp(), window.eligible, c.low_threshold, high)
         return Commit(select, tokens)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dlm.messages import Window
+from dlm.messages import ThresholdFloor, Window
 from dlm.rng import RowRNG
 
 Spans = tuple[Tensor, Tensor]
@@ -101,9 +101,19 @@ def top_k_select(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:
     return select & eligible
 
 
-def threshold_select(confidence: Tensor, eligible: Tensor, tau: float, *, strict: bool = False) -> Tensor:
-    """[b, W] bool: eligible positions with confidence ≥ ``tau`` (``> tau`` when ``strict``), plus each row's
-    most confident eligible position, so every row with an eligible position commits at least one.
+def step_threshold(window: Window, tau: float, device: torch.device) -> float | Tensor:
+    """The threshold of this step: ``tau``, or, where the window carries a :class:`~dlm.messages.ThresholdFloor`,
+    each row's ``max(floor, tau)`` as a [b, 1] float64 tensor on ``device`` (dInfer's ``iter_threshold``)."""
+    floor = window.get(ThresholdFloor)
+    if floor is None:
+        return tau
+    return torch.clamp(floor.value.to(device=device, dtype=torch.float64), min=tau)[:, None]
+
+
+def threshold_select(confidence: Tensor, eligible: Tensor, tau: float | Tensor, *, strict: bool = False) -> Tensor:
+    """[b, W] bool: eligible positions with confidence ≥ ``tau`` (a float, or per row [b, 1]; ``> tau`` when
+    ``strict``), plus each row's most confident eligible position, so every row with an eligible position commits
+    at least one.
 
     Fast-dLLM's rule is ``≥`` (``threshold``); Fast-dLLM v2's and Dream's are strict (``strict_threshold``).
     The first maximum wins a tie for the always-committed position, as ``argmax`` does.

@@ -293,10 +293,12 @@ class Transformer(nn.Module):
         logits_to: int | None = None,
         columns: Tensor | None = None,
         logits_index: Tensor | None = None,
+        embeds: Tensor | None = None,
     ) -> Tensor:
         """Run the query tokens ``ids`` (canvas columns ``[start, start+q)``, or ``columns`` [b, q] per row);
         return logits of query offsets ``[logits_from, logits_to)``, or of the offsets ``logits_index``
-        [b, n], as [b, n, vocab_out]."""
+        [b, n], as [b, n, vocab_out]. ``embeds`` [b, q, dim]: the input embeddings to use instead of
+        ``embed(ids)`` (soft inputs, :class:`~dlm.messages.SoftInputs`)."""
         cos_t, sin_t = self.rope(ids.device)
         dtype = self.embed.weight.dtype
         if self.spec.rope_full_precision and dtype in (torch.bfloat16, torch.float16):
@@ -304,7 +306,7 @@ class Transformer(nn.Module):
         cos, sin = cos_t[positions].to(dtype), sin_t[positions].to(dtype)
         key_end = start + ids.shape[1] if key_end is None else key_end
         keep = self.output_rows(ids.shape[1], logits_from, logits_to, logits_index)
-        x = self.embed(ids)
+        x = self.embed(ids) if embeds is None else embeds
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns, keep if i == last else None)

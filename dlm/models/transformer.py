@@ -8,18 +8,20 @@ logits span, moved by the model's logit shift). :func:`load_transformer` fills a
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from dlm.messages import CandidateBatch, ForwardPlan, ReadRows
+from dlm.messages import CandidateBatch, ForwardPlan, ReadRows, SoftInputs
 from dlm.models.base import ModelAdapter
 from dlm.models.compiled import compile_transformer, is_compiled, mark_static_kv
 from dlm.models.parallel import shard_transformer
 from dlm.models.checkpoint import load_tensors
 from dlm.models.kv import KVBuffer, WriteWindow
 from dlm.models.layers import MIN_EXACT_ROWS, Transformer, TransformerSpec
+from dlm.models.soft_inputs import record_soft, soft_embeddings
 from dlm.state import GenerationState
 
 
@@ -36,14 +38,18 @@ def load_transformer(
 
 
 class TransformerAdapter(ModelAdapter):
-    """Shared forward of the adapters built on :class:`~dlm.models.layers.Transformer`."""
+    """Shared forward of the adapters built on :class:`~dlm.models.layers.Transformer`.
+
+    Every such adapter runs soft inputs (:class:`~dlm.messages.SoftInputs`, :mod:`dlm.models.soft_inputs`): its
+    capabilities say ``soft_inputs``."""
 
     net: Transformer
     dtype: torch.dtype
     device: torch.device
 
     def __init__(self, config, net: Transformer, capabilities, tokenizer) -> None:
-        self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
+        self.config, self.net, self.tokenizer = config, net, tokenizer
+        self.capabilities = replace(capabilities, soft_inputs=True)
         self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
 
     def new_kv(self, batch: int, length: int) -> KVBuffer:
@@ -110,6 +116,9 @@ class TransformerAdapter(ModelAdapter):
     @torch.inference_mode()
     def forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
         batch = plan.get(CandidateBatch)
+        if batch is not None and plan.has(SoftInputs):
+            raise ValueError("a candidate step cannot take soft inputs: its canvases are not the rows of the "
+                             "soft store; a decoding strategy proposing candidates composes with hard inputs only")
         if batch is not None:  # the candidates' own canvas, padding and private K/V
             view = _CandidateView(state, batch)
             logits = self._forward(view, plan)
@@ -132,6 +141,9 @@ class TransformerAdapter(ModelAdapter):
         keys = torch.arange(0 if plan.kv is not None else plan.start, plan.key_end if plan.kv is not None else plan.end,
                             device=state.device)[None, :]
         kv = plan.kv if plan.kv is None or plan.writes_all else WriteWindow(plan.kv, plan.write_start, plan.write_end)
+        soft = plan.get(SoftInputs)
+        if soft is not None:
+            return self._forward_soft(state, plan, soft, ids, cols, positions, keys, kv, lo, hi)
         read = read_offsets(plan, state)
         out = self.net(
             ids,
@@ -147,6 +159,32 @@ class TransformerAdapter(ModelAdapter):
         )
         return out if read is None else spread_rows(out, read, hi - lo)
 
+    def _forward_soft(self, state, plan: ForwardPlan, soft: SoftInputs, ids, cols, positions, keys, kv, lo: int,
+                      hi: int) -> Tensor:
+        """A range plan with soft inputs: fed embeddings; with a record, the logits of every computed column (the
+        record reads them all), those of the span returned."""
+        embeds = soft_embeddings(self.net.embed, soft, plan.rows, ids, cols)
+        recording = soft.record is not None
+        out = self.net(
+            ids,
+            positions,
+            self.attention_mask(state, plan.rows, cols, keys),
+            kv=kv,
+            rows=plan.buffer_rows,
+            start=plan.start,
+            key_end=plan.key_end,
+            logits_from=0 if recording else lo - plan.start,
+            logits_to=None if recording else hi - plan.start,
+            embeds=embeds,
+        )
+        if not recording:
+            return out
+        bound = lambda b: torch.as_tensor(b, device=state.device).reshape(-1, 1)  # noqa: E731
+        stored = (cols >= bound(plan.write_start)) & (cols < bound(plan.write_end))  # the columns each row stores
+        record_soft(self.net.embed, soft, plan.rows, out, cols, stored.expand(len(plan.rows), -1),
+                    self.capabilities.logit_shift, state.length)
+        return out[:, lo - plan.start : hi - plan.start]
+
     def _forward_columns(self, state: GenerationState, plan: ForwardPlan, lo: int, hi: int) -> Tensor:
         """A plan naming per-row column sets: gather their tokens, scatter their K/V into their slots."""
         cols = plan.columns  # [b, q]
@@ -159,7 +197,9 @@ class TransformerAdapter(ModelAdapter):
         index = where[:, lo:hi]  # [b, n]: query offset of each needed output
         if bool((index < 0).any()):
             raise ValueError(f"forward plan's column sets do not hold every output the logits need, [{lo}, {hi})")
-        read = read_offsets(plan, state)
+        soft = plan.get(SoftInputs)
+        recording = soft is not None and soft.record is not None
+        read = None if soft is not None else read_offsets(plan, state)
         if read is not None:
             index = index.gather(1, read)
         if plan.ordered:
@@ -174,8 +214,13 @@ class TransformerAdapter(ModelAdapter):
             rows=plan.buffer_rows,
             columns=cols,
             key_end=plan.key_end,
-            logits_index=index,
+            logits_index=None if recording else index,  # a record reads every computed column's logits
+            embeds=None if soft is None else soft_embeddings(self.net.embed, soft, rows, ids, cols),
         )
+        if recording:
+            record_soft(self.net.embed, soft, rows, out, cols, torch.ones_like(cols, dtype=torch.bool),
+                        self.capabilities.logit_shift, state.length)
+            return out.gather(1, index[..., None].expand(-1, -1, out.shape[-1]))
         return out if read is None else spread_rows(out, read, hi - lo)
 
 

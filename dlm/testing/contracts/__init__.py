@@ -47,7 +47,10 @@ What each kind must do (one named check each, see :data:`CHECKS`):
   token with end tokens); ``terminates``;
 - model: ``capabilities``; ``logits`` — shape [rows, S, vocab] over the plan's logits span, finite, and a
   wider span agrees with the window's; ``kv_forward`` — a forward through a KV store, and a block-only
-  forward reading it, equal the plain forward.
+  forward reading it, equal the plain forward; ``soft_inputs`` — for an adapter declaring
+  ``capabilities.soft_inputs``: a plan's ``SoftInputs`` with an empty store changes nothing, a record stores
+  finite embeddings at exactly the marked columns (each row's as alone, the returned logits unchanged), and
+  feeding them changes the logits (skipped for an adapter not declaring them).
 
 Everything runs in float64 on CPU with 2-layer d=32 LLaDA-layout checkpoints written by
 :func:`dlm.testing.make_llada_checkpoint` into a temporary directory, and 16-token generations. A cache or

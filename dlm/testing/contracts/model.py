@@ -1,6 +1,8 @@
 """Checks of a model adapter: ``capabilities`` (consistent declarations), ``logits`` (shape
 [rows, S, vocab] over the plan's logits span, finite), ``kv_forward`` (forwards through a KV buffer equal the
-plain forward), ``deterministic``, ``batched`` (a left-padded batch gives each prompt's logits alone),
+plain forward), ``soft_inputs`` (for an adapter declaring them, :class:`~dlm.messages.SoftInputs`: an empty store
+fed changes nothing, a record stores finite embeddings at exactly the marked columns, each row's as alone, and
+feeding them changes the logits), ``deterministic``, ``batched`` (a left-padded batch gives each prompt's logits alone),
 ``concurrent`` (two generations through one pipeline at once) and ``joins`` (rows joining a running
 generation: every pipeline whose other components are joinable joins rows, whatever the model, so the model
 must compute each row as it would alone). ``model.forward(state, plan)`` gets everything from the plan,
@@ -11,11 +13,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from torch import Tensor
 
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
-from dlm.messages import ForwardPlan, Window
+from dlm.memory import SoftStore
+from dlm.messages import ForwardPlan, SoftInputs, Window
 from dlm.models.base import ModelAdapter
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import ATOL, CPU, DTYPE, PROMPTS, RTOL, SMALL_ITERATION, NotApplicable, _fail
@@ -89,6 +93,47 @@ def _model_kv_forward(cls, config_dict):
     if not torch.allclose(cached, plain, rtol=RTOL, atol=ATOL):
         _fail("a window-only forward reading the K/V it just wrote differs from the plain forward "
               f"(max error {(cached - plain).abs().max().item():.3g})")
+
+
+def _recorded(model: ModelAdapter, prompts) -> tuple[Tensor, Tensor, Tensor]:
+    """A whole-canvas forward of ``prompts`` recording soft inputs at the masked columns (scale 0.5): the plain
+    logits, the logits of the recording forward, and the store's values."""
+    state, window = _model_state(model, prompts)
+    plan = _whole(state, window)
+    plain = model.forward(state, plan)
+    masked = state.masked()[window.rows]
+    store = SoftStore(state.batch_size, state.length)
+    empty = model.forward(state, plan.extend(SoftInputs(store, feed=masked)))
+    if not torch.equal(empty, plain):
+        _fail("a forward fed an empty soft store differs from the plain forward")
+    scale = torch.full((len(window.rows),), 0.5, dtype=torch.float64)
+    recording = model.forward(state, plan.extend(SoftInputs(store, feed=masked, record=masked, scale=scale)))
+    if store.values is None:
+        _fail("a forward recording soft inputs stored nothing")
+    return plain, recording, store.values
+
+
+def _model_soft_inputs(cls, config_dict):
+    model = _load_model(cls, config_dict)
+    if not model.capabilities.soft_inputs:
+        raise NotApplicable("the model does not declare soft_inputs")
+    plain, recording, values = _recorded(model, PROMPTS)
+    if not torch.allclose(recording, plain, rtol=RTOL, atol=ATOL):
+        _fail("recording soft inputs changed the logits returned by the forward")
+    state, window = _model_state(model)
+    written = values.abs().sum(dim=-1) != 0  # [B, L]
+    if not torch.equal(written, state.masked()) or not bool(torch.isfinite(values).all()):
+        _fail("a record over the whole canvas must store finite embeddings at exactly the masked columns")
+    for r, prompt in enumerate(PROMPTS):
+        alone = _recorded(model, [prompt])[2][0]
+        pad = int(state.pad[r])
+        if not torch.allclose(values[r, pad:], alone, rtol=RTOL, atol=ATOL):
+            _fail(f"prompt {r}: the soft embeddings recorded in a left-padded batch differ from those alone")
+    masked = state.masked()[window.rows]
+    fed = model.forward(state, _whole(state, window).extend(SoftInputs(SoftStore(*values.shape[:2], values),
+                                                                         feed=masked)))
+    if torch.allclose(fed, plain, rtol=RTOL, atol=ATOL):
+        _fail("feeding the recorded soft embeddings gives the plain logits: the store is not read")
 
 
 def _model_deterministic(cls, config_dict):

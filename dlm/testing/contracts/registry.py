@@ -53,6 +53,7 @@ from dlm.testing.contracts.model import (
     _model_joins,
     _model_kv_forward,
     _model_logits,
+    _model_soft_inputs,
 )
 from dlm.testing.contracts.probes import check_config
 
@@ -69,7 +70,7 @@ CHECKS: dict[str, dict[str, Check]] = {
                   "terminates": _iteration_terminates, "deterministic": _iteration_deterministic,
                   "batched": _iteration_batched, "concurrent": _iteration_concurrent, "joins": _iteration_joins},
     "model": {"config": check_config, "capabilities": _model_capabilities, "logits": _model_logits,
-              "kv_forward": _model_kv_forward, "deterministic": _model_deterministic, "batched": _model_batched,
+              "kv_forward": _model_kv_forward, "soft_inputs": _model_soft_inputs, "deterministic": _model_deterministic, "batched": _model_batched,
               "concurrent": _model_concurrent, "joins": _model_joins},
 }
 BASES = {"decoding": DecodingStrategy, "cache": CacheManager, "iteration": IterationManager, "model": ModelAdapter}
