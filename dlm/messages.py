@@ -343,6 +343,16 @@ class Edits:
 
 
 @dataclass(frozen=True)
+class SoftInputs:
+    """Commit extension (self-conditioning: DiffusionGemma): ``logits`` [b, S, V] over the logits span, the step's
+    processed logits, which the model receives again in the row's next forward over the same span as a soft input
+    (:meth:`dlm.state.GenerationState.soft_inputs_for`). A commit without them clears the rows' soft inputs (the next
+    forward is a canvas' first). The generic form of dInfer's iteration smoothing would travel the same way."""
+
+    logits: Tensor  # [b, S, V]
+
+
+@dataclass(frozen=True)
 class Keep:
     """Commit extension (candidate steps): the candidate whose K/V the cache keeps, per row."""
 
@@ -507,5 +517,5 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "Edits", "ForwardPlan", "Ordered", "CandidateBatch",
+    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "Edits", "SoftInputs", "ForwardPlan", "Ordered", "CandidateBatch",
     "ReadRows"]
