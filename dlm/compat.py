@@ -58,6 +58,17 @@ FEATURES: dict[str, Feature] = {
     "bidirectional": Feature("model", "bidirectional attention"),
     "block_causal": Feature("model", "block-causal attention"),
     "kv_cache": Feature("model", "the adapter runs through a KV store"),
+    "noise_canvas": Feature(
+        "model", "canvases start from uniformly random tokens that every step may redraft until the canvas is done; "
+                 "no MASK token (DiffusionGemma)"),
+    "masked": Feature("model", "masked diffusion: pending positions hold the MASK token"),
+    "revisable": Feature(
+        "iteration",
+        "starts each canvas from uniform noise and keeps every position of it pending (revisable) until a commit "
+        "finishes the canvas, bounding its steps"),
+    "finishes_canvases": Feature(
+        "decoding",
+        "redrafts a noise canvas every step (acceptance and renoising) and commits the whole canvas when it stops"),
     "next_token": Feature(
         "model", "causal attention with next-token logits (logit shift 1): the prediction for a column is read at "
                  "the column before it, from the columns up to it only"),
@@ -66,7 +77,7 @@ FEATURES: dict[str, Feature] = {
 
 def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     """The features a model with ``capabilities`` provides."""
-    features = {capabilities.attention}
+    features = {capabilities.attention, "noise_canvas" if capabilities.canvas == "noise" else "masked"}
     if capabilities.kv_cache:
         features.add("kv_cache")
     if capabilities.attention == "causal" and capabilities.logit_shift == 1:
@@ -138,6 +149,12 @@ def problems(components: Mapping[str, Any], names: Mapping[str, str] | None = No
     if capabilities is not None:
         offered["model"] = model_features(capabilities)
     found = []
+    if capabilities is not None and capabilities.canvas == "noise":  # every component must know noise canvases
+        for kind, feature in (("iteration", "revisable"), ("decoding", "finishes_canvases")):
+            if kind in components and feature not in offered[kind]:
+                found.append(f"{kind} {name(kind)!r} cannot be used with model {names.get('model', 'model')!r}: the "
+                             f"model's canvases start from noise, with no MASK token; it needs {kind} "
+                             f"{_providers(kind, feature) or [feature]}")
     for kind in [k for k in KINDS if k in components]:
         for feature, reason in requires(components[kind]).items():
             known = FEATURES.get(feature)

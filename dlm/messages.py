@@ -57,6 +57,10 @@ class ModelCapabilities:
     attention: Literal["bidirectional", "block_causal", "causal"] = "bidirectional"
     kv_cache: bool = True  # can write to / attend through a KV store
     block_size: int | None = None  # block-causal models: attention block size
+    # how a canvas starts: "masked" (MASK tokens, committed tokens never change) or "noise" (uniformly random tokens
+    # that every step may redraft until the canvas is done: DiffusionGemma; mask_id is then a placeholder outside
+    # the vocabulary for columns no canvas has reached)
+    canvas: Literal["masked", "noise"] = "masked"
 
     @property
     def eos_id(self) -> int:
@@ -350,6 +354,7 @@ class SoftInputs:
     forward is a canvas' first). The generic form of dInfer's iteration smoothing would travel the same way."""
 
     logits: Tensor  # [b, S, V]
+    keep: Tensor | None = None  # [b] bool: rows that keep them (None: every row; the others' are cleared)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,20 @@ class RowRNG:
             [torch.rand(shape, dtype=dtype, generator=self.generators[r], device=self.device) for r in rows.tolist()]
         )
 
+    def randint(self, rows: Tensor, high: int, shape: tuple[int, ...]) -> Tensor:
+        """Uniform integers in ``[0, high)`` of ``shape`` for each of ``rows`` (``torch.randint`` on the row's stream,
+        so one row draws what ``torch.manual_seed(seed); torch.randint(0, high, shape)`` draws): [len(rows), *shape]."""
+        return torch.stack([torch.randint(0, high, shape, generator=self.generators[r], device=self.device)
+                            for r in rows.tolist()]) if len(rows) else torch.empty((0, *shape), dtype=torch.long,
+                                                                                   device=self.device)
+
+    def multinomial(self, rows: Tensor, probs: Tensor) -> Tensor:
+        """One draw per position from ``probs`` [b, W, V] (``torch.multinomial(probs[i], 1)`` on row ``rows[i]``'s
+        stream, the call transformers' DiffusionGemma sampling makes on a batch of one): [b, W] long."""
+        return torch.stack([torch.multinomial(probs[i], 1, generator=self.generators[r]).squeeze(-1)
+                            for i, r in enumerate(rows.tolist())]) if len(rows) else probs.new_zeros(
+            probs.shape[:2], dtype=torch.long)
+
     def take(self, rows: Tensor) -> "RowRNG":
         """The streams of ``rows`` (in that order), continuing where they are: a row that leaves keeps its stream."""
         out = RowRNG.__new__(RowRNG)

@@ -344,7 +344,7 @@ class GenerationState:
             self.soft_fed = torch.zeros_like(self.done)
             self.soft_span = span
         self.soft_inputs[window.rows] = soft.logits
-        self.soft_fed[window.rows] = True
+        self.soft_fed[window.rows] = True if soft.keep is None else soft.keep.to(self.device)
 
     def soft_inputs_for(self, rows: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
         """The soft inputs of ``rows`` over columns ``[lo, hi)`` ([b, S, V]) and the rows that have them ([b] bool),
@@ -400,6 +400,21 @@ class GenerationState:
             self.provisional[rows, lo:hi] &= ~span
         self.done[rows[rows_finishing]] = True
         return span.sum(dim=1)
+
+    def noise(self, rows: Tensor, start: int, tokens: Tensor) -> None:
+        """Start a revisable canvas: write ``tokens`` [b, W] (uniform noise) at columns ``[start, start + W)`` of
+        ``rows`` as provisional (pending) tokens. Only a ``revisable`` state, only into masked positions: the
+        iteration manager's initialisation of a canvas, never a decision."""
+        end = start + tokens.shape[1]
+        if not self.revisable:
+            raise DecodingError("only a revisable state (an iteration manager that declares it) starts canvases "
+                                "from noise")
+        if bool((self.canvas[rows, start:end] != self.mask_id).any()):
+            raise DecodingError(f"columns [{start}, {end}) already hold tokens; a canvas starts on masked columns")
+        self.canvas[rows, start:end] = tokens
+        if self.provisional is None:
+            self.provisional = torch.zeros_like(self.canvas, dtype=torch.bool)
+        self.provisional[rows, start:end] = True
 
     def cancel(self, rows: Tensor | list[int]) -> None:
         """Take ``rows`` out of the generation now, leaving their canvas as it is (masks included).

@@ -9,7 +9,8 @@ This module reads the checkpoint and turns dlm's forward plans into encoder and 
   prompt at the first canvas, each finished canvas at the next), as transformers' ``generate`` runs its encoder
   before each canvas. The cache is exact (the encoder is causal: nothing it caches ever changes), so it is the
   model's, not a cache manager's approximation; plans come from ``cache: none``.
-- **The decoder** runs on the plan's columns (the canvas), attending to the encoded columns before them.
+- **The decoder** runs on the window's logits span (the canvas), attending to the encoded columns before it; the
+  plan's other columns are either encoded already (before the canvas) or not generated yet (after it).
 - **Self-conditioning** input: the previous step's processed logits of the canvas, which a decoding strategy hands
   back with its commit (:class:`~dlm.messages.SoftInputs`) and the state keeps (``state.soft_inputs``, per row,
   cleared by a commit without them). A row without them gets a zero soft embedding (its canvas' first step).
@@ -220,12 +221,13 @@ class DiffusionGemmaModel(ModelAdapter):
     """``diffusion_gemma``: DiffusionGemma's text path (encoder with its cache, decoder with self-conditioning)."""
 
     Config = DiffusionGemmaConfig
-    revisable = True  # every position of a canvas may change until the canvas is done (dlm.compat)
 
     def __init__(self, config, net: DiffusionGemmaNet, capabilities: ModelCapabilities, tokenizer, canvas_length: int,
                  generation: dict) -> None:
         self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
         self.canvas_length, self.generation = canvas_length, generation
+        # the sampler settings of generation_config.json, handed to a decoding strategy that takes them (Pipeline)
+        self.generation_defaults = {k: generation[k] for k in GENERATION_DEFAULTS}
         self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
 
     @classmethod
@@ -245,7 +247,8 @@ class DiffusionGemmaModel(ModelAdapter):
         if any(not 0 <= e < spec.vocab for e in eos):
             raise CheckpointError(f"{directory}: end token ids {list(eos)} must lie in [0, {spec.vocab})")
         caps = ModelCapabilities(mask_id=spec.vocab, eos_ids=eos, max_length=spec.max_length, vocab_size=spec.vocab,
-                                 attention="bidirectional", kv_cache=False, block_size=canvas)
+                                 attention="bidirectional", kv_cache=False, block_size=canvas,
+                                 canvas="noise")
         net = load_gemma(directory, spec, dtype=dtype, device=torch.device(device))
         return cls(config, net, caps, tokenizer, canvas, generation)
 
@@ -265,11 +268,12 @@ class DiffusionGemmaModel(ModelAdapter):
     def forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
         if plan.columns is not None or plan.kv is not None or plan.extensions:
             raise CompositionError("diffusion_gemma runs plans of a column range without a KV store (cache: none)")
-        if (plan.logits_start, plan.logits_end) != (plan.start, plan.end):
-            raise CompositionError(f"diffusion_gemma returns the logits of the canvas it computes, [{plan.start}, "
-                                   f"{plan.end}); the window asked for [{plan.logits_start}, {plan.logits_end})")
+        start, end = plan.logits_start, plan.logits_end  # the canvas: what the decoder runs on
+        if start < plan.start or end > plan.end:
+            raise CompositionError(f"diffusion_gemma's canvas [{start}, {end}) lies outside the plan's columns "
+                                   f"[{plan.start}, {plan.end})")
         mem = self.memory(state)
-        rows, start = plan.rows, plan.start
+        rows = plan.rows
         pad = state.pad[rows]
         cols = torch.arange(state.length, device=state.device)
         valid = cols[None, :] >= pad[:, None]  # [b, L]: columns that may be keys
@@ -286,8 +290,8 @@ class DiffusionGemmaModel(ModelAdapter):
             positions = (cols[None, done:start] - pad[which, None]).clamp(min=0)
             self.net.encode(ids, positions, mem.cache, sub, done, valid[which, :start])
             mem.encoded[sub] = start
-        ids = state.canvas[rows, start:plan.end]
-        positions = (cols[None, start:plan.end] - pad[:, None]).clamp(min=0)
-        soft, fed = state.soft_inputs_for(rows, start, plan.end)
+        ids = state.canvas[rows, start:end]
+        positions = (cols[None, start:end] - pad[:, None]).clamp(min=0)
+        soft, fed = state.soft_inputs_for(rows, start, end)
         return self.net.decode(ids, positions, mem.cache, rows, start, valid[:, :start],
                                None if soft is None else soft.to(self.dtype), fed)
