@@ -61,7 +61,6 @@ FEATURES: dict[str, Feature] = {
     "noise_canvas": Feature(
         "model", "canvases start from uniformly random tokens that every step may redraft until the canvas is done; "
                  "no MASK token (DiffusionGemma)"),
-    "masked": Feature("model", "masked diffusion: pending positions hold the MASK token"),
     "revisable": Feature(
         "iteration",
         "starts each canvas from uniform noise and keeps every position of it pending (revisable) until a commit "
@@ -77,7 +76,9 @@ FEATURES: dict[str, Feature] = {
 
 def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     """The features a model with ``capabilities`` provides."""
-    features = {capabilities.attention, "noise_canvas" if capabilities.canvas == "noise" else "masked"}
+    features = {capabilities.attention}
+    if capabilities.canvas == "noise":
+        features.add("noise_canvas")
     if capabilities.kv_cache:
         features.add("kv_cache")
     if capabilities.attention == "causal" and capabilities.logit_shift == 1:

@@ -59,6 +59,8 @@ class Canvases(IterationManager):
 
     Config = CanvasesConfig
     provides = frozenset({"revisable", "drafts"})
+    requires = {"noise_canvas": "it starts each canvas from uniform noise and redrafts it; a masked model starts "
+                                "from MASK (use blockwise or block_diffusion)"}
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.vocab_size is None:
