@@ -74,6 +74,10 @@ FEATURES: dict[str, Feature] = {
 }
 
 
+# what a noise-canvas model needs of the other components, besides their own declarations
+NOISE_NEEDS = (("iteration", "revisable"), ("decoding", "finishes_canvases"))
+
+
 def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     """The features a model with ``capabilities`` provides."""
     features = {capabilities.attention}
@@ -151,7 +155,7 @@ def problems(components: Mapping[str, Any], names: Mapping[str, str] | None = No
         offered["model"] = model_features(capabilities)
     found = []
     if capabilities is not None and capabilities.canvas == "noise":  # every component must know noise canvases
-        for kind, feature in (("iteration", "revisable"), ("decoding", "finishes_canvases")):
+        for kind, feature in NOISE_NEEDS:
             if kind in components and feature not in offered[kind]:
                 found.append(f"{kind} {name(kind)!r} cannot be used with model {names.get('model', 'model')!r}: the "
                              f"model's canvases start from noise, with no MASK token; it needs {kind} "
@@ -254,6 +258,10 @@ def _model_requirements() -> list[str]:
                 if feature in FEATURES and FEATURES[feature].kind == "model":
                     out.append(f"- {kind} `{name}` needs a model with {feature.replace('_', '-')} logits: {reason}"
                                if feature == "next_token" else f"- {kind} `{name}` needs a {feature} model: {reason}")
+    needs = " and ".join(f"{kind} {' or '.join(f'`{n}`' for n in _providers(kind, feature))} ({feature})"
+                         for kind, feature in NOISE_NEEDS)
+    out.append(f"- a noise_canvas model (`diffusion_gemma`) needs {needs}: its canvases start from noise, with no "
+               "MASK token, and every position stays revisable until the canvas is done")
     return out
 
 

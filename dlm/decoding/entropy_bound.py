@@ -19,7 +19,9 @@ From transformers' ``models/diffusion_gemma/generation_diffusion_gemma.py`` (5.1
 6. The step's tempered logits are the next forward's self-conditioning input (:class:`~dlm.messages.SoftInputs`).
 
 Draws come from each row's own stream, in the reference's order (the multinomial, then the renoising randint,
-also at the step that stops), so at batch 1 a seed gives the reference's tokens under ``torch.manual_seed``.
+also at the step that stops), so at batch 1 a seed gives the reference's tokens under ``torch.manual_seed``. A row
+samples at its eligible positions only (its whole canvas on a noise model): a batch's window is the union of its
+rows' blocks, which depends on the other rows.
 
 **On a masked model** (``canvas: masked``) the rule is an entropy-bound acceptance among the masked positions:
 the accepted ones are committed with their sampled tokens and the rest stay masked (remasking *is* the renoising
@@ -80,10 +82,9 @@ class EntropyBound(DecodingStrategy):
 
     Config = EntropyBoundConfig
     provides = frozenset({"finishes_canvases"})
-    # the masked composition (select() below) is written, but a left-padded batch does not yet give what its rows
-    # give alone on the contract kit's masked model; refused until it does
-    requires = {"noise_canvas": "its masked-model composition does not yet pass the batched-equals-alone contract; "
-                                "on a masked model use entropy_threshold"}
+    # on a masked model it is an entropy-bound acceptance among the masked positions (select); on a noise-canvas
+    # model the iteration must be revisable (dlm.compat refuses the others); the adaptive stop's settings on a
+    # masked model are refused by check()
 
     def start(self, state: GenerationState) -> StopHistory | None:
         if not state.revisable:
@@ -116,12 +117,9 @@ class EntropyBound(DecodingStrategy):
         probs = torch.softmax(tempered, dim=-1, dtype=tempered.dtype)
         if not state.revisable:  # a masked model never proposes MASK
             probs[..., window.mask_id] = 0
-        sampled = torch.zeros(probs.shape[:2], dtype=torch.long, device=probs.device)  # [b, W]
-        live = window.eligible.any(dim=1)  # rows with nothing eligible draw nothing (as they would alone)
-        if bool(live.all()):
-            sampled = generator.multinomial(rows, probs)
-        elif bool(live.any()):
-            sampled[live] = generator.multinomial(rows[live], probs[live])
+        # each row draws at its eligible positions only: a batch's window spans the union of its rows' blocks, so
+        # a draw over the whole window would follow the batch (the bug that kept masked models refused)
+        sampled = generator.multinomial(rows, probs, where=window.eligible)  # [b, W]
         argmax = tempered.argmax(dim=-1)
         entropy = torch.distributions.Categorical(logits=tempered).entropy()  # [b, W]
         accepted = self.accept(entropy, window.eligible)

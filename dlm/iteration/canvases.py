@@ -60,7 +60,9 @@ class Canvases(IterationManager):
     Config = CanvasesConfig
     provides = frozenset({"revisable", "drafts"})
     requires = {"noise_canvas": "it starts each canvas from uniform noise and redrafts it; a masked model starts "
-                                "from MASK (use blockwise or block_diffusion)"}
+                                "from MASK (use blockwise or block_diffusion)",
+                "finishes_canvases": "a canvas is done only when its decoding strategy commits all of it; a rule "
+                                     "that commits positions one by one would commit noise"}
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.vocab_size is None:
