@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dgemma_helpers import CANVAS, VOCAB, reference, write_checkpoint
+from transformers import DiffusionGemmaForBlockDiffusion
 from transformers.cache_utils import DynamicCache
 
 from dlm.errors import CheckpointError
@@ -96,3 +97,25 @@ def test_refuses_a_bidirectional_encoder(checkpoint, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="use_bidirectional_attention='all' is not supported"):
         ours(tmp_path, torch.float32)
+
+
+def test_dlms_own_writer_gives_a_checkpoint_transformers_loads_whole_with_the_same_logits(tmp_path):
+    """dlm.tools.diffusion_gemma_checkpoints (the contract kit's noise-canvas model) writes transformers' layout:
+    every text weight is read (none missing, none unexpected) and the logits are dlm's."""
+    from dlm.tools.diffusion_gemma_checkpoints import make_diffusion_gemma_checkpoint
+
+    directory = make_diffusion_gemma_checkpoint(tmp_path / "dg", seed=3, generation={"max_denoising_steps": 5,
+                                                                                     "entropy_bound": 0.3})
+    _, info = DiffusionGemmaForBlockDiffusion.from_pretrained(directory, output_loading_info=True)
+    assert not [k for k in info["missing_keys"] if "vision" not in k]
+    assert not info["unexpected_keys"] and not info["mismatched_keys"]
+    model = ours(directory, torch.float64)
+    assert model.generation_defaults["max_denoising_steps"] == 5 and model.generation_defaults["entropy_bound"] == 0.3
+    vocab = model.capabilities.vocab_size
+    g = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, vocab, (2, 6), generator=g)
+    canvases = [torch.randint(0, vocab, (2, 8), generator=g) for _ in range(2)]
+    for soft in (None, torch.randn(2, 8, vocab, generator=g) * 3):
+        expected, got = both_logits(directory, torch.float64, prompt, canvases, soft)
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0), (got - expected).abs().max()
+        assert torch.equal(got.argmax(-1), expected.argmax(-1))
