@@ -174,14 +174,15 @@ def _check_edits(edits: Edits, window: Window, select: Tensor, where: str) -> No
         _fail(f"{where}: edited a token into MASK")
 
 
-def _iteration_for(model, gen_length: int = SMALL_ITERATION["gen_length"], block_length: int | None = None):
+def _iteration_for(model, gen_length: int = SMALL_ITERATION["gen_length"], block_length: int | None = None,
+                   steps: int | None = None):
     """The iteration a generation check runs a strategy under: blockwise on a masked model, canvases (whole
     canvases of the model's length) on a noise-canvas model."""
     if model.capabilities.canvas == "noise":
         return Canvases(CanvasesConfig(gen_length=gen_length))
     block = block_length or SMALL_ITERATION["block_length"]
-    return Blockwise(BlockwiseConfig(gen_length=gen_length, block_length=block,
-                                     steps=SMALL_ITERATION["steps"] * gen_length // SMALL_ITERATION["gen_length"]))
+    steps = steps or SMALL_ITERATION["steps"] * gen_length // SMALL_ITERATION["gen_length"]
+    return Blockwise(BlockwiseConfig(gen_length=gen_length, block_length=block, steps=steps))
 
 
 def _decoding_setups(cls, config_dict) -> list[tuple[str, Callable[[], tuple]]]:
@@ -239,8 +240,8 @@ def _decoding_batched(cls, config_dict):
 def _decoding_generation(cls, config_dict):
     for label, make in _decoding_setups(cls, config_dict):
         model = make()[0]
-        for block in (None, 4):
-            it = _iteration_for(model, block_length=block)
+        for block, steps in ((None, None), (4, 4)):  # the small schedule, and 4 blocks of one step each
+            it = _iteration_for(model, block_length=block, steps=steps)
             out = _generate(model, it, cls(_config(cls, config_dict)), NoCache(NoCacheConfig()))
             _check_finished(out, model.capabilities.mask_id)
             for r, steps in enumerate(out.tokens_per_step):
