@@ -64,15 +64,31 @@ FEATURES: dict[str, Feature] = {
     "soft_inputs": Feature(
         "model", "the adapter runs a plan's SoftInputs: stored soft embeddings added to its input embeddings, and "
                  "the expected embeddings of its predictions recorded"),
+    "noise_canvas": Feature(
+        "model", "canvases start from uniformly random tokens that every step may redraft until the canvas is done; "
+                 "no MASK token (DiffusionGemma)"),
+    "revisable": Feature(
+        "iteration",
+        "starts each canvas from uniform noise and keeps every position of it pending (revisable) until a commit "
+        "finishes the canvas, bounding its steps"),
+    "finishes_canvases": Feature(
+        "decoding",
+        "redrafts a noise canvas every step (acceptance and renoising) and commits the whole canvas when it stops"),
     "next_token": Feature(
         "model", "causal attention with next-token logits (logit shift 1): the prediction for a column is read at "
                  "the column before it, from the columns up to it only"),
 }
 
 
+# what a noise-canvas model needs of the other components, besides their own declarations
+NOISE_NEEDS = (("iteration", "revisable"), ("decoding", "finishes_canvases"))
+
+
 def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     """The features a model with ``capabilities`` provides."""
     features = {capabilities.attention}
+    if capabilities.canvas == "noise":
+        features.add("noise_canvas")
     if capabilities.kv_cache:
         features.add("kv_cache")
     if capabilities.soft_inputs:
@@ -146,6 +162,12 @@ def problems(components: Mapping[str, Any], names: Mapping[str, str] | None = No
     if capabilities is not None:
         offered["model"] = model_features(capabilities)
     found = []
+    if capabilities is not None and capabilities.canvas == "noise":  # every component must know noise canvases
+        for kind, feature in NOISE_NEEDS:
+            if kind in components and feature not in offered[kind]:
+                found.append(f"{kind} {name(kind)!r} cannot be used with model {names.get('model', 'model')!r}: the "
+                             f"model's canvases start from noise, with no MASK token; it needs {kind} "
+                             f"{_providers(kind, feature) or [feature]}")
     for kind in [k for k in KINDS if k in components]:
         for feature, reason in requires(components[kind]).items():
             known = FEATURES.get(feature)
@@ -245,6 +267,10 @@ def _model_requirements() -> list[str]:
                     what = {"next_token": "a model with next-token logits",
                             "soft_inputs": "a model taking soft inputs"}.get(feature, f"a {feature} model")
                     out.append(f"- {kind} `{name}` needs {what}: {reason}")
+    needs = " and ".join(f"{kind} {' or '.join(f'`{n}`' for n in _providers(kind, feature))} ({feature})"
+                         for kind, feature in NOISE_NEEDS)
+    out.append(f"- a noise_canvas model (`diffusion_gemma`) needs {needs}: its canvases start from noise, with no "
+               "MASK token, and every position stays revisable until the canvas is done")
     return out
 
 

@@ -62,6 +62,10 @@ class ModelCapabilities:
     kv_cache: bool = True  # can write to / attend through a KV store
     block_size: int | None = None  # block-causal models: attention block size
     soft_inputs: bool = False  # runs a plan's SoftInputs: adds soft embeddings to its inputs, records new ones
+    # how a canvas starts: "masked" (MASK tokens, committed tokens never change) or "noise" (uniformly random tokens
+    # that every step may redraft until the canvas is done: DiffusionGemma; mask_id is then a placeholder outside
+    # the vocabulary for columns no canvas has reached)
+    canvas: Literal["masked", "noise"] = "masked"
 
     @property
     def eos_id(self) -> int:
@@ -358,6 +362,18 @@ class Edits:
 
 
 @dataclass(frozen=True)
+class SelfConditioning:
+    """Commit extension (self-conditioning: DiffusionGemma): ``logits`` [b, S, V] over the logits span, the step's
+    processed logits, which the model receives again in the row's next forward over the same span as a soft input
+    (:meth:`dlm.state.GenerationState.soft_inputs_for`). A commit without them clears the rows' soft inputs (the next
+    forward is a canvas' first). A plan's :class:`SoftInputs` is the other way in: the model records what it
+    predicted and adds it back (dInfer's iteration smoothing)."""
+
+    logits: Tensor  # [b, S, V]
+    keep: Tensor | None = None  # [b] bool: rows that keep them (None: every row; the others' are cleared)
+
+
+@dataclass(frozen=True)
 class Keep:
     """Commit extension (candidate steps): the candidate whose K/V the cache keeps, per row."""
 
@@ -555,5 +571,5 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "ForwardPlan", "Ordered",
-    "CandidateBatch", "ReadRows", "SoftInputs", "SoftStore"]
+    "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "SelfConditioning",
+    "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "SoftInputs", "SoftStore"]

@@ -102,6 +102,9 @@ class Pipeline:
         config: PipelineConfig | None = None,
     ) -> None:
         self.model, self.iteration, self.decoding, self.cache = model, iteration, decoding, cache
+        defaults = getattr(model, "generation_defaults", None)  # a checkpoint's generation_config.json settings
+        if defaults and "defaults" in type(decoding.config).model_fields and not decoding.config.defaults:
+            decoding.config = decoding.config.model_copy(update={"defaults": dict(defaults)})
         self.seed = seed
         self.config = config
         self.env = CacheEnv(capabilities=model.capabilities, new_kv=model.new_kv)

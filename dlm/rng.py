@@ -32,6 +32,29 @@ class RowRNG:
             [torch.rand(shape, dtype=dtype, generator=self.generators[r], device=self.device) for r in rows.tolist()]
         )
 
+    def randint(self, rows: Tensor, high: int, shape: tuple[int, ...]) -> Tensor:
+        """Uniform integers in ``[0, high)`` of ``shape`` for each of ``rows`` (``torch.randint`` on the row's stream,
+        so one row draws what ``torch.manual_seed(seed); torch.randint(0, high, shape)`` draws): [len(rows), *shape]."""
+        return torch.stack([torch.randint(0, high, shape, generator=self.generators[r], device=self.device)
+                            for r in rows.tolist()]) if len(rows) else torch.empty((0, *shape), dtype=torch.long,
+                                                                                   device=self.device)
+
+    def multinomial(self, rows: Tensor, probs: Tensor, where: Tensor | None = None) -> Tensor:
+        """One draw per position from ``probs`` [b, W, V] (``torch.multinomial(probs[i], 1)`` on row ``rows[i]``'s
+        stream, the call transformers' DiffusionGemma sampling makes on a batch of one): [b, W] long.
+
+        ``where`` [b, W] bool: draw only at those positions (in column order; 0 elsewhere), so that what a row
+        draws depends on its own positions only, not on a window widened by other rows of the batch."""
+        out = probs.new_zeros(probs.shape[:2], dtype=torch.long)
+        for i, r in enumerate(rows.tolist()):
+            if where is None:
+                out[i] = torch.multinomial(probs[i], 1, generator=self.generators[r]).squeeze(-1)
+                continue
+            cols = where[i].nonzero()[:, 0]
+            if len(cols):
+                out[i, cols] = torch.multinomial(probs[i, cols], 1, generator=self.generators[r]).squeeze(-1)
+        return out
+
     def take(self, rows: Tensor) -> "RowRNG":
         """The streams of ``rows`` (in that order), continuing where they are: a row that leaves keeps its stream."""
         out = RowRNG.__new__(RowRNG)

@@ -72,3 +72,40 @@ def test_errors_exit_nonzero_with_a_clear_message(config, capsys):
 def test_console_script_is_installed(config):
     proc = subprocess.run([sys.executable, "-m", "dlm.cli", "validate", config], capture_output=True, text=True)
     assert proc.returncode == 0 and "valid" in proc.stdout
+
+
+DG_YAML = """\
+model: {name: diffusion_gemma, path: CKPT}
+iteration: {name: canvases, gen_length: 16}
+decoding: {name: entropy_bound, entropy_bound: 1.0}
+cache: {name: none}
+dtype: float32
+"""
+
+
+def test_generate_show_marks_provisional_and_revised_tokens_of_a_revisable_canvas(tmp_path, capsys):
+    import re
+
+    from dlm import Pipeline
+    from dlm.testing import make_diffusion_gemma_checkpoint
+    from dlm.tools.show import PROVISIONAL, REVISED
+
+    ckpt = make_diffusion_gemma_checkpoint(tmp_path / "dg", seed=5, generation={"max_denoising_steps": 4})
+    path = tmp_path / "dg.yaml"
+    path.write_text(DG_YAML.replace("CKPT", str(ckpt)))
+    assert main(["generate", "-c", str(path), "--show", "12+3="]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step")]
+    out = Pipeline.from_yaml(str(path)).generate(["12+3="])
+    assert len(lines) == out.nfe[0] > 2
+    marked = re.compile(f"[{PROVISIONAL[0]}{REVISED[0]}](.)[{PROVISIONAL[1]}{REVISED[1]}]")
+    first = lines[0].split(" | ")[1]
+    assert first.count(REVISED[0]) == 8 and first.endswith("_" * 8)  # canvas 1 all freshly drafted, canvas 2 unreached
+    assert lines[0].endswith("+0 ~8")
+    for line in lines:
+        region, tail = line.split(" | ")[1:]
+        plus, tilde = (int(x[1:]) for x in tail.split())
+        assert len(marked.findall(region)) in (0, 8)  # a canvas is provisional as a whole until it is done
+        assert tilde == region.count(REVISED[0]) and plus in (0, 8)
+    assert any(PROVISIONAL[0] in line for line in lines)  # tokens a step kept provisional, shown as such
+    last = lines[-1].split(" | ")[1]
+    assert not marked.search(last) and "_" not in last  # at the end every token is committed

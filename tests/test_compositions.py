@@ -25,7 +25,8 @@ from dlm.iteration.blockwise import Blockwise
 from dlm.registry import resolve
 from dlm.testing.contracts.fixtures import tiny_model
 
-FAMILIES = ("llada", "fast_dllm_v2", "qwen2", "wedlm")  # bidirectional, block-causal, causal, causal with shift 0
+FAMILIES = ("llada", "fast_dllm_v2", "qwen2", "wedlm", "diffusion_gemma")  # bidirectional, block-causal, causal,
+# causal with shift 0, noise canvases
 ITERATION = {  # gen_length 8: one short generation per pair
     "blockwise": {"gen_length": 8, "block_length": 4, "steps": 8},
     "dream": {"gen_length": 8, "steps": 8},
@@ -34,6 +35,7 @@ ITERATION = {  # gen_length 8: one short generation per pair
     "autoregressive": {"gen_length": 8},
     "jacobi": {"gen_length": 8, "n": 3},
     "wedlm": {"gen_length": 8, "window": 4},
+    "canvases": {"gen_length": 8},
 }
 DEFAULT = {"iteration": "blockwise", "decoding": "low_confidence", "cache": "none"}
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12]]

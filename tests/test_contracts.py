@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict
 from dlm.cache.dual import DualCache
 from dlm.cache.none import NoCache
 from dlm.decoding.base import DecodingStrategy
+from dlm.decoding.entropy_bound import EntropyBound
 from dlm.decoding.low_confidence import LowConfidence
 from dlm.iteration.blockwise import Blockwise
-from dlm.messages import PLUGIN_API, Commit, ForwardPlan, Geometry
+from dlm.messages import PLUGIN_API, Commit, Drafts, ForwardPlan, Geometry
 from dlm.models.llada import LLaDAModel
 from dlm.registry import GROUPS, entries
 from dlm.testing.contracts import (
@@ -323,3 +324,30 @@ def test_contract_test_is_a_parametrized_pytest_function():
     test("config")  # a passing check returns quietly
     with pytest.raises(pytest.fail.Exception, match=f"plugin API {PLUGIN_API}"):
         contract_test("decoding", CommitsMask)("commits")
+
+
+# --- the noise-canvas model: canvases and entropy_bound are checked, not skipped -------------------------------
+
+
+@pytest.mark.parametrize("kind,name", [("iteration", "canvases"), ("decoding", "entropy_bound")])
+def test_the_noise_canvas_components_run_every_check_but_joins(kind, name):
+    report = check_component(kind, name, checks=[c for c in CHECKS[kind] if c != "joins"])
+    assert {o.status for o in report.outcomes} == {"passed"}, report.outcomes
+
+
+class RenoisesFromGlobalRandomness(EntropyBound):
+    """Broken on noise canvases only: redrafts what it does not accept from the global generator."""
+
+    def select(self, state, window, logits, generator):
+        commit = super().select(state, window, logits, generator)
+        drafts = commit.get(Drafts)
+        if drafts is None:  # a masked model: nothing is redrafted
+            return commit
+        noise = torch.randint(0, state.progress.vocab, commit.tokens.shape)
+        tokens = torch.where(drafts.mask & (commit.tokens != window.mask_id), noise, commit.tokens)
+        return Commit(commit.select, tokens, *commit.extensions)
+
+
+def test_kit_checks_a_canvas_finishing_strategy_on_the_noise_canvas_model_too():
+    found = failing("decoding", RenoisesFromGlobalRandomness)
+    assert "canvases/none on noise model" in found["deterministic"]

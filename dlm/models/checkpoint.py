@@ -14,7 +14,7 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -121,6 +121,7 @@ MODEL_TYPES = {
     "qwen2": ("qwen2",),
     "wedlm": ("wedlm",),
     "sdar": ("sdar", "sdar_moe"),
+    "diffusion_gemma": ("diffusion_gemma", "diffusion_gemma_text"),
 }
 
 
@@ -284,8 +285,12 @@ def load_tensors(
     *,
     dtype: torch.dtype,
     device: torch.device | str,
+    ignored: Callable[[str], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Load exactly the tensors of ``expected`` (checkpoint name -> shape), cast to ``dtype`` on ``device``."""
+    """Load exactly the tensors of ``expected`` (checkpoint name -> shape), cast to ``dtype`` on ``device``.
+
+    ``ignored``: names the checkpoint may hold that this model does not read (another modality's tower, a tied
+    copy); any other tensor not expected is refused."""
     shards = shard_map(directory)
     missing = sorted(set(expected) - set(shards))
     if missing:
@@ -293,7 +298,7 @@ def load_tensors(
             f"checkpoint {directory} is missing tensor {missing[0]!r}"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    unexpected = sorted(set(shards) - set(expected))
+    unexpected = sorted(n for n in set(shards) - set(expected) if ignored is None or not ignored(n))
     if unexpected:
         raise CheckpointError(
             f"checkpoint {directory} has unexpected tensor {unexpected[0]!r}"

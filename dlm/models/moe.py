@@ -11,7 +11,8 @@ dispatch:
   :class:`~dlm.models.layers.TransformerSpec` and builds it: :class:`SoftmaxTopK` (OLMoE, LLaDA-MoE; Qwen3-MoE
   with ``normalize=True``) and :class:`GroupLimitedTopK` (BailingMoeV2 / LLaDA2: sigmoid scores, an expert bias
   for the choice only, group-limited top-k and a routed scaling factor, DeepSeek-V3, arXiv 2412.19437,
-  §2.1.2). A family still to come adds its rule the same way.
+  §2.1.2) and :class:`ScaledSoftmaxTopK` (DiffusionGemma: a normalised, scaled router input and a learned
+  per-expert weight scale). A family still to come adds its rule the same way.
 - **Dispatch** (:func:`dispatch`): route once per forward, then run each expert only on the rows routed to it
   (rows gathered per expert, the weighted outputs added back with ``index_add_``). There is no fallback that
   runs every expert on every row: the cost is the active experts', docs/benchmarks.md measures it. Grouping the
@@ -181,6 +182,45 @@ class GroupLimitedRouter(Router):
         return Routing(weights * rule.scaling, experts, by_slot=True)
 
 
+@dataclass(frozen=True)
+class ScaledSoftmaxTopK:
+    """DiffusionGemma's router (transformers' ``DiffusionGemmaTextRouter``, ``models/diffusion_gemma``, 5.13+):
+    the row is RMS-normalised without a learned scale (float32 inside, as Gemma's norm), multiplied by a learned
+    per-dimension ``scale`` and by ``dim ** -0.5``, projected to the ``E`` expert scores; softmax in float32; the
+    ``top_k`` largest kept (``torch.topk``), divided by their sum, and each multiplied by its expert's learned
+    ``per_expert_scale``. Weights stay float32; a row's terms are added in ascending expert order in the model
+    dtype (``by_slot=False``: the released ``DiffusionGemmaTextExperts`` loop casts each weighted term to the
+    model dtype and ``index_add_``s it)."""
+
+    top_k: int
+    eps: float = 1e-6
+
+    def router(self, dim: int, n_experts: int) -> "Router":
+        return ScaledSoftmaxRouter(self, dim, n_experts)
+
+
+class ScaledSoftmaxRouter(Router):
+    """:class:`ScaledSoftmaxTopK`'s router; ``scale`` [dim] and ``per_expert_scale`` [E] are checkpoint tensors."""
+
+    def __init__(self, rule: ScaledSoftmaxTopK, dim: int, n_experts: int) -> None:
+        super().__init__(dim, n_experts)
+        if not 1 <= rule.top_k <= n_experts:
+            raise ValueError(f"top_k {rule.top_k} must be between 1 and the number of experts {n_experts}")
+        self.rule = rule
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.per_expert_scale = nn.Parameter(torch.ones(n_experts))
+
+    def forward(self, x: Tensor) -> Routing:
+        x32 = x.float()
+        normed = (x32 * torch.pow(x32.pow(2).mean(-1, keepdim=True) + self.rule.eps, -0.5)).to(x.dtype)
+        scores = self.gate(normed * self.scale * x.shape[-1] ** -0.5)  # [T, E]
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+        weights, experts = torch.topk(probs, self.rule.top_k, dim=-1)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        weights = weights * self.per_expert_scale[experts]
+        return Routing(weights, experts)
+
+
 def group_limit_problem(rule: GroupLimitedTopK, n_experts: int) -> str | None:
     """Why ``rule`` cannot route over ``n_experts`` experts (a config.json naming it is refused), or None."""
     if rule.n_group < 1 or n_experts % rule.n_group:
@@ -235,7 +275,7 @@ def dispatch(x: Tensor, routing: Routing, experts: nn.ModuleList, first: int = 0
     for expert, n in zip(experts, counts):
         if n:
             r = rows[start : start + n]
-            out.index_add_(0, r, expert(x[r]) * weights[start : start + n])
+            out.index_add_(0, r, (expert(x[r]) * weights[start : start + n]).to(x.dtype))
             start += n
     return out
 
@@ -273,7 +313,7 @@ class MoESpec:
 
     n_experts: int
     expert_dim: int
-    rule: SoftmaxTopK | GroupLimitedTopK
+    rule: SoftmaxTopK | GroupLimitedTopK | ScaledSoftmaxTopK
     sparse_layers: tuple[bool, ...]
     shared_dim: int | None = None
 

@@ -3,6 +3,7 @@ contract test kit (the package :mod:`dlm.testing.contracts`, imported on first u
 against its interface."""
 
 from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS, make_llada_checkpoint, write_char_tokenizer
+from dlm.tools.diffusion_gemma_checkpoints import make_diffusion_gemma_checkpoint
 from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
 from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
 from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
@@ -18,7 +19,7 @@ _CONTRACTS = (
     "contract_test",
 )
 
-__all__ = ["make_llada_checkpoint", "make_llada_moe_checkpoint", "make_llada2_checkpoint", "make_sdar_checkpoint",
+__all__ = ["make_llada_checkpoint", "make_diffusion_gemma_checkpoint", "make_llada_moe_checkpoint", "make_llada2_checkpoint", "make_sdar_checkpoint",
            "write_char_tokenizer", "CHARS", "SPECIAL_TOKENS", *_CONTRACTS]
 
 

@@ -55,7 +55,10 @@ What each kind must do (one named check each, see :data:`CHECKS`):
 Everything runs in float64 on CPU with 2-layer d=32 LLaDA-layout checkpoints written by
 :func:`dlm.testing.make_llada_checkpoint` into a temporary directory, and 16-token generations. A cache or
 iteration manager that refuses the LLaDA model gets the first of :data:`FAMILIES` it accepts (Fast-dLLM v2
-and Dream in Qwen2's layout, then ``qwen2``, a plain causal Qwen2 config, for causal decoders).
+and Dream in Qwen2's layout, then ``qwen2``, a plain causal Qwen2 config, for causal decoders, and last the
+noise-canvas model, DiffusionGemma's layout written by :mod:`dlm.tools.diffusion_gemma_checkpoints` without
+transformers, for components of revisable canvases such as ``canvases``). A decoding strategy that declares it
+finishes canvases (``entropy_bound``) runs its generation checks on that model under ``canvases`` too.
 
 The kit is a package with one module per concern: :mod:`~dlm.testing.contracts.core` (violations,
 outcomes, reports, shared settings), :mod:`~dlm.testing.contracts.fixtures` (tiny checkpoints and models),

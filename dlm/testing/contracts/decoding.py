@@ -16,14 +16,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from typing import Callable
+
+from dlm import compat
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
+from dlm.iteration.canvases import Canvases, CanvasesConfig
 from dlm.messages import Candidates, Commit, Edits, Finish, Geometry, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import CPU, OTHER_PROMPTS, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
-from dlm.testing.contracts.fixtures import model_for
+from dlm.testing.contracts.fixtures import model_for, tiny_model
 from dlm.testing.contracts.probes import (
     _batched_vs_single,
     _check_finished,
@@ -170,10 +174,36 @@ def _check_edits(edits: Edits, window: Window, select: Tensor, where: str) -> No
         _fail(f"{where}: edited a token into MASK")
 
 
+def _iteration_for(model, gen_length: int = SMALL_ITERATION["gen_length"], block_length: int | None = None,
+                   steps: int | None = None):
+    """The iteration a generation check runs a strategy under: blockwise on a masked model, canvases (whole
+    canvases of the model's length) on a noise-canvas model."""
+    if model.capabilities.canvas == "noise":
+        return Canvases(CanvasesConfig(gen_length=gen_length))
+    block = block_length or SMALL_ITERATION["block_length"]
+    steps = steps or SMALL_ITERATION["steps"] * gen_length // SMALL_ITERATION["gen_length"]
+    return Blockwise(BlockwiseConfig(gen_length=gen_length, block_length=block, steps=steps))
+
+
+def _decoding_setups(cls, config_dict) -> list[tuple[str, Callable[[], tuple]]]:
+    """(label, make) of each setting the generation checks run in: the first tiny model the strategy accepts,
+    and the noise-canvas model too when the strategy declares it finishes canvases (``finishes_canvases``)."""
+    strategy = cls(_config(cls, config_dict))
+    models = [model_for(strategy)]
+    if "finishes_canvases" in compat.provides(cls) and models[0].capabilities.canvas != "noise":
+        noise = tiny_model(family="diffusion_gemma")
+        if not compat.model_problems("decoding", strategy, noise.capabilities):
+            models.append(noise)
+
+    def make(model):
+        return lambda: (model, _iteration_for(model), cls(_config(cls, config_dict)), NoCache(NoCacheConfig()))
+
+    return [(f"{type(_iteration_for(m)).__name__.lower()}/none on {m.capabilities.canvas} model", make(m))
+            for m in models]
+
+
 def _decoding_make(cls, config_dict):
-    model = model_for(cls(_config(cls, config_dict)))
-    return lambda: (model, Blockwise(BlockwiseConfig(**SMALL_ITERATION)), cls(_config(cls, config_dict)),
-                    NoCache(NoCacheConfig()))
+    return _decoding_setups(cls, config_dict)[0][1]
 
 
 def _decoding_commits(cls, config_dict):
@@ -188,8 +218,8 @@ def _decoding_deterministic(cls, config_dict):
         b = _select(cls(_config(cls, config_dict)), logits, window, _rng(3, window))[0]
         if not (torch.equal(a.select, b.select) and torch.equal(a.tokens[a.select], b.tokens[b.select])):
             _fail(f"synthetic case {i}: two calls with the same seed commit different positions or tokens")
-    make = _decoding_make(cls, config_dict)
-    _same_outputs(_generate(*make(), seed=5), _generate(*make(), seed=5), "two generations with seed 5")
+    for label, make in _decoding_setups(cls, config_dict):
+        _same_outputs(_generate(*make(), seed=5), _generate(*make(), seed=5), f"{label}: two generations with seed 5")
 
 
 def _decoding_batched(cls, config_dict):
@@ -203,26 +233,31 @@ def _decoding_batched(cls, config_dict):
             sel = batched.select[r]
             if not (torch.equal(sel, alone.select[0]) and torch.equal(batched.tokens[r][sel], alone.tokens[0][sel])):
                 _fail(f"synthetic case {i}: row {r} commits differently in a batch than alone")
-    _batched_vs_single(_decoding_make(cls, config_dict), "generation with blockwise/none")
+    for label, make in _decoding_setups(cls, config_dict):
+        _batched_vs_single(make, f"generation with {label}")
 
 
 def _decoding_generation(cls, config_dict):
-    model = model_for(cls(_config(cls, config_dict)))
-    for iteration in (BlockwiseConfig(**SMALL_ITERATION), BlockwiseConfig(gen_length=16, block_length=4, steps=4)):
-        it = Blockwise(iteration)
-        out = _generate(model, it, cls(_config(cls, config_dict)), NoCache(NoCacheConfig()))
-        _check_finished(out, model.capabilities.mask_id)
-        for r, steps in enumerate(out.tokens_per_step):
-            if sum(steps) != iteration.gen_length:
-                _fail(f"row {r} committed {sum(steps)} tokens in all, not gen_length={iteration.gen_length}")
+    for label, make in _decoding_setups(cls, config_dict):
+        model = make()[0]
+        for block, steps in ((None, None), (4, 4)):  # the small schedule, and 4 blocks of one step each
+            it = _iteration_for(model, block_length=block, steps=steps)
+            out = _generate(model, it, cls(_config(cls, config_dict)), NoCache(NoCacheConfig()))
+            _check_finished(out, model.capabilities.mask_id)
+            for r, steps in enumerate(out.tokens_per_step):
+                committed, gen = sum(steps), it.config.gen_length
+                ended = bool(torch.isin(out.generated[r][:committed], torch.tensor(model.capabilities.eos_ids)).any())
+                if committed != gen and not (model.capabilities.canvas == "noise" and ended):
+                    _fail(f"{label}: row {r} committed {committed} tokens in all, not gen_length={gen} (a row of "
+                          "canvases may end early only after a canvas holding an end token)")
 
 
 def _decoding_memory(cls, config_dict):
     """The strategy object holds only its config: no generation changes its attributes (run memory is on the
     state), and an object that already ran a generation gives, in the next, exactly what a fresh one gives."""
-    model = model_for(cls(_config(cls, config_dict)))
-    one_block = BlockwiseConfig(gen_length=8, block_length=8, steps=8)  # both generations end and start in block 0
-    make = lambda strategy: (model, Blockwise(one_block), strategy, NoCache(NoCacheConfig()))  # noqa: E731
+    model = _decoding_make(cls, config_dict)()[0]
+    # one block (or canvas): both generations end and start in block 0
+    make = lambda strategy: (model, _iteration_for(model, 8, 8), strategy, NoCache(NoCacheConfig()))  # noqa: E731
     used = cls(_config(cls, config_dict))
     unchanged = _holds_only_config(used, "the strategy")
     _generate(*make(used), prompts=PROMPTS, seed=3, trace=lambda state: unchanged())
@@ -235,9 +270,11 @@ def _decoding_memory(cls, config_dict):
 
 
 def _decoding_concurrent(cls, config_dict):
-    _concurrent(_decoding_make(cls, config_dict), "blockwise/none", own=2)
+    for label, make in _decoding_setups(cls, config_dict):
+        _concurrent(make, label, own=2)
 
 
 def _decoding_joins(cls, config_dict):
     _not_joinable(cls(_config(cls, config_dict)))
-    _joins(_decoding_make(cls, config_dict), "blockwise/none")
+    for label, make in _decoding_setups(cls, config_dict):
+        _joins(make, label)

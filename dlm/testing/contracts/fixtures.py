@@ -1,4 +1,5 @@
-"""Tiny fixtures: random checkpoints written once into a temporary directory (removed at exit), the
+"""Tiny fixtures: random checkpoints (masked models, and a noise-canvas one: DiffusionGemma's layout, written by
+:mod:`dlm.tools.diffusion_gemma_checkpoints`) written once into a temporary directory (removed at exit), the
 float64 CPU models loaded from them and shared between checks, and :func:`model_for`, which picks the first
 test model of :data:`FAMILIES` that a cache or iteration manager accepts."""
 
@@ -23,7 +24,8 @@ from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicabl
 _TMP: list[Path] = []
 _CHECKPOINTS: dict[int, Path] = {}
 _MODELS: dict[tuple[str, int], ModelAdapter] = {}
-FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2", "sdar")  # test models tried, in order, for a component
+FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2", "sdar", "diffusion_gemma")  # test models tried, in order
+NOISE_STEPS = 4  # max_denoising_steps of the noise-canvas model (its generation_config.json): short generations
 
 
 def _tmp_root() -> Path:
@@ -119,6 +121,12 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
 
     writers["llada2"] = lambda d: make_llada2_checkpoint(d, num_key_value_heads=2, silent_router_rows=[0, 1], seed=7)
+
+    from dlm.tools.diffusion_gemma_checkpoints import make_diffusion_gemma_checkpoint
+
+    # the noise-canvas model: canvases of 8 from uniform noise, at most NOISE_STEPS steps each
+    writers["diffusion_gemma"] = lambda d: make_diffusion_gemma_checkpoint(
+        d, canvas_length=SMALL_ITERATION["block_length"], generation={"max_denoising_steps": NOISE_STEPS}, seed=7)
     return writers
 
 

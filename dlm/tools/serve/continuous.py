@@ -17,6 +17,7 @@ import time
 from dlm.engine import Engine, Request, row_bytes
 from dlm.tools.serve.text import RowText
 from dlm.tools.serve.variants import Key, Variants
+from dlm.tools.serve.view import changes, row_canvases, step_view
 from dlm.tools.serve.worker import (
     Failed, Finished, Job, QueuedWorker, QueueFull, RowUpdate, TooLarge,
 )
@@ -201,28 +202,28 @@ class EngineWorker(QueuedWorker):
             self._finish_jobs()
 
     def _on_step(self, state) -> None:
-        """After a cohort's step: each row's text delta and per-step view; settled rows are stopped."""
-        generated = state.canvas[:, state.gen_start:].tolist()
+        """After a cohort's step: each row's text delta (final tokens only) and per-step view; settled rows are
+        stopped."""
+        canvases = row_canvases(state)
         nfe, done, steps = state.nfe.tolist(), state.done.tolist(), state.steps.tolist()
         block = getattr(state.progress, "block", None)
         blocks = block.tolist() if block is not None else [0] * state.batch_size
+        decode = self.variants.base.model.tokenizer.decode
         updates: dict[Job, list[RowUpdate]] = {}
         for r, (job, i) in enumerate(state.tags):
             text = job.texts[i]
             if text.complete or job.cancelled:
                 continue
-            now = generated[r]
-            before = job.previous[i] or [state.mask_id] * len(now)
-            committed = [p for p, (a, b) in enumerate(zip(now, before)) if a != b]
+            now = canvases[r]
+            committed, revised = changes(now, job.previous[i], state.mask_id)
             job.previous[i] = now
-            if not committed:
+            if not committed and not revised:
                 continue
-            delta = text.update(now, final=bool(done[r]))
+            delta = text.update(now.final(state.mask_id), final=bool(done[r]))
             view = None
             if job.steps:
-                view = {"step": steps[r], "nfe": nfe[r], "block": blocks[r],
-                        "canvas": [None if t == state.mask_id else t for t in now], "committed": committed,
-                        "pieces": [self.variants.base.model.tokenizer.decode([now[p]]) for p in committed]}
+                view = step_view(step=steps[r], nfe=nfe[r], block=blocks[r], now=now, committed=committed,
+                                 revised=revised, mask_id=state.mask_id, revisable=state.revisable, decode=decode)
             updates.setdefault(job, []).append(RowUpdate(i, delta, text.finish_reason, view))
             if text.complete and not done[r]:
                 self._settled.add((job, i))  # settled: stop spending forwards on it

@@ -1,7 +1,9 @@
 """What a client sees of one row: the committed left-to-right prefix, detokenized incrementally.
 
-dlm never un-commits a token (:meth:`dlm.state.GenerationState.commit` only fills masked positions), so the
+dlm never un-commits a token (:meth:`dlm.state.GenerationState.commit` only fills pending positions), so the
 positions of a row's generation region before its first MASK are final the moment they are committed. The
+workers hand it the row's *final* tokens: a provisional token (a draft, or any token of a revisable canvas) reads
+as MASK there (:meth:`dlm.tools.serve.view.RowCanvas.final`), so no text a later step may change is ever sent. The
 stream sends that prefix, cut at the first end token, at ``max_tokens`` and at the first stop string, as
 text deltas that concatenate to exactly the final text: a trailing U+FFFD (a character whose bytes are not
 all committed yet) and a tail that could still become a stop string are held back until they are settled.

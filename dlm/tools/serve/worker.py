@@ -9,7 +9,7 @@
   :meth:`~dlm.pipeline.Pipeline.generate` call, and a new batch starts when the running one ends, with
   everything queued by then. Rows give exactly what they give alone (left padding, per-row NFE, per-row random
   streams), so batching never changes an answer. The trace hook runs after every denoising step: it turns each
-  row's canvas into text deltas and per-step views, hands them to the request's asyncio queue, and cancels rows
+  row's canvas into text deltas (final tokens only) and per-step views (:mod:`dlm.tools.serve.view`), hands them to the request's asyncio queue, and cancels rows
   whose client went away or whose answer is settled (stop string, ``max_tokens``), so they stop costing compute.
 """
 
@@ -26,6 +26,7 @@ from typing import Any
 
 from dlm.tools.serve.text import RowText
 from dlm.tools.serve.variants import Key, Variants
+from dlm.tools.serve.view import RowCanvas, changes, row_canvases, step_view
 
 
 class QueueFull(Exception):
@@ -89,7 +90,7 @@ class Job:
     finished: bool = False  # Finished was sent
     texts: list[RowText] = field(default_factory=list)
     reserved: int = 0  # bytes of the memory budget this job holds (continuous batching)
-    previous: list = field(default_factory=list)  # per row: its generation region at the last step (continuous)
+    previous: list = field(default_factory=list)  # per row: its RowCanvas at the last step (continuous)
     outputs: dict = field(default_factory=dict)  # per row index: its output once it ended (continuous)
 
     def cancel(self) -> None:
@@ -244,14 +245,14 @@ class StepTrace:
     def __init__(self, worker: BatchWorker, rows: list[tuple[Job, int]], tokenizer, mask_id: int) -> None:
         self.worker, self.rows, self.tokenizer, self.mask_id = worker, rows, tokenizer, mask_id
         self.step = 0
-        self.previous: list[list[int]] | None = None
+        self.previous: list[RowCanvas | None] | None = None
         self.gone: set[int] = set()  # rows whose client went away
 
     def __call__(self, state) -> None:
         self.step += 1
-        generated = state.canvas[:, state.gen_start :].tolist()  # [B][G]
+        canvases = row_canvases(state)
         if self.previous is None:
-            self.previous = [[self.mask_id] * state.gen_length for _ in self.rows]
+            self.previous = [None] * len(self.rows)
         nfe, done = state.nfe.tolist(), state.done.tolist()
         updates: dict[Job, list[RowUpdate]] = {}
         cancel, gone = [], []
@@ -262,13 +263,15 @@ class StepTrace:
             if job.cancelled or self.worker.stopping:
                 gone.append(r)
                 continue
-            now, before = generated[r], self.previous[r]
-            committed = [p for p, (a, b) in enumerate(zip(now, before)) if a != b]
+            now = canvases[r]
+            committed, revised = changes(now, self.previous[r], self.mask_id)
             self.previous[r] = now
-            if not committed and not done[r]:
+            if not committed and not revised and not done[r]:
                 continue  # the row took no part in this step
-            delta = text.update(now, final=bool(done[r]))
-            view = self._view(state, now, committed, nfe[r]) if job.steps else None
+            delta = text.update(now.final(self.mask_id), final=bool(done[r]))
+            view = step_view(step=self.step, nfe=nfe[r], block=int(state.block), now=now, committed=committed,
+                             revised=revised, mask_id=self.mask_id, revisable=state.revisable,
+                             decode=self.tokenizer.decode) if job.steps else None
             updates.setdefault(job, []).append(RowUpdate(i, delta, text.finish_reason, view))
             if text.complete and not done[r]:
                 cancel.append(r)  # the answer is settled: stop spending forwards on it
@@ -300,13 +303,3 @@ class StepTrace:
                 tokens_per_forward=[round(committed[r] / max(nfe[r], 1), 3) if committed else 0.0 for r in idx],
                 texts=[t.text for t in job.texts],
             ))
-
-    def _view(self, state, now: list[int], committed: list[int], nfe: int) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "nfe": nfe,
-            "block": int(state.block),
-            "canvas": [None if t == self.mask_id else t for t in now],
-            "committed": committed,
-            "pieces": [self.tokenizer.decode([now[p]]) for p in committed],
-        }
