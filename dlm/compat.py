@@ -58,6 +58,9 @@ FEATURES: dict[str, Feature] = {
     "bidirectional": Feature("model", "bidirectional attention"),
     "block_causal": Feature("model", "block-causal attention"),
     "kv_cache": Feature("model", "the adapter runs through a KV store"),
+    "layer_plans": Feature(
+        "model", "runs per-layer plans (LayerPlans: per-layer row sets, attention probes, feature caches): dlm's "
+                 "transformer in one process, not compiled"),
     "next_token": Feature(
         "model", "causal attention with next-token logits (logit shift 1): the prediction for a column is read at "
                  "the column before it, from the columns up to it only"),
@@ -69,6 +72,8 @@ def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     features = {capabilities.attention}
     if capabilities.kv_cache:
         features.add("kv_cache")
+    if capabilities.layer_plans:
+        features.add("layer_plans")
     if capabilities.attention == "causal" and capabilities.logit_shift == 1:
         features.add("next_token")
     return frozenset(features)
@@ -234,8 +239,12 @@ def _model_requirements() -> list[str]:
         for name, cls in _classes(kind).items():
             for feature, reason in requires(cls).items():
                 if feature in FEATURES and FEATURES[feature].kind == "model":
-                    out.append(f"- {kind} `{name}` needs a model with {feature.replace('_', '-')} logits: {reason}"
-                               if feature == "next_token" else f"- {kind} `{name}` needs a {feature} model: {reason}")
+                    if feature == "next_token":
+                        out.append(f"- {kind} `{name}` needs a model with next-token logits: {reason}")
+                    elif feature == "layer_plans":
+                        out.append(f"- {kind} `{name}` needs a model that runs per-layer plans: {reason}")
+                    else:
+                        out.append(f"- {kind} `{name}` needs a {feature} model: {reason}")
     return out
 
 

@@ -16,13 +16,17 @@ from dataclasses import replace
 
 import torch
 
-from dlm.errors import DecodingError
-from dlm.messages import CandidateBatch, Candidates, Commit, ForwardPlan, Keep, Window
+from dlm.errors import CompositionError, DecodingError
+from dlm.messages import CandidateBatch, Candidates, Commit, ForwardPlan, Keep, LayerPlans, Window
 from dlm.state import GenerationState
 
 
 def plan_candidates(state: GenerationState, plan: ForwardPlan, window: Window) -> ForwardPlan:
     """``plan`` (made for the window's rows) run for every candidate of ``window`` instead."""
+    if plan.has(LayerPlans):
+        raise CompositionError("candidate steps (a decoding strategy's Candidates, e.g. freedave) cannot run a cache's "
+                               "per-layer plan (LayerPlans) yet: its policy and feature cache are per row, not per "
+                               "candidate; use a cache without layer plans (dual, dkv, ...) with this strategy")
     cand = window.get(Candidates)
     b, k = cand.select.shape[:2]
     rows = window.rows
