@@ -464,6 +464,7 @@ class CandidateBatch:
     count: int  # K
     batch_kv: KVStore | None  # the batch's own store, where the kept candidate's K/V go (the plan's ``kv`` is
     # the candidates' private copy)
+    batch_features: "FeatureStore | None" = None  # likewise for a LayerPlans feature store
 
 
 @dataclass(frozen=True)
@@ -493,6 +494,11 @@ class LayerInput(Protocol):
 
     def values(self, offsets: Tensor) -> Tensor:
         """This layer's fresh values of the query ``offsets`` ([b, m] long): [b, n_kv_heads, m, head_dim]."""
+        ...
+
+    def stored_values(self, offsets: Tensor) -> Tensor:
+        """The values the plan's store holds for the columns of ``offsets`` before this layer writes: [b,
+        n_kv_heads, m, head_dim]."""
         ...
 
 
@@ -533,6 +539,11 @@ class LayerPolicy:
     def attended(self, layer: int, weights: Tensor) -> None:
         """The attention probabilities of the probed query offsets: [b, p, K] (summed over heads; keys as in
         :attr:`LayerStep.keys`, masked keys 0), in float32 or the model's float64."""
+
+    def repeat(self, k: int) -> "LayerPolicy":
+        """This policy for a candidate step: each row's ``k`` candidates in row-major order (``b·k`` rows), each
+        deciding as its row would. A policy that cannot says so here (the step is then refused)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run candidate steps (it defines no repeat(k))")
 
 
 @dataclass(frozen=True)

@@ -207,8 +207,25 @@ def test_a_compiled_model_withdraws_layer_plans(tiny_ckpt):
         model.new_features(1, 8)
 
 
-def test_candidate_steps_with_a_layer_planning_cache_say_what_to_use_instead(tiny_ckpt):
+@settings(max_examples=5, deadline=None)
+@given(prompts=st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=5), min_size=1, max_size=2),
+       drafts=st.integers(2, 3))
+def test_candidate_steps_run_a_layer_planning_cache_each_candidate_as_its_row(tiny_ckpt, prompts, drafts):
+    """Each candidate gets its row's policy and a private copy of its row's features; the kept one's become the
+    row's. With dllm_cache at its exact settings that is freedave under `none`, tokens and NFE."""
+    decoding = {"name": "freedave", "drafts": drafts}
+    runs = []
+    for cache in ({"name": "dllm_cache", "prompt_interval_steps": 1, "gen_interval_steps": 1}, {"name": "none"}):
+        out = Pipeline.from_config(pipeline_config(tiny_ckpt, decoding=decoding, cache=cache)).generate(input_ids=prompts)
+        runs.append(([g.tolist() for g in out.generated], out.nfe))
+    assert runs[0] == runs[1]
+
+
+def test_candidate_steps_refuse_a_policy_that_cannot_repeat_naming_what_to_use(tiny_ckpt, monkeypatch):
+    from dlm.cache.dllm_cache import _Policy
+
+    monkeypatch.setattr(_Policy, "repeat", LayerPolicy.repeat)
     cfg = pipeline_config(tiny_ckpt, decoding={"name": "freedave", "drafts": 2},
                           cache={"name": "dllm_cache", "gen_interval_steps": 2})
-    with pytest.raises(CompositionError, match="candidate steps .* use a cache without layer plans"):
+    with pytest.raises(CompositionError, match="defines no repeat.*use a cache without layer plans"):
         Pipeline.from_config(cfg).generate(input_ids=[[5, 6, 7]])

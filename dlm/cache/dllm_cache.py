@@ -58,13 +58,16 @@ class DLLMMemory(RowMemory):
 
 
 class _Policy(LayerPolicy):
-    """One forward's layer steps: ``prompt``/``gen`` [b] bool say which parts each row recomputes."""
+    """One forward's layer steps: ``prompt``/``gen`` [b] bool (host) say which parts each row recomputes."""
 
-    def __init__(self, config: DLLMCacheConfig, kv: KVStore, rows: Tensor | None, gen_start: int, prompt: Tensor,
-                 gen: Tensor) -> None:
-        self.config, self.kv, self.rows, self.gen_start = config, kv, rows, gen_start
-        self.everything, self.all_gen = bool((prompt & gen).all()), bool(gen.all())  # host tensors: no sync
-        self.prompt, self.gen = prompt.to(kv.keys.device), gen.to(kv.keys.device)
+    def __init__(self, config: DLLMCacheConfig, gen_start: int, prompt: Tensor, gen: Tensor, device) -> None:
+        self.config, self.gen_start, self.host, self.device = config, gen_start, (prompt, gen), device
+        self.everything, self.all_gen = bool((prompt & gen).all()), bool(gen.all())
+        self.prompt, self.gen = prompt.to(device), gen.to(device)
+
+    def repeat(self, k: int) -> "_Policy":
+        prompt, gen = self.host
+        return _Policy(self.config, self.gen_start, prompt.repeat_interleave(k), gen.repeat_interleave(k), self.device)
 
     def step(self, layer: LayerInput) -> LayerStep | None:
         if layer.layer == 0 or self.everything:
@@ -74,8 +77,7 @@ class _Policy(LayerPolicy):
         ratio, values = self.config.transfer_ratio, None
         if ratio > 0 and not self.all_gen:
             offsets = layer.columns[:, self.gen_start:]  # [b, G]
-            fresh = layer.values(offsets)  # [b, H, G, D]
-            cached = self.kv.read(layer.layer, self.rows, self.kv.length)[1][:, :, self.gen_start:]
+            fresh, cached = layer.values(offsets), layer.stored_values(offsets)  # [b, H, G, D] each
             similarity = F.cosine_similarity(fresh.transpose(1, 2).flatten(2), cached.transpose(1, 2).flatten(2), dim=-1)
             least = torch.topk(similarity, k=int(offsets.shape[1] * ratio), largest=False).indices  # [b, n]
             compute = compute.scatter(1, least + self.gen_start, True)
@@ -102,7 +104,6 @@ class DLLMCache(CacheManager):
         f = m.forwards[host]
         m.forwards[host] += 1
         prompt, gen = f % self.config.prompt_interval_steps == 0, f % self.config.gen_interval_steps == 0  # [b] host
-        every = len(rows) == state.batch_size
-        policy = _Policy(self.config, m.kv, None if every else rows, state.gen_start, prompt, gen)
-        return ForwardPlan(rows=rows, all_rows=every, start=0, end=state.length, kv=m.kv, key_end=state.length,
-                           refresh=bool((prompt & gen).all())).extend(LayerPlans(policy, m.features))
+        policy = _Policy(self.config, state.gen_start, prompt, gen, state.device)
+        return ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=0, end=state.length, kv=m.kv,
+                           key_end=state.length, refresh=bool((prompt & gen).all())).extend(LayerPlans(policy, m.features))

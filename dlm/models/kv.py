@@ -144,6 +144,11 @@ class FeatureBuffer:
     def cat(self, other: "FeatureBuffer") -> "FeatureBuffer":
         return self._wrap(torch.cat((self.attn, other.attn), dim=1), torch.cat((self.mlp, other.mlp), dim=1))
 
+    def copy_rows(self, dst: Tensor, src: "FeatureBuffer", src_rows: Tensor) -> None:
+        """Rows ``dst`` of this buffer become rows ``src_rows`` of ``src`` (a candidate kept)."""
+        self.attn[:, dst] = src.attn[:, src_rows]
+        self.mlp[:, dst] = src.mlp[:, src_rows]
+
     def shift_columns(self, n: int) -> "FeatureBuffer":
         """A new buffer for a canvas with ``n`` columns added on the left (``n < 0``: removed)."""
         if n >= 0:

@@ -34,11 +34,18 @@ _EVERY = LayerStep()
 class Input:
     """What a layer shows its policy (:class:`~dlm.messages.LayerInput`)."""
 
-    def __init__(self, attn: Attention, layer: int, hidden: Tensor, columns: Tensor) -> None:
-        self.attn, self.layer, self.hidden, self.columns = attn, layer, hidden, columns
+    def __init__(self, attn: Attention, layer: int, hidden: Tensor, columns: Tensor, kv, rows: Tensor | None) -> None:
+        self.attn, self.layer, self.hidden, self.columns, self.kv, self.rows = attn, layer, hidden, columns, kv, rows
 
     def values(self, offsets: Tensor) -> Tensor:
         return self.attn.values(pick_rows(self.hidden, offsets))
+
+    def stored_values(self, offsets: Tensor) -> Tensor:
+        if self.kv is None:
+            raise ValueError("LayerInput.stored_values needs a plan with a KV store")
+        cols = self.columns.gather(1, offsets)
+        r = torch.arange(cols.shape[0], device=cols.device)[:, None] if self.rows is None else self.rows[:, None]
+        return self.kv.values[self.layer][r, :, cols].transpose(1, 2)
 
 
 def dense(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -75,7 +82,7 @@ def planned_layer(block: Block, layer: int, x: Tensor, cos: Tensor, sin: Tensor,
     """One layer of a :class:`~dlm.messages.LayerPlans` forward: x [b, q, dim] -> [b, q, dim]."""
     attn, features = block.attn, plans.features
     hidden = block.attn_norm(x)
-    step = plans.policy.step(Input(attn, layer, hidden, columns)) or _EVERY
+    step = plans.policy.step(Input(attn, layer, hidden, columns, kv, rows)) or _EVERY
     if step.values is not None:
         offsets, v = step.values
         cols = columns.gather(1, offsets)
