@@ -104,8 +104,8 @@ class Pipeline:
         self.model, self.iteration, self.decoding, self.cache = model, iteration, decoding, cache
         self.seed = seed
         self.config = config
-        self.env = CacheEnv(capabilities=model.capabilities, new_kv=model.new_kv,
-                            new_features=getattr(model, "new_features", None) if model.capabilities.layer_plans else None)
+        features = getattr(model, "new_features", None) if model.capabilities.layer_plans else None
+        self.env = CacheEnv(capabilities=model.capabilities, new_kv=model.new_kv, new_features=features)
         names = config.to_dict() if config else {}
 
         def name(kind: str, component) -> str:

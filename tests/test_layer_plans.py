@@ -216,7 +216,8 @@ def test_candidate_steps_run_a_layer_planning_cache_each_candidate_as_its_row(ti
     decoding = {"name": "freedave", "drafts": drafts}
     runs = []
     for cache in ({"name": "dllm_cache", "prompt_interval_steps": 1, "gen_interval_steps": 1}, {"name": "none"}):
-        out = Pipeline.from_config(pipeline_config(tiny_ckpt, decoding=decoding, cache=cache)).generate(input_ids=prompts)
+        pipe = Pipeline.from_config(pipeline_config(tiny_ckpt, decoding=decoding, cache=cache))
+        out = pipe.generate(input_ids=prompts)
         runs.append(([g.tolist() for g in out.generated], out.nfe))
     assert runs[0] == runs[1]
 

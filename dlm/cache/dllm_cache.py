@@ -78,7 +78,8 @@ class _Policy(LayerPolicy):
         if ratio > 0 and not self.all_gen:
             offsets = layer.columns[:, self.gen_start:]  # [b, G]
             fresh, cached = layer.values(offsets), layer.stored_values(offsets)  # [b, H, G, D] each
-            similarity = F.cosine_similarity(fresh.transpose(1, 2).flatten(2), cached.transpose(1, 2).flatten(2), dim=-1)
+            flat = lambda t: t.transpose(1, 2).flatten(2)  # noqa: E731  [b, G, H·D]: the heads' values side by side
+            similarity = F.cosine_similarity(flat(fresh), flat(cached), dim=-1)
             least = torch.topk(similarity, k=int(offsets.shape[1] * ratio), largest=False).indices  # [b, n]
             compute = compute.scatter(1, least + self.gen_start, True)
             values = (offsets, fresh)
@@ -106,4 +107,5 @@ class DLLMCache(CacheManager):
         prompt, gen = f % self.config.prompt_interval_steps == 0, f % self.config.gen_interval_steps == 0  # [b] host
         policy = _Policy(self.config, state.gen_start, prompt, gen, state.device)
         return ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=0, end=state.length, kv=m.kv,
-                           key_end=state.length, refresh=bool((prompt & gen).all())).extend(LayerPlans(policy, m.features))
+                           key_end=state.length, refresh=bool((prompt & gen).all())).extend(
+                               LayerPlans(policy, m.features))

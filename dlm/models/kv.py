@@ -103,8 +103,9 @@ def _merge(keep: Tensor, k: Tensor, v: Tensor, old_k: Tensor, old_v: Tensor) -> 
 
 
 class FeatureBuffer:
-    """Attention and MLP outputs of every layer per canvas column (a feature cache, :class:`~dlm.messages.FeatureStore`):
-    ``[n_layers, B, L, dim]`` each, written and read through per-row columns, like :class:`KVBuffer`'s slots."""
+    """Attention and MLP outputs of every layer per canvas column (a feature cache,
+    :class:`~dlm.messages.FeatureStore`): ``[n_layers, B, L, dim]`` each, written and read through per-row columns,
+    like :class:`KVBuffer`'s slots."""
 
     def __init__(self, n_layers: int, batch: int, length: int, dim: int, *, dtype: torch.dtype,
                  device: torch.device | str) -> None:

@@ -165,7 +165,8 @@ class Attention(nn.Module):
     ) -> Tensor:
         q, k, v = self.projections(x, cos, sin)
         if keep is not None:  # the last layer: only these rows go on (every row wrote its keys and values)
-            x, cos, sin, mask = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep), pick_mask_rows(mask, keep)
+            x, cos, sin = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep)
+            mask = pick_mask_rows(mask, keep)
             q = None if q is None else pick_rows(q, keep)
         q = self.queries(x, cos, sin, q)
         if kv is not None:

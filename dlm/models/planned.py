@@ -1,4 +1,5 @@
-"""Per-layer plans on dlm's transformer: a forward run layer by layer under a cache's :class:`~dlm.messages.LayerPolicy`.
+"""Per-layer plans on dlm's transformer: a forward run layer by layer under a cache's
+:class:`~dlm.messages.LayerPolicy`.
 
 A plan carrying :class:`~dlm.messages.LayerPlans` is run here instead of :meth:`Transformer.forward
 <dlm.models.layers.Transformer.forward>`; a plan without it never reaches this module, so the default forward
@@ -63,6 +64,13 @@ def merge(cached: Tensor, offsets: Tensor, valid: Tensor, fresh: Tensor) -> Tens
     return cached.scatter(1, index, torch.where(valid[..., None], fresh, cached.gather(1, index)))
 
 
+def with_keys(mask: Tensor | None, keys: Tensor | None) -> Tensor | None:
+    """An attention mask [b|1, 1, q|1, K] further limited to ``keys`` [b, K] (None: unlimited)."""
+    if keys is None:
+        return mask
+    return keys[:, None, None, :] if mask is None else mask & keys[:, None, None, :]
+
+
 def probe(attn: Attention, hidden: Tensor, cos: Tensor, sin: Tensor, offsets: Tensor, keys: Tensor,
           mask: Tensor | None) -> Tensor:
     """Attention probabilities of the query ``offsets`` [b, p] over ``keys`` [b, Hkv, K, D], summed over heads:
@@ -100,18 +108,17 @@ def planned_layer(block: Block, layer: int, x: Tensor, cos: Tensor, sin: Tensor,
     h, c, s, cols, m = hidden, cos, sin, columns, mask
     if compute is not None:
         offsets, valid = dense(compute)
-        h, c, s, m = pick_rows(hidden, offsets), pick_rows(cos, offsets), pick_rows(sin, offsets), pick_mask_rows(mask, offsets)
+        h, c, s = pick_rows(hidden, offsets), pick_rows(cos, offsets), pick_rows(sin, offsets)
+        m = pick_mask_rows(mask, offsets)
         cols = columns.gather(1, offsets)
     q, k, v = attn.projections(h, c, s)
     q = attn.queries(h, c, s, q)
     if kv is not None:
         kv.write_columns(layer, rows, cols, k, v, keep=None if compute is None else valid)
         k, v = kv.read(layer, rows, key_end)
-    if step.keys is not None:
-        m = step.keys[:, None, None, :] if m is None else m & step.keys[:, None, None, :]
+    m = with_keys(m, step.keys)
     if step.probe is not None:
-        pm = pick_mask_rows(mask, step.probe)
-        pm = pm if step.keys is None else (step.keys[:, None, None, :] if pm is None else pm & step.keys[:, None, None, :])
+        pm = with_keys(pick_mask_rows(mask, step.probe), step.keys)
         plans.policy.attended(layer, probe(attn, hidden, cos, sin, step.probe, k, pm))
     out = attn.attend(q, k, v, m)  # [b, n, dim]
     if compute is None:

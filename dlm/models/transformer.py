@@ -62,7 +62,8 @@ class TransformerAdapter(ModelAdapter):
     def new_features(self, batch: int, length: int) -> FeatureBuffer:
         """A zeroed feature store (attention and MLP outputs per layer and column) for per-layer plans."""
         if not self.capabilities.layer_plans:
-            raise CompositionError(f"the {type(self).__name__} adapter runs no per-layer plans once compiled or sharded")
+            raise CompositionError(f"the {type(self).__name__} adapter runs no per-layer plans once compiled or "
+                                   "sharded")
         s = self.net.spec
         return FeatureBuffer(s.n_layers, batch, length, s.dim, dtype=self.dtype, device=self.device)
 
