@@ -74,6 +74,9 @@ FEATURES: dict[str, Feature] = {
     "finishes_canvases": Feature(
         "decoding",
         "redrafts a noise canvas every step (acceptance and renoising) and commits the whole canvas when it stops"),
+    "layer_plans": Feature(
+        "model", "runs per-layer plans (LayerPlans: per-layer row sets, attention probes, feature caches): dlm's "
+                 "transformer in one process, not compiled"),
     "next_token": Feature(
         "model", "causal attention with next-token logits (logit shift 1): the prediction for a column is read at "
                  "the column before it, from the columns up to it only"),
@@ -93,6 +96,8 @@ def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
         features.add("kv_cache")
     if capabilities.soft_inputs:
         features.add("soft_inputs")
+    if capabilities.layer_plans:
+        features.add("layer_plans")
     if capabilities.attention == "causal" and capabilities.logit_shift == 1:
         features.add("next_token")
     return frozenset(features)
@@ -265,7 +270,8 @@ def _model_requirements() -> list[str]:
             for feature, reason in requires(cls).items():
                 if feature in FEATURES and FEATURES[feature].kind == "model":
                     what = {"next_token": "a model with next-token logits",
-                            "soft_inputs": "a model taking soft inputs"}.get(feature, f"a {feature} model")
+                            "soft_inputs": "a model taking soft inputs",
+                            "layer_plans": "a model that runs per-layer plans"}.get(feature, f"a {feature} model")
                     out.append(f"- {kind} `{name}` needs {what}: {reason}")
     needs = " and ".join(f"{kind} {' or '.join(f'`{n}`' for n in _providers(kind, feature))} ({feature})"
                          for kind, feature in NOISE_NEEDS)

@@ -21,8 +21,8 @@ extension type next to its components instead of adding a field that every compo
 
 Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
 :class:`Candidates` and :class:`ThresholdFloor` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep` and
-:class:`Edits` (commits), :class:`Ordered`, :class:`CandidateBatch`, :class:`ReadRows` and :class:`SoftInputs`
-(plans; a window may carry a :class:`SoftInputs` to the plan made for it).
+:class:`Edits` (commits), :class:`Ordered`, :class:`CandidateBatch`, :class:`ReadRows`, :class:`SoftInputs` and
+:class:`LayerPlans` (plans; a window may carry a :class:`SoftInputs` to the plan made for it).
 
 Every component imports this module; it imports only torch (and :mod:`dlm.memory`, which imports only torch), so
 no component depends on another.
@@ -66,6 +66,7 @@ class ModelCapabilities:
     # that every step may redraft until the canvas is done: DiffusionGemma; mask_id is then a placeholder outside
     # the vocabulary for columns no canvas has reached)
     canvas: Literal["masked", "noise"] = "masked"
+    layer_plans: bool = False  # runs LayerPlans: per-layer row sets, attention probes, feature stores
 
     @property
     def eos_id(self) -> int:
@@ -100,15 +101,43 @@ class KVStore(Protocol):
     def copy_rows(self, dst: Tensor, src: "KVStore", src_rows: Tensor) -> None: ...
 
 
+class FeatureStore(Protocol):
+    """Per-layer outputs of the attention and of the MLP, indexed by canvas column, per row (a *feature cache*).
+
+    Slot ``c`` of layer ``l`` holds what layer ``l`` added to column ``c``'s residual stream, as last computed:
+    its attention output and its MLP output. Under a :class:`LayerPlans` forward the model writes them for the
+    rows a layer computes and reads them for the others (:class:`LayerStep`). Like K/V they are exact when the
+    forward that wrote them saw the same canvas, so a refresh (every layer computing every column) makes them
+    exact. :class:`dlm.models.kv.FeatureBuffer` is the implementation (``CacheEnv.new_features`` makes one).
+    """
+
+    attn: Tensor  # [n_layers, B, L, dim]
+    mlp: Tensor
+
+    @property
+    def length(self) -> int: ...
+
+    def read(self, layer: int, rows: Tensor | None, columns: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def write(self, layer: int, rows: Tensor | None, columns: Tensor, attn: Tensor, mlp: Tensor,
+              keep: Tensor | None = None) -> None: ...
+
+    def take(self, rows: Tensor) -> "FeatureStore": ...
+
+    def cat(self, other: "FeatureStore") -> "FeatureStore": ...
+
+
 @dataclass(frozen=True)
 class CacheEnv:
     """What a cache manager gets of the model when a generation starts: its capabilities and KV stores.
 
-    Caches never import :mod:`dlm.models`; this is everything they need of it.
+    Caches never import :mod:`dlm.models`; this is everything they need of it. ``new_features`` is given by
+    models that run :class:`LayerPlans` (``capabilities.layer_plans``), None otherwise.
     """
 
     capabilities: ModelCapabilities
     new_kv: Callable[[int, int], KVStore]  # (rows, columns) -> a zeroed store
+    new_features: Callable[[int, int], FeatureStore] | None = None  # (rows, columns) -> a zeroed feature store
 
 
 class Message:
@@ -466,6 +495,7 @@ class CandidateBatch:
     count: int  # K
     batch_kv: KVStore | None  # the batch's own store, where the kept candidate's K/V go (the plan's ``kv`` is
     # the candidates' private copy)
+    batch_features: "FeatureStore | None" = None  # likewise for a LayerPlans feature store
 
 
 @dataclass(frozen=True)
@@ -477,6 +507,85 @@ class ReadRows:
     which is equally correct."""
 
     mask: Tensor  # [b, S] bool
+
+
+# --- per-layer plans -------------------------------------------------------------------------------------
+
+
+class LayerInput(Protocol):
+    """What a layer shows its :class:`LayerPolicy` before it runs (one forward's rows, as the plan's).
+
+    Query *offsets* index the forward's queries (``columns`` maps them to canvas columns: the plan's range, or
+    its per-row column sets).
+    """
+
+    layer: int
+    hidden: Tensor  # [b, q, dim]: the layer's normalised input, what its q/k/v projections read
+    columns: Tensor  # [b, q] long: canvas column of each query offset
+
+    def values(self, offsets: Tensor) -> Tensor:
+        """This layer's fresh values of the query ``offsets`` ([b, m] long): [b, n_kv_heads, m, head_dim]."""
+        ...
+
+    def stored_values(self, offsets: Tensor) -> Tensor:
+        """The values the plan's store holds for the columns of ``offsets`` before this layer writes: [b,
+        n_kv_heads, m, head_dim]."""
+        ...
+
+
+@dataclass(frozen=True)
+class LayerStep:
+    """What one layer of a :class:`LayerPlans` forward does, as its :class:`LayerPolicy` decided.
+
+    ``compute`` [b, q] bool (None: every query): the query offsets that run this layer's q/k/v, attention and
+    MLP and write their K/V (through the plan's store, with its write bounds) and their features; every other
+    offset reads its K/V from the store and takes this layer's attention and MLP outputs from the feature store,
+    so its residual stream moves on with cached contributions (dLLM-Cache, Elastic-Cache's shallow layers).
+    ``values`` (offsets [b, m], values [b, n_kv_heads, m, head_dim], from :meth:`LayerInput.values`): values
+    written to the store before the computed offsets' K/V, for offsets whose values were computed to decide
+    (dLLM-Cache's similarity test). ``keys`` [b, K] bool: the keys this layer's queries may attend to, on top of
+    the plan's mask (Sparse-dLLM's eviction); K is ``key_end`` with a store. ``probe`` [b, p] long: query
+    offsets whose attention probabilities :meth:`LayerPolicy.attended` receives.
+    """
+
+    compute: Tensor | None = None
+    values: tuple[Tensor, Tensor] | None = None
+    keys: Tensor | None = None
+    probe: Tensor | None = None
+
+
+class LayerPolicy:
+    """One forward's per-layer decisions, made by the cache that planned it (:class:`LayerPlans`).
+
+    The model calls :meth:`step` before each layer, in order, and :meth:`attended` after a layer whose step asked
+    for a probe, before the next layer's :meth:`step` (so a probe of layer ``l`` can decide layer ``l + 1``). The
+    defaults do nothing: every layer runs as without a policy. A policy lives for one forward; what it learns
+    that outlives the forward goes to the cache's run memory.
+    """
+
+    def step(self, layer: LayerInput) -> LayerStep | None:
+        """What ``layer.layer`` computes (None: every query, as without a policy)."""
+        return None
+
+    def attended(self, layer: int, weights: Tensor) -> None:
+        """The attention probabilities of the probed query offsets: [b, p, K] (summed over heads; keys as in
+        :attr:`LayerStep.keys`, masked keys 0), in float32 or the model's float64."""
+
+    def repeat(self, k: int) -> "LayerPolicy":
+        """This policy for a candidate step: each row's ``k`` candidates in row-major order (``b·k`` rows), each
+        deciding as its row would. A policy that cannot says so here (the step is then refused)."""
+        raise NotImplementedError(f"{type(self).__name__} does not run candidate steps (it defines no repeat(k))")
+
+
+@dataclass(frozen=True)
+class LayerPlans:
+    """Plan extension: the model consults ``policy`` layer by layer (:class:`LayerStep`), reading and writing
+    the feature cache ``features`` (None: no layer may skip computing an offset). Needs a model with
+    ``capabilities.layer_plans`` (dlm's transformer in one process; a cache declares ``requires =
+    {"layer_plans": ...}``) and a plan with a KV store when a layer computes fewer offsets than the forward's."""
+
+    policy: LayerPolicy
+    features: FeatureStore | None = None
 
 
 @dataclass(frozen=True)
@@ -572,4 +681,5 @@ class ForwardPlan(Message):
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
     "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "SelfConditioning",
-    "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "SoftInputs", "SoftStore"]
+    "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "SoftInputs", "SoftStore", "FeatureStore", "LayerInput",
+    "LayerStep", "LayerPolicy", "LayerPlans"]

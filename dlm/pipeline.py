@@ -107,7 +107,8 @@ class Pipeline:
             decoding.config = decoding.config.model_copy(update={"defaults": dict(defaults)})
         self.seed = seed
         self.config = config
-        self.env = CacheEnv(capabilities=model.capabilities, new_kv=model.new_kv)
+        features = getattr(model, "new_features", None) if model.capabilities.layer_plans else None
+        self.env = CacheEnv(capabilities=model.capabilities, new_kv=model.new_kv, new_features=features)
         names = config.to_dict() if config else {}
 
         def name(kind: str, component) -> str:

@@ -219,11 +219,12 @@ def test_a_plugin_feature_is_met_by_any_partner_providing_it():
 
 
 def test_model_features_follow_the_capabilities():
-    soft = "soft_inputs"  # every adapter on dlm's transformer runs soft inputs
-    assert compat.model_features(tiny_model(family="qwen2").capabilities) == {"causal", "kv_cache", "next_token", soft}
-    assert compat.model_features(tiny_model(family="wedlm").capabilities) == {"causal", "kv_cache", soft}
-    assert compat.model_features(tiny_model(family="llada").capabilities) == {"bidirectional", "kv_cache", soft}
-    hard = dataclasses.replace(tiny_model(family="llada").capabilities, soft_inputs=False, kv_cache=False)
+    extra = {"soft_inputs", "layer_plans"}  # every adapter on dlm's transformer, in one process and not compiled
+    assert compat.model_features(tiny_model(family="qwen2").capabilities) == {"causal", "kv_cache", "next_token", *extra}
+    assert compat.model_features(tiny_model(family="wedlm").capabilities) == {"causal", "kv_cache", *extra}
+    assert compat.model_features(tiny_model(family="llada").capabilities) == {"bidirectional", "kv_cache", *extra}
+    hard = dataclasses.replace(tiny_model(family="llada").capabilities, soft_inputs=False, layer_plans=False,
+                               kv_cache=False)
     assert compat.model_features(hard) == {"bidirectional"}
 
 

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 import torch
 
-from dlm.errors import DecodingError
-from dlm.messages import CandidateBatch, Candidates, Commit, ForwardPlan, Keep, Window
+from dlm.errors import CompositionError, DecodingError
+from dlm.messages import CandidateBatch, Candidates, Commit, ForwardPlan, Keep, LayerPlans, Window
 from dlm.state import GenerationState
 
 
@@ -25,6 +25,16 @@ def plan_candidates(state: GenerationState, plan: ForwardPlan, window: Window) -
     """``plan`` (made for the window's rows) run for every candidate of ``window`` instead."""
     cand = window.get(Candidates)
     b, k = cand.select.shape[:2]
+    layers = plan.get(LayerPlans)
+    if layers is not None:  # each candidate gets its row's policy and a private copy of its row's features
+        try:
+            policy = layers.policy.repeat(k)
+        except NotImplementedError as err:
+            raise CompositionError(f"candidate steps (a decoding strategy's Candidates, e.g. freedave) cannot run "
+                                   f"this cache's per-layer plan: {err}; use a cache without layer plans (dual, dkv, "
+                                   "...) with this strategy") from None
+        features = None if layers.features is None else layers.features.take(window.rows.repeat_interleave(k))
+        plan = plan.without(LayerPlans).extend(LayerPlans(policy, features))
     rows = window.rows
     canvas = state.canvas[rows].repeat_interleave(k, dim=0)  # [b·K, L]
     cols = slice(window.start, window.end)
@@ -34,7 +44,7 @@ def plan_candidates(state: GenerationState, plan: ForwardPlan, window: Window) -
     columns = None if plan.columns is None else plan.columns.repeat_interleave(k, dim=0)
     per_row = lambda v: v.repeat_interleave(k) if isinstance(v, torch.Tensor) else v  # noqa: E731
     batch = CandidateBatch(canvas=canvas, pad=state.pad[rows].repeat_interleave(k), source_rows=rows, count=k,
-                           batch_kv=plan.kv)
+                           batch_kv=plan.kv, batch_features=None if layers is None else layers.features)
     return replace(plan, rows=every, all_rows=True, kv=kv, columns=columns, write_start=per_row(plan.write_start),
                    write_end=per_row(plan.write_end)).extend(batch)
 
@@ -49,3 +59,5 @@ def keep_candidate(plan: ForwardPlan, commit: Commit) -> None:
         raise DecodingError("a candidate step's commit must name the candidate it keeps (a Keep extension)")
     src = torch.arange(len(batch.source_rows), device=keep.index.device) * batch.count + keep.index  # [b]
     batch.batch_kv.copy_rows(batch.source_rows, plan.kv, src)
+    if batch.batch_features is not None:
+        batch.batch_features.copy_rows(batch.source_rows, plan.get(LayerPlans).features, src)

@@ -63,8 +63,10 @@ class StoreOnly:
     def write(self, layer: int, rows: Tensor | None, start: int, k: Tensor, v: Tensor) -> None:
         self.kv.write(layer, rows, start, k, v, keep=self.store[:, start : start + k.shape[2]])
 
-    def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor) -> None:
-        self.kv.write_columns(layer, rows, columns, k, v, keep=self.store.gather(1, columns))
+    def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor,
+                      keep: Tensor | None = None) -> None:
+        stored = self.store.gather(1, columns.expand(self.store.shape[0], -1))
+        self.kv.write_columns(layer, rows, columns, k, v, keep=stored if keep is None else stored & keep)
 
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
         return self.kv.read(layer, rows, key_end)

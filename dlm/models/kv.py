@@ -102,6 +102,69 @@ def _merge(keep: Tensor, k: Tensor, v: Tensor, old_k: Tensor, old_v: Tensor) -> 
     return torch.where(mask, k, old_k), torch.where(mask, v, old_v)
 
 
+class FeatureBuffer:
+    """Attention and MLP outputs of every layer per canvas column (a feature cache,
+    :class:`~dlm.messages.FeatureStore`): ``[n_layers, B, L, dim]`` each, written and read through per-row columns,
+    like :class:`KVBuffer`'s slots."""
+
+    def __init__(self, n_layers: int, batch: int, length: int, dim: int, *, dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        self.attn = torch.zeros(n_layers, batch, length, dim, dtype=dtype, device=device)
+        self.mlp = torch.zeros_like(self.attn)
+
+    @property
+    def length(self) -> int:
+        return self.attn.shape[2]
+
+    def read(self, layer: int, rows: Tensor | None, columns: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs of ``columns`` ([b|1, q]) of ``rows`` (None: all): two [b, q, dim] tensors."""
+        r = _row_index(rows, columns, self.attn.shape[1])
+        return self.attn[layer][r, columns], self.mlp[layer][r, columns]
+
+    def write(self, layer: int, rows: Tensor | None, columns: Tensor, attn: Tensor, mlp: Tensor,
+              keep: Tensor | None = None) -> None:
+        """Store ``attn``/``mlp`` ([b, q, dim]) at ``columns`` ([b, q]) of ``rows``; with ``keep`` ([b, q] bool)
+        only where it is True."""
+        r = _row_index(rows, columns, attn.shape[0])
+        if keep is not None:
+            old_a, old_m = self.attn[layer][r, columns], self.mlp[layer][r, columns]
+            attn, mlp = torch.where(keep[..., None], attn, old_a), torch.where(keep[..., None], mlp, old_m)
+        self.attn[layer][r, columns] = attn
+        self.mlp[layer][r, columns] = mlp
+
+    @classmethod
+    def _wrap(cls, attn: Tensor, mlp: Tensor) -> "FeatureBuffer":
+        out = cls.__new__(cls)
+        out.attn, out.mlp = attn, mlp
+        return out
+
+    def take(self, rows: Tensor) -> "FeatureBuffer":
+        rows = rows.to(self.attn.device)
+        return self._wrap(self.attn.index_select(1, rows), self.mlp.index_select(1, rows))
+
+    def cat(self, other: "FeatureBuffer") -> "FeatureBuffer":
+        return self._wrap(torch.cat((self.attn, other.attn), dim=1), torch.cat((self.mlp, other.mlp), dim=1))
+
+    def copy_rows(self, dst: Tensor, src: "FeatureBuffer", src_rows: Tensor) -> None:
+        """Rows ``dst`` of this buffer become rows ``src_rows`` of ``src`` (a candidate kept)."""
+        self.attn[:, dst] = src.attn[:, src_rows]
+        self.mlp[:, dst] = src.mlp[:, src_rows]
+
+    def shift_columns(self, n: int) -> "FeatureBuffer":
+        """A new buffer for a canvas with ``n`` columns added on the left (``n < 0``: removed)."""
+        if n >= 0:
+            pad = lambda t: torch.nn.functional.pad(t, (0, 0, n, 0))  # noqa: E731
+            return self._wrap(pad(self.attn), pad(self.mlp))
+        return self._wrap(self.attn[:, :, -n:].clone(), self.mlp[:, :, -n:].clone())
+
+
+def _row_index(rows: Tensor | None, columns: Tensor, b: int) -> Tensor:
+    """[b, 1] row index for advanced indexing beside per-row ``columns``."""
+    if rows is None:
+        return torch.arange(max(b, columns.shape[0]), device=columns.device)[:, None]
+    return rows[:, None]
+
+
 class WriteWindow:
     """A view of a KV store that stores only columns ``[lo, hi)`` of each write (reads pass through).
 
@@ -128,6 +191,13 @@ class WriteWindow:
         lo = torch.as_tensor(self.lo, device=k.device).reshape(-1, 1)
         hi = torch.as_tensor(self.hi, device=k.device).reshape(-1, 1)
         self.kv.write(layer, rows, start, k, v, keep=(cols >= lo) & (cols < hi))
+
+    def write_columns(self, layer: int, rows: Tensor | None, columns: Tensor, k: Tensor, v: Tensor,
+                      keep: Tensor | None = None) -> None:
+        lo = torch.as_tensor(self.lo, device=k.device).reshape(-1, 1)
+        hi = torch.as_tensor(self.hi, device=k.device).reshape(-1, 1)
+        inside = (columns >= lo) & (columns < hi)
+        self.kv.write_columns(layer, rows, columns, k, v, keep=inside if keep is None else inside & keep)
 
     def read(self, layer: int, rows: Tensor | None, key_end: int) -> tuple[Tensor, Tensor]:
         return self.kv.read(layer, rows, key_end)

@@ -163,9 +163,26 @@ class Attention(nn.Module):
         columns: Tensor | None = None,  # [b, q]: per-row canvas columns of the queries (None: a range)
         keep: Rows | None = None,  # only these query rows need the output (keys/values: every row)
     ) -> Tensor:
+        q, k, v = self.projections(x, cos, sin)
+        if keep is not None:  # the last layer: only these rows go on (every row wrote its keys and values)
+            x, cos, sin = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep)
+            mask = pick_mask_rows(mask, keep)
+            q = None if q is None else pick_rows(q, keep)
+        q = self.queries(x, cos, sin, q)
+        if kv is not None:
+            if columns is None:
+                kv.write(layer, rows, start, k, v)
+            else:
+                kv.write_columns(layer, rows, columns, k, v)
+            k, v = kv.read(layer, rows, key_end)
+        return self.attend(q, k, v, mask)
+
+    def projections(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+        """The keys (normed, clipped, rotated) and values of ``x`` [b, q, dim], [b, n_kv_heads, q, head_dim] each, and
+        for a fused layout the unrotated queries [b, q, n_heads, head_dim] of the same product (else None)."""
         b, q_len, _ = x.shape
         q = None
-        if self.fused:  # one product gives q, k and v (the query rows are cut below like the others)
+        if self.fused:  # one product gives q, k and v (the query rows are cut by the caller like the others)
             qkv = self.qkv(x).view(b, q_len, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
             q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
         else:
@@ -177,23 +194,33 @@ class Attention(nn.Module):
             k, v = k.clamp(-self.clip, self.clip), v.clamp(-self.clip, self.clip)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         k = apply_rope(k.to(cos.dtype), cos, sin).to(x.dtype)  # cos/sin may be float32 (rope_full_precision)
-        if keep is not None:  # the last layer: only these rows go on (every row wrote its keys and values)
-            x, cos, sin, mask = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep), pick_mask_rows(mask, keep)
-            q = None if q is None else pick_rows(q, keep)
-            b, q_len = x.shape[0], x.shape[1]
+        return q, k, v
+
+    def values(self, x: Tensor) -> Tensor:
+        """The values of ``x`` [b, m, dim] alone: [b, n_kv_heads, m, head_dim] (as :meth:`projections` gives them)."""
+        b, m, _ = x.shape
+        if self.fused:
+            v = self.qkv(x).view(b, m, self.n_heads + 2 * self.n_kv_heads, self.head_dim)[:, :, -self.n_kv_heads:]
+        else:
+            v = self.v(x).view(b, m, self.n_kv_heads, self.head_dim)
+        if self.clip is not None:
+            v = v.clamp(-self.clip, self.clip)
+        return v.transpose(1, 2)
+
+    def queries(self, x: Tensor, cos: Tensor, sin: Tensor, q: Tensor | None = None) -> Tensor:
+        """The rotated queries of ``x`` [b, q, dim]: [b, n_heads, q, head_dim] (``q``: a fused product's, unrotated)."""
+        b, q_len = x.shape[0], x.shape[1]
         if q is None:
             q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.clip is not None:
             q = q.clamp(-self.clip, self.clip)
-        q = apply_rope(q.transpose(1, 2).to(cos.dtype), cos, sin).to(x.dtype)
-        if kv is not None:
-            if columns is None:
-                kv.write(layer, rows, start, k, v)
-            else:
-                kv.write_columns(layer, rows, columns, k, v)
-            k, v = kv.read(layer, rows, key_end)
+        return apply_rope(q.transpose(1, 2).to(cos.dtype), cos, sin).to(x.dtype)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """The attention output [b, q, dim] of queries ``q`` over keys/values ``k``/``v`` (KV heads repeated)."""
+        b, _, q_len, _ = q.shape
         if self.n_kv_heads != self.n_heads:
             rep = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -299,19 +326,27 @@ class Transformer(nn.Module):
         return logits of query offsets ``[logits_from, logits_to)``, or of the offsets ``logits_index``
         [b, n], as [b, n, vocab_out]. ``embeds`` [b, q, dim]: the input embeddings to use instead of
         ``embed(ids)`` (soft inputs, :class:`~dlm.messages.SoftInputs`)."""
-        cos_t, sin_t = self.rope(ids.device)
-        dtype = self.embed.weight.dtype
-        if self.spec.rope_full_precision and dtype in (torch.bfloat16, torch.float16):
-            dtype = torch.float32
-        cos, sin = cos_t[positions].to(dtype), sin_t[positions].to(dtype)
+        x, cos, sin = self.inputs(ids, positions)
+        if embeds is not None:
+            x = embeds
         key_end = start + ids.shape[1] if key_end is None else key_end
         keep = self.output_rows(ids.shape[1], logits_from, logits_to, logits_index)
-        x = self.embed(ids) if embeds is None else embeds
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns, keep if i == last else None)
         if keep is None or last < 0:
             x = pick_rows(x, logits_index if logits_index is not None else slice(logits_from, logits_to))
-        x = self.norm(x)
+        return self.logits(x)
+
+    def inputs(self, ids: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The embedded tokens [b, q, dim] and their RoPE cos/sin [b, q, rope_dim]."""
+        cos_t, sin_t = self.rope(ids.device)
+        dtype = self.embed.weight.dtype
+        if self.spec.rope_full_precision and dtype in (torch.bfloat16, torch.float16):
+            dtype = torch.float32
+        return self.embed(ids), cos_t[positions].to(dtype), sin_t[positions].to(dtype)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The head's logits [b, n, vocab_out] of the last layer's outputs ``x`` [b, n, dim]."""
         weight = self.embed.weight if self.head is None else self.head.weight
-        return F.linear(x, weight)
+        return F.linear(self.norm(x), weight)

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from dlm.messages import CandidateBatch, ForwardPlan, ReadRows, SoftInputs
+from dlm.errors import CompositionError
+from dlm.messages import CandidateBatch, ForwardPlan, LayerPlans, ReadRows, SoftInputs
 from dlm.models.base import ModelAdapter
 from dlm.models.compiled import compile_transformer, is_compiled, mark_static_kv
 from dlm.models.parallel import shard_transformer
 from dlm.models.checkpoint import load_tensors
-from dlm.models.kv import KVBuffer, WriteWindow
+from dlm.models.kv import FeatureBuffer, KVBuffer, WriteWindow
 from dlm.models.layers import MIN_EXACT_ROWS, Transformer, TransformerSpec
+from dlm.models.planned import planned_forward
 from dlm.models.soft_inputs import record_soft, soft_embeddings
 from dlm.state import GenerationState
 
@@ -48,8 +50,9 @@ class TransformerAdapter(ModelAdapter):
     device: torch.device
 
     def __init__(self, config, net: Transformer, capabilities, tokenizer) -> None:
-        self.config, self.net, self.tokenizer = config, net, tokenizer
-        self.capabilities = replace(capabilities, soft_inputs=True)
+        # one process, not compiled: per-layer plans (dlm.models.planned) run; shard() and compile() withdraw them
+        capabilities = replace(capabilities, soft_inputs=True, layer_plans=True)
+        self.config, self.net, self.capabilities, self.tokenizer = config, net, capabilities, tokenizer
         self.dtype, self.device = net.embed.weight.dtype, net.embed.weight.device
 
     def new_kv(self, batch: int, length: int) -> KVBuffer:
@@ -60,11 +63,22 @@ class TransformerAdapter(ModelAdapter):
             mark_static_kv(kv)
         return kv
 
+    def new_features(self, batch: int, length: int) -> FeatureBuffer:
+        """A zeroed feature store (attention and MLP outputs per layer and column) for per-layer plans."""
+        if not self.capabilities.layer_plans:
+            raise CompositionError(f"the {type(self).__name__} adapter runs no per-layer plans once compiled or "
+                                   "sharded")
+        s = self.net.spec
+        return FeatureBuffer(s.n_layers, batch, length, s.dim, dtype=self.dtype, device=self.device)
+
     def compile(self) -> None:
         compile_transformer(self)
+        self.capabilities = replace(self.capabilities, layer_plans=False)  # policies are Python calls between layers
 
     def shard(self, tensor_parallel: int, expert_parallel: int = 1) -> None:
         shard_transformer(self, tensor_parallel, expert_parallel)
+        # a rank holds some heads only: probes and value tests would see part of each layer
+        self.capabilities = replace(self.capabilities, layer_plans=False)
 
     def attention_mask(self, state: GenerationState, rows: Tensor, q_cols: Tensor, k_cols: Tensor) -> Tensor | None:
         """Bool mask [b, 1, q|1, keys] (True = attend) for queries at canvas columns ``q_cols`` and keys at
@@ -116,6 +130,11 @@ class TransformerAdapter(ModelAdapter):
     @torch.inference_mode()
     def forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
         batch = plan.get(CandidateBatch)
+        if plan.has(SoftInputs) and plan.has(LayerPlans):
+            raise CompositionError(
+                "a forward plan carries both soft inputs (SoftInputs, e.g. iteration smoothing) and per-layer plans "
+                "(LayerPlans, e.g. cache dllm_cache); dlm's transformer runs one or the other: pick another cache "
+                "(none, prefix, dual, vicinity, dkv) or another iteration")
         if batch is not None and plan.has(SoftInputs):
             raise ValueError("a candidate step cannot take soft inputs: its canvases are not the rows of the "
                              "soft store; a decoding strategy proposing candidates composes with hard inputs only")
@@ -145,10 +164,16 @@ class TransformerAdapter(ModelAdapter):
         if soft is not None:
             return self._forward_soft(state, plan, soft, ids, cols, positions, keys, kv, lo, hi)
         read = read_offsets(plan, state)
+        mask = self.attention_mask(state, plan.rows, cols, keys)
+        layers = plan.get(LayerPlans)
+        if layers is not None:
+            span = slice(lo - plan.start, hi - plan.start) if read is None else read + (lo - plan.start)
+            out = self._planned(ids, positions, mask, kv, plan, None, layers, span)
+            return out if read is None else spread_rows(out, read, hi - lo)
         out = self.net(
             ids,
             positions,
-            self.attention_mask(state, plan.rows, cols, keys),
+            mask,
             kv=kv,
             rows=plan.buffer_rows,
             start=plan.start,
@@ -206,6 +231,10 @@ class TransformerAdapter(ModelAdapter):
             mask = self.ordered_mask(state, rows, cols, keys)
         else:
             mask = self.attention_mask(state, rows, cols, keys)
+        layers = plan.get(LayerPlans)
+        if layers is not None:
+            out = self._planned(ids, positions, mask, plan.kv, plan, cols, layers, index)
+            return out if read is None else spread_rows(out, read, hi - lo)
         out = self.net(
             ids,
             positions,
@@ -222,6 +251,13 @@ class TransformerAdapter(ModelAdapter):
                         self.capabilities.logit_shift, state.length)
             return out.gather(1, index[..., None].expand(-1, -1, out.shape[-1]))
         return out if read is None else spread_rows(out, read, hi - lo)
+
+    def _planned(self, ids, positions, mask, kv, plan: ForwardPlan, columns, layers: LayerPlans, logits) -> Tensor:
+        if not self.capabilities.layer_plans:
+            raise CompositionError(f"a per-layer plan (LayerPlans) reached the {type(self).__name__} adapter, which "
+                                   "runs none once compiled or sharded; run it with compile: false and one process")
+        return planned_forward(self.net, ids, positions, mask, kv=kv, rows=plan.buffer_rows, start=plan.start,
+                               key_end=plan.key_end, columns=columns, plans=layers, logits=logits)
 
 
 def read_offsets(plan: ForwardPlan, state) -> Tensor | None:
