@@ -20,8 +20,9 @@ and read with :meth:`Message.get` (``window.get(SubBlocks)``; None when absent).
 extension type next to its components instead of adding a field that every component must know.
 
 Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
-:class:`Candidates` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep` and :class:`Edits` (commits),
-:class:`Ordered` and :class:`CandidateBatch` (plans).
+:class:`Candidates` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep`, :class:`Edits` and :class:`Idle`
+(commits), :class:`Ordered` and :class:`CandidateBatch` (plans). A :class:`ModelInput` (:class:`NoiseLevel`) is
+attached to a window and travels to the plan (:meth:`ForwardPlan.for_window`): something the model reads.
 
 Every component imports this module; it imports only torch, so no component depends on another.
 """
@@ -57,6 +58,7 @@ class ModelCapabilities:
     attention: Literal["bidirectional", "block_causal", "causal"] = "bidirectional"
     kv_cache: bool = True  # can write to / attend through a KV store
     block_size: int | None = None  # block-causal models: attention block size
+    time_conditioned: bool = False  # the logits depend on the diffusion time of the step (a plan's NoiseLevel)
 
     @property
     def eos_id(self) -> int:
@@ -349,10 +351,23 @@ class Keep:
     index: Tensor  # [b] long
 
 
+@dataclass(frozen=True)
+class Idle:
+    """Commit extension (stochastic samplers whose per-step count is random: MDLM's ancestral step, in which each
+    masked position unmasks with a probability, may unmask none): rows that commit nothing in this step though
+    they have eligible positions. Without it such a row is refused (the loop would not end); with it the strategy
+    bounds the steps a row may idle (its schedule ends with a step that commits every remaining position), and
+    an iteration manager must allow those steps (``ancestral`` does; ``blockwise`` allows at most
+    ``block_length`` steps per block)."""
+
+    rows: Tensor  # [b] bool
+
+
 class Commit(Message):
     """A decoding strategy's decision: which window positions to commit, with which tokens.
 
-    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`, :class:`Edits`.
+    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`, :class:`Edits`,
+    :class:`Idle`.
     """
 
     __slots__ = ("select", "tokens", "extensions")
@@ -409,6 +424,26 @@ class Commit(Message):
         _deprecated("Commit.keep", "commit.get(Keep).index")
         k = self.get(Keep)
         return None if k is None else k.index
+
+
+# --- model inputs -------------------------------------------------------------------------------------
+
+
+class ModelInput:
+    """Base of the extensions a model reads: attached to a window (by the component that knows the value), each
+    travels to the forward plan (:meth:`ForwardPlan.for_window`), so ``model.forward(state, plan)`` still gets
+    everything from the plan. Rows are indexed like the window's (and the plan's) rows."""
+
+
+@dataclass(frozen=True)
+class NoiseLevel(ModelInput):
+    """Window and plan extension (masked diffusion with a noise schedule, MDLM / DiDi-Instruct; Sahoo et al., 2024,
+    arXiv 2406.07524): the diffusion time of each row's step as the total noise ``sigma = -log(alpha_t)`` of the
+    schedule, which a time-conditioned model (MDLM's DiT, ``time_conditioning: true``) embeds. Attached by the
+    decoding strategy that owns the schedule (``ancestral``); a model that is not time-conditioned ignores it, and
+    one that is uses ``sigma = 0`` (clean data) when a plan carries none."""
+
+    sigma: Tensor  # [b] float
 
 
 # --- forward plans ------------------------------------------------------------------------------------
@@ -485,10 +520,15 @@ class ForwardPlan(Message):
             object.__setattr__(self, "write_end", self.end)
 
     def for_window(self, window: "Window") -> "ForwardPlan":
-        """This plan, returning ``window``'s logits span unless it names its own."""
-        if self.logits_start is not None and self.logits_end is not None:
-            return self
-        return replace(self, logits_start=window.logits_start, logits_end=window.logits_end)
+        """This plan, returning ``window``'s logits span unless it names its own, and carrying the window's
+        :class:`ModelInput` extensions (the model reads them from the plan)."""
+        plan = self
+        inputs = [e for e in window.extensions if isinstance(e, ModelInput)]
+        if inputs:
+            plan = plan.extend(*inputs)
+        if plan.logits_start is not None and plan.logits_end is not None:
+            return plan
+        return replace(plan, logits_start=window.logits_start, logits_end=window.logits_end)
 
     @property
     def writes_all(self) -> bool:
@@ -507,5 +547,5 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "Edits", "ForwardPlan", "Ordered", "CandidateBatch",
-    "ReadRows"]
+    "Reorder", "Candidates", "Commit", "Drafts", "Finish", "Keep", "Edits", "Idle", "ForwardPlan", "Ordered",
+    "CandidateBatch", "ReadRows", "ModelInput", "NoiseLevel"]
