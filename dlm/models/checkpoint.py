@@ -121,6 +121,7 @@ MODEL_TYPES = {
     "qwen2": ("qwen2",),
     "wedlm": ("wedlm",),
     "sdar": ("sdar", "sdar_moe"),
+    "mdlm": ("mdlm",),
 }
 
 

@@ -119,6 +119,10 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
 
     writers["llada2"] = lambda d: make_llada2_checkpoint(d, num_key_value_heads=2, silent_router_rows=[0, 1], seed=7)
+
+    from dlm.tools.mdlm_checkpoints import make_mdlm_checkpoint
+
+    writers["mdlm"] = lambda d: make_mdlm_checkpoint(d, seed=7)
     return writers
 
 
