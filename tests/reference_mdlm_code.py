@@ -228,20 +228,27 @@ def dit_from_checkpoint(dit_module, ckpt: Path, *, causal_attention: bool = Fals
 
 
 class Counted(torch.nn.Module):
-    """The reference network, counting its forwards (NFE)."""
+    """The reference network, counting its forwards (NFE): all of them, those on a canvas that still holds MASK
+    (``masked``), and of these those on a canvas other than the previous forward's (``changed``)."""
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
-        self.net, self.calls = net, 0
+        self.net, self.calls, self.masked, self.changed, self.last = net, 0, 0, 0, None
+        self.mask_id = net.vocab_embed.embedding.shape[0] - 1
 
-    def forward(self, *args, **kwargs):
+    def forward(self, x, *args, **kwargs):
         self.calls += 1
-        return self.net(*args, **kwargs)
+        if bool((x == self.mask_id).any()):
+            self.masked += 1
+            self.changed += self.last is None or not torch.equal(x, self.last)
+        self.last = x.clone()
+        return self.net(x, *args, **kwargs)
 
 
 def didi_sample(ref: SimpleNamespace, net: torch.nn.Module, *, length: int, steps: int, seed: int,
-                time_conditioning: bool, noise_removal: str = "ancestral") -> tuple[torch.Tensor, int]:
-    """DiDi-Instruct's ``generate_samples`` with ``sampling.predictor=ancestral`` (one row): tokens [L], forwards."""
+                time_conditioning: bool, noise_removal: str = "ancestral") -> tuple[torch.Tensor, Counted]:
+    """DiDi-Instruct's ``generate_samples`` with ``sampling.predictor=ancestral`` (one row): tokens [L] and the
+    counted forwards."""
     model = object.__new__(ref.algo.DiDiInstruct)
     torch.nn.Module.__init__(model)
     counted = Counted(net)
@@ -259,13 +266,13 @@ def didi_sample(ref: SimpleNamespace, net: torch.nn.Module, *, length: int, step
     model.device = torch.device("cpu")
     torch.manual_seed(seed)
     x = model.generate_samples(num_samples=1, num_steps=steps)
-    return x[0], counted.calls
+    return x[0], counted
 
 
 def mdlm_sample(ref: SimpleNamespace, net: torch.nn.Module, *, length: int, steps: int, seed: int,
-                predictor: str = "ddpm_cache", time_conditioning: bool = False) -> tuple[torch.Tensor, int]:
+                predictor: str = "ddpm_cache", time_conditioning: bool = False) -> tuple[torch.Tensor, Counted]:
     """MDLM's ``Diffusion._sample`` (``sampling.predictor`` ddpm_cache or ddpm, ``noise_removal: true``, the
-    log-linear schedule; one row): tokens [L], forwards."""
+    log-linear schedule; one row): tokens [L] and the counted forwards."""
     model = object.__new__(ref.diffusion.Diffusion)
     torch.nn.Module.__init__(model)
     counted = Counted(net)
@@ -280,4 +287,4 @@ def mdlm_sample(ref: SimpleNamespace, net: torch.nn.Module, *, length: int, step
     model.device = torch.device("cpu")
     torch.manual_seed(seed)
     x = model._sample(num_steps=steps)
-    return x[0], counted.calls
+    return x[0], counted
