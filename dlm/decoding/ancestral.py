@@ -110,6 +110,7 @@ class Ancestral(DecodingStrategy):
 
     Config = AncestralConfig
     joinable = True
+    requires = {"step_budget": "it runs MDLM's time schedule over the iteration's step budget (window.total_steps)"}
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if self.config.reuse_logits and capabilities.time_conditioned:

@@ -40,6 +40,7 @@ class AncestralIteration(SettlingManager):
 
     Config = AncestralIterationConfig
     joinable = True
+    provides = frozenset({"step_budget"})
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.attention != "bidirectional":
