@@ -33,7 +33,8 @@ class NaiveDiT:
         else:
             self.d, self.heads, self.layers = cfg["hidden_dim"], cfg["n_heads"], cfg["n_blocks"]
             self.time_conditioning = cfg["time_conditioning"]
-        self.t = {k.removeprefix("backbone."): v.double() for k, v in load_file(str(Path(ckpt) / "model.safetensors")).items()}
+        tensors = load_file(str(Path(ckpt) / "model.safetensors"))
+        self.t = {k.removeprefix("backbone."): v.double() for k, v in tensors.items()}
         self.vocab = self.t["vocab_embed.embedding"].shape[0]
         self.mask_id = self.vocab - 1
 
@@ -82,7 +83,8 @@ class NaiveDiT:
             mlp = self._linear(F.gelu(self._linear(a, p + "mlp.0"), approximate="tanh"), p + "mlp.2")
             x = x + gate_mlp * mlp
         shift, scale = self._linear(c, "output_layer.adaLN_modulation").chunk(2)
-        return self._linear(self._norm(x, "output_layer.norm_final.weight") * (1 + scale) + shift, "output_layer.linear")
+        out = self._norm(x, "output_layer.norm_final.weight") * (1 + scale) + shift
+        return self._linear(out, "output_layer.linear")
 
 
 def reference_ancestral(naive: NaiveDiT, length: int, steps: int, seed: int, *, noise_eps: float = 1e-3,

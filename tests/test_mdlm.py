@@ -76,8 +76,8 @@ def _parts():
     from dlm.decoding.ancestral import Ancestral, AncestralConfig
     from dlm.iteration.ancestral import AncestralIteration, AncestralIterationConfig
 
-    return (AncestralIteration(AncestralIterationConfig(gen_length=L, steps=4)), Ancestral(AncestralConfig(reuse_logits=False)),
-            NoCache(NoCacheConfig()))
+    return (AncestralIteration(AncestralIterationConfig(gen_length=L, steps=4)),
+            Ancestral(AncestralConfig(reuse_logits=False)), NoCache(NoCacheConfig()))
 
 
 # --- the model --------------------------------------------------------------------------------------------

@@ -160,6 +160,7 @@ class Ancestral(DecodingStrategy):
             a, z, n = int(lo[i]), int(hi[i]), int(steps[i])
             eligible = window.eligible[i, a:z]
             log_p = subs_log_probs(logits[i, a:z], mask_id)  # [w, V]
+            p = log_p.exp()
             grid = timesteps(n, c.eps)
             k = int(index[i])
             while True:
@@ -171,7 +172,7 @@ class Ancestral(DecodingStrategy):
                 else:
                     t = grid[k]
                     alpha_t, alpha_s = alphas(t, None if k == n else t - (1 - c.eps) / n, c.noise_eps)
-                    q = log_p.exp() * (alpha_s - alpha_t)
+                    q = p * (alpha_s - alpha_t)
                     q[:, mask_id] = 1 - alpha_s
                     u = generator.rand(window.rows[i : i + 1], tuple(q.shape))[0]
                     drawn = gumbel_argmax(q, u)

@@ -44,7 +44,8 @@ class AncestralIteration(SettlingManager):
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.attention != "bidirectional":
-            return f"it denoises the whole region at once, which needs bidirectional attention, not {capabilities.attention}"
+            return ("it denoises the whole region at once, which needs bidirectional attention, not "
+                    f"{capabilities.attention}")
         return None
 
     def start(self, prompts: list, capabilities: ModelCapabilities, device: torch.device, *,

@@ -121,8 +121,8 @@ def dit_names(spec: DiTSpec, prefix: str) -> dict[str, str]:
     }
     for i in range(spec.n_layers):
         own, theirs = f"blocks.{i}.", f"blocks.{i}."
-        pairs = {"norm1.weight": "norm1.weight", "attn.qkv.weight": "attn_qkv.weight", "attn.o.weight": "attn_out.weight",
-                 "norm2.weight": "norm2.weight", "mlp.up.weight": "mlp.0.weight", "mlp.up.bias": "mlp.0.bias",
+        pairs = {"norm1.weight": "norm1.weight", "attn.qkv.weight": "attn_qkv.weight",
+                 "attn.o.weight": "attn_out.weight", "norm2.weight": "norm2.weight", "mlp.up.weight": "mlp.0.weight", "mlp.up.bias": "mlp.0.bias",
                  "mlp.down.weight": "mlp.2.weight", "mlp.down.bias": "mlp.2.bias",
                  "modulation.weight": "adaLN_modulation.weight", "modulation.bias": "adaLN_modulation.bias"}
         names.update({own + a: theirs + b for a, b in pairs.items()})

@@ -194,7 +194,8 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
 
         make_mdlm_checkpoint(directory, hidden_dim=kwargs["d_model"], cond_dim=min(128, kwargs["d_model"]),
                              n_blocks=kwargs["n_layers"], n_heads=kwargs["n_heads"],
-                             model_length=kwargs["max_sequence_length"], extra_vocab=kwargs["vocab_size"] - MDLM_WORDS - 1,
+                             model_length=kwargs["max_sequence_length"],
+                             extra_vocab=kwargs["vocab_size"] - MDLM_WORDS - 1,
                              seed=kwargs["seed"], shards=kwargs.get("shards", 1))
         return
     if spec["family"] == "llada":

@@ -146,7 +146,8 @@ def random_dit_tensors(*, vocab_size: int, hidden_dim: int, cond_dim: int, n_blo
         "rotary_emb.inv_freq": 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)),
         "output_layer.norm_final.weight": norm(),
         "output_layer.linear.weight": w(v, d, scale=3.0), "output_layer.linear.bias": w(v, 1)[:, 0],
-        "output_layer.adaLN_modulation.weight": w(2 * d, c, scale=0.3), "output_layer.adaLN_modulation.bias": w(2 * d, 1, scale=0.3)[:, 0],
+        "output_layer.adaLN_modulation.weight": w(2 * d, c, scale=0.3),
+        "output_layer.adaLN_modulation.bias": w(2 * d, 1, scale=0.3)[:, 0],
     }
     for i in range(n_blocks):
         b = f"blocks.{i}."
@@ -154,7 +155,8 @@ def random_dit_tensors(*, vocab_size: int, hidden_dim: int, cond_dim: int, n_blo
             b + "norm1.weight": norm(), b + "attn_qkv.weight": w(3 * d, d, scale=1.5), b + "attn_out.weight": w(d, d),
             b + "norm2.weight": norm(), b + "mlp.0.weight": w(4 * d, d), b + "mlp.0.bias": w(4 * d, 1)[:, 0],
             b + "mlp.2.weight": w(d, 4 * d), b + "mlp.2.bias": w(d, 1)[:, 0],
-            b + "adaLN_modulation.weight": w(6 * d, c, scale=0.3), b + "adaLN_modulation.bias": w(6 * d, 1, scale=0.3)[:, 0],
+            b + "adaLN_modulation.weight": w(6 * d, c, scale=0.3),
+            b + "adaLN_modulation.bias": w(6 * d, 1, scale=0.3)[:, 0],
         })
     return {prefix + k: x.contiguous() for k, x in t.items()}
 
