@@ -219,6 +219,8 @@ def test_cli_generates_unconditional_samples(owt, tmp_path, capsys):
     assert "--unconditional generates with no prompt" in capsys.readouterr().err
     assert main(["generate", "-c", str(config), "-n", "2"]) == 2
     assert "add --unconditional" in capsys.readouterr().err
+    assert main(["generate", "-c", str(config)]) == 2
+    assert "give at least one PROMPT, or --unconditional -n N" in capsys.readouterr().err
 
 
 # --- checkpoints and tokenizers ----------------------------------------------------------------------------
