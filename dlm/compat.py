@@ -51,6 +51,10 @@ FEATURES: dict[str, Feature] = {
         "iteration",
         "keeps a row in a block its decoding strategy holds open (a commit's Edits) even with nothing pending, and "
         "ends such a row at an end token only once the block is released"),
+    "step_budget": Feature(
+        "iteration",
+        "gives every window the schedule's step budget T (geometry.total_steps: its configured steps), over which a "
+        "time schedule runs"),
     "edit_aware": Feature(
         "cache",
         "recomputes the K/V of placed tokens an editing strategy rewrote (state.edited) before reading them"),

@@ -20,9 +20,11 @@ and read with :meth:`Message.get` (``window.get(SubBlocks)``; None when absent).
 extension type next to its components instead of adding a field that every component must know.
 
 Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
-:class:`Candidates` and :class:`ThresholdFloor` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep` and
-:class:`Edits` (commits), :class:`Ordered`, :class:`CandidateBatch`, :class:`ReadRows`, :class:`SoftInputs` and
-:class:`LayerPlans` (plans; a window may carry a :class:`SoftInputs` to the plan made for it).
+:class:`Candidates` and :class:`ThresholdFloor` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep`,
+:class:`Edits` and :class:`Idle` (commits), :class:`Ordered`, :class:`CandidateBatch`, :class:`ReadRows`,
+:class:`SoftInputs` and :class:`LayerPlans` (plans; a window may carry a :class:`SoftInputs` to the plan made for
+it). A :class:`ModelInput` (:class:`NoiseLevel`) is attached to a window and travels to the plan
+(:meth:`ForwardPlan.for_window`): something the model reads.
 
 Every component imports this module; it imports only torch (and :mod:`dlm.memory`, which imports only torch), so
 no component depends on another.
@@ -67,6 +69,7 @@ class ModelCapabilities:
     # the vocabulary for columns no canvas has reached)
     canvas: Literal["masked", "noise"] = "masked"
     layer_plans: bool = False  # runs LayerPlans: per-layer row sets, attention probes, feature stores
+    time_conditioned: bool = False  # the logits depend on the diffusion time of the step (a plan's NoiseLevel)
 
     @property
     def eos_id(self) -> int:
@@ -409,10 +412,23 @@ class Keep:
     index: Tensor  # [b] long
 
 
+@dataclass(frozen=True)
+class Idle:
+    """Commit extension (stochastic samplers whose per-step count is random: MDLM's ancestral step, in which each
+    masked position unmasks with a probability, may unmask none): rows that commit nothing in this step though
+    they have eligible positions. Without it such a row is refused (the loop would not end); with it the strategy
+    bounds the steps a row may idle (its schedule ends with a step that commits every remaining position), and
+    an iteration manager must allow those steps (``ancestral`` does; ``blockwise`` allows at most
+    ``block_length`` steps per block)."""
+
+    rows: Tensor  # [b] bool
+
+
 class Commit(Message):
     """A decoding strategy's decision: which window positions to commit, with which tokens.
 
-    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`, :class:`Edits`.
+    Families of algorithms attach their extensions: :class:`Drafts`, :class:`Finish`, :class:`Keep`, :class:`Edits`,
+    :class:`Idle`.
     """
 
     __slots__ = ("select", "tokens", "extensions")
@@ -469,6 +485,26 @@ class Commit(Message):
         _deprecated("Commit.keep", "commit.get(Keep).index")
         k = self.get(Keep)
         return None if k is None else k.index
+
+
+# --- model inputs -------------------------------------------------------------------------------------
+
+
+class ModelInput:
+    """Base of the extensions a model reads: attached to a window (by the component that knows the value), each
+    travels to the forward plan (:meth:`ForwardPlan.for_window`), so ``model.forward(state, plan)`` still gets
+    everything from the plan. Rows are indexed like the window's (and the plan's) rows."""
+
+
+@dataclass(frozen=True)
+class NoiseLevel(ModelInput):
+    """Window and plan extension (masked diffusion with a noise schedule, MDLM / DiDi-Instruct; Sahoo et al., 2024,
+    arXiv 2406.07524): the diffusion time of each row's step as the total noise ``sigma = -log(alpha_t)`` of the
+    schedule, which a time-conditioned model (MDLM's DiT, ``time_conditioning: true``) embeds. Attached by the
+    decoding strategy that owns the schedule (``ancestral``); a model that is not time-conditioned ignores it, and
+    one that is uses ``sigma = 0`` (clean data) when a plan carries none."""
+
+    sigma: Tensor  # [b] float
 
 
 # --- forward plans ------------------------------------------------------------------------------------
@@ -654,14 +690,18 @@ class ForwardPlan(Message):
 
     def for_window(self, window: "Window") -> "ForwardPlan":
         """This plan, returning ``window``'s logits span unless it names its own, and carrying the window's
-        :class:`SoftInputs` (a request to the model that caches pass on without reading)."""
+        :class:`SoftInputs` (a request to the model that caches pass on without reading) and its :class:`ModelInput`
+        extensions (the model reads them from the plan)."""
         plan = self
-        if self.logits_start is None or self.logits_end is None:
-            plan = replace(self, logits_start=window.logits_start, logits_end=window.logits_end)
+        inputs = [e for e in window.extensions if isinstance(e, ModelInput)]
+        if inputs:
+            plan = plan.extend(*inputs)
         soft = window.get(SoftInputs)
         if soft is not None and not plan.has(SoftInputs):
             plan = plan.extend(soft)
-        return plan
+        if plan.logits_start is not None and plan.logits_end is not None:
+            return plan
+        return replace(plan, logits_start=window.logits_start, logits_end=window.logits_end)
 
     @property
     def writes_all(self) -> bool:
@@ -680,6 +720,6 @@ class ForwardPlan(Message):
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "SelfConditioning",
-    "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "SoftInputs", "SoftStore", "FeatureStore", "LayerInput",
-    "LayerStep", "LayerPolicy", "LayerPlans"]
+    "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "Idle",
+    "SelfConditioning", "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "ModelInput", "NoiseLevel",
+    "SoftInputs", "SoftStore", "FeatureStore", "LayerInput", "LayerStep", "LayerPolicy", "LayerPlans"]

@@ -18,7 +18,7 @@ from dlm.config import PipelineConfig, apply_threads, build_config, default_conf
 from dlm.decoding.base import DecodingStrategy
 from dlm.distributed import local_device
 from dlm.errors import CompositionError, InputError
-from dlm.iteration.base import IterationManager
+from dlm.iteration.base import IterationManager, needs_prompt
 from dlm.messages import CacheEnv, Candidates, ReadRows
 from dlm.models.base import ModelAdapter
 from dlm.rng import RowRNG
@@ -125,7 +125,16 @@ class Pipeline:
         ]
         problems += compat.problems(components, labels)
         gen_length = getattr(iteration.config, "gen_length", None)
-        if isinstance(gen_length, int) and gen_length >= model.capabilities.max_length:
+        unconditional = needs_prompt(model.capabilities) is None  # the whole context may be generated (no prompt)
+        if isinstance(gen_length, int) and gen_length > model.capabilities.max_length:
+            problems.append(
+                f"iteration {name('iteration', iteration)!r} generates {gen_length} tokens, more than the context of "
+                f"model {name('model', model)!r} ({model.capabilities.max_length} tokens); set iteration.gen_length "
+                f"to at most {model.capabilities.max_length - 1} minus the prompt length"
+                + (f" ({model.capabilities.max_length} for unconditional generation, with no prompt)"
+                   if unconditional else "")
+            )
+        elif isinstance(gen_length, int) and gen_length == model.capabilities.max_length and not unconditional:
             problems.append(
                 f"iteration {name('iteration', iteration)!r} generates {gen_length} tokens, which leaves no room for "
                 f"a prompt in the context of model {name('model', model)!r} ({model.capabilities.max_length} "
@@ -216,10 +225,16 @@ class Pipeline:
                 raise InputError(f"prompt {i}: {err}") from None
         return rows
 
-    def _as_rows(self, prompts, input_ids) -> list[Tensor]:
-        """The prompts as 1-D long tensors, each checked: token ids in the vocabulary, no MASK token."""
-        if (prompts is None) == (input_ids is None):
-            raise InputError("give exactly one of prompts=[...] (text) or input_ids=... (token ids)")
+    def _as_rows(self, prompts, input_ids, n=None) -> list[Tensor]:
+        """The prompts as 1-D long tensors, each checked: token ids in the vocabulary, no MASK token; ``n``: that
+        many empty prompts (unconditional generation)."""
+        if sum(x is not None for x in (prompts, input_ids, n)) != 1:
+            raise InputError("give exactly one of prompts=[...] (text), input_ids=... (token ids) or n=... (that many "
+                             "unconditional samples, no prompt)")
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+                raise InputError(f"n must be a positive integer (the number of unconditional samples), got {n!r}")
+            return [torch.zeros(0, dtype=torch.long) for _ in range(int(n))]
         if prompts is not None:
             if isinstance(prompts, str):
                 prompts = [prompts]
@@ -267,13 +282,15 @@ class Pipeline:
         seeds: Sequence[int] | None = None,
         gen_start: int | None = None,
         tags: Sequence[Any] | None = None,
+        n: int | None = None,
     ) -> GenerationState:
         """A new generation's state, ready for :meth:`step`: the canvas, and every component's run memory.
 
         ``gen_start`` places the generation region (default: after the longest prompt), so rows started
-        apart share a layout and can be joined (:meth:`GenerationState.cat`); ``tags`` label the rows.
+        apart share a layout and can be joined (:meth:`GenerationState.cat`); ``tags`` label the rows; ``n``
+        instead of prompts starts ``n`` unconditional rows (see :meth:`generate`).
         """
-        rows = self._as_rows(prompts, input_ids)
+        rows = self._as_rows(prompts, input_ids, n)
         if seeds is not None and len(seeds) != len(rows):
             raise InputError(f"seeds has {len(seeds)} entries for {len(rows)} prompts; give one seed per prompt")
         if tags is not None and len(tags) != len(rows):
@@ -322,16 +339,23 @@ class Pipeline:
         input_ids: Tensor | Sequence[Sequence[int]] | None = None,
         trace: Trace | None = None,
         seeds: Sequence[int] | None = None,
+        n: int | None = None,
     ) -> GenerationOutput:
         """Generate for a batch of prompts of any lengths; each row gives what it gives alone.
 
         Sampling (temperature > 0) draws row ``r`` from its own stream seeded with ``seed + r`` (or
         ``seeds[r]``), so a batch row reproduces a single-prompt call made with that seed. Thread-safe: one
         pipeline may run several generations at once (all run memory is on each generation's state).
+
+        **Unconditional generation**: ``generate(n=4)`` draws 4 samples with no prompt (each row's whole canvas,
+        ``gen_length`` tokens, starts as MASK; MDLM's and DiDi-Instruct's sampling); the same as
+        ``input_ids=[[]] * 4`` or ``prompts=[""] * 4``. An empty prompt may also sit in a batch with others. A model
+        that needs a prompt (shifted logits or causal attention: Dream, Fast-dLLM v2, causal decoders) is refused
+        with an :class:`~dlm.errors.InputError` saying so.
         """
         if trace is not None and not callable(trace):
             raise InputError(f"trace must be a callable taking the GenerationState, got {type(trace).__name__}")
-        state = self.start(prompts, input_ids=input_ids, seeds=seeds)
+        state = self.start(prompts, input_ids=input_ids, seeds=seeds, n=n)
         t0 = time.perf_counter()
         self.run(state, trace)
         if state.device.type == "cuda":

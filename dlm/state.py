@@ -35,7 +35,7 @@ from torch import Tensor
 from dlm._compat import moved
 from dlm.errors import DecodingError
 from dlm.memory import cat_rows, take_rows
-from dlm.messages import Drafts, Edits, Finish, SelfConditioning
+from dlm.messages import Drafts, Edits, Finish, Idle, SelfConditioning
 
 if TYPE_CHECKING:
     from dlm.messages import Commit, Window
@@ -248,7 +248,8 @@ class GenerationState:
         """Write ``commit`` into the canvas, after checking the invariants every strategy must keep.
 
         Only eligible positions may be committed (or drafted), MASK is never written, and every row of the
-        window with an eligible position commits at least one token (or finishes). Edits (a commit's
+        window with an eligible position commits at least one token (or finishes, or idles by design: a commit's
+        :class:`~dlm.messages.Idle`). Edits (a commit's
         :class:`~dlm.messages.Edits`) rewrite only placed tokens of each row's current block, outside the prompt,
         never into MASK, and never where the same commit selects or drafts (:data:`EDIT_RULES`). This is the only writer
         of the canvas besides the iteration managers' own fill of ended rows (``stop_at_eos`` writes EOS
@@ -259,7 +260,7 @@ class GenerationState:
             raise DecodingError(
                 f"commit has shape {tuple(select.shape)}, the window is {tuple(window.eligible.shape)}"
             )
-        drafts, finish, edits = commit.get(Drafts), commit.get(Finish), commit.get(Edits)
+        drafts, finish, edits, idle = commit.get(Drafts), commit.get(Finish), commit.get(Edits), commit.get(Idle)
         written = select if drafts is None else select | drafts.mask
         counts = select.sum(dim=1)
         starved = (counts == 0) & window.eligible.any(dim=1)
@@ -267,6 +268,8 @@ class GenerationState:
             starved &= ~finish.rows
         if self.revisable and drafts is not None:  # a revisable canvas progresses by redrafting (bounded steps)
             starved &= ~drafts.mask.any(dim=1)
+        if idle is not None:
+            starved &= ~idle.rows
         checks = [(written & ~window.eligible).any(), (written & (commit.tokens == self.mask_id)).any(), starved.any()]
         if edits is not None:
             checks += self._edit_problems(window, written, edits)

@@ -87,7 +87,7 @@ def test_usage_errors_share_the_exit_code_of_bad_input(capsys):
     with pytest.raises(SystemExit) as info:
         from dlm.cli import main
 
-        main(["generate"])
+        main(["generate", "-n", "two"])
     assert info.value.code == 2
     assert "dlm generate: error:" in capsys.readouterr().err
 

@@ -252,3 +252,37 @@ def test_moe_bench_times_moe_and_dense_side_by_side(tmp_path, capsys):
     assert row["max_abs_diff_moe_vs_all_experts"] < 1e-4  # the dense-over-experts comparison computes the same
     assert report["moe_active_parameters"] - report["dense_parameters"] == 4 * 32  # the router only
     assert all(row[f"{n}_cpu_ms"] > 0 for n in ("dense", "moe", "all_experts"))
+
+
+def test_bench_writes_a_random_mdlm_layout_model_and_samples_unconditionally(tmp_path):
+    from safetensors.torch import load_file
+
+    root = Path(__file__).parent.parent / "examples"
+    js = tmp_path / "bench.json"
+    spec = "family=mdlm,d_model=32,n_layers=1,n_heads=4,vocab_size=300,max_sequence_length=16"
+    argv = ["bench", str(root / "mdlm-owt.yaml"), str(root / "didi-instruct.yaml"), "--random-model", spec,
+            "--model-cache", str(tmp_path / "models"), "--set", "iteration.gen_length=16", "--set", "dtype=float64",
+            "--prompt-length", "0", "--prompts", "2", "--repeats", "1", "--warmup", "0", "--no-progress",
+            "--json-out", str(js)]
+    assert main(argv) == 0
+    report = json.loads(js.read_text())
+    (made,) = list((tmp_path / "models").iterdir())
+    cfg = json.loads((made / "config.json").read_text())
+    assert made.name.startswith("mdlm-") and (cfg["model_type"], cfg["vocab_size"], cfg["model_length"]) == (
+        "mdlm", 300, 16)
+    written = sum(t.numel() for k, t in load_file(str(made / "model.safetensors")).items() if "inv_freq" not in k)
+    assert report["settings"]["random_model_parameters"] == written
+    teacher, student = report["results"]
+    assert student["nfe"] <= 16 + 1  # at most its 16 steps and the noise removal
+    assert teacher["nfe"] <= 16  # 1000 steps, but a forward only when the canvas changed: at most one per token
+
+
+def test_mdlm_examples_carry_the_authors_settings():
+    from dlm.config import load_config
+
+    root = Path(__file__).parent.parent / "examples"
+    teacher, student = load_config(root / "mdlm-owt.yaml"), load_config(root / "didi-instruct.yaml")
+    assert (teacher.iteration.config.steps, teacher.decoding.config.noise_removal) == (1000, "greedy")
+    assert (student.iteration.config.steps, student.decoding.config.noise_removal) == (16, "ancestral")
+    assert teacher.iteration.config.gen_length == student.iteration.config.gen_length == 1024
+    assert teacher.cache.name == student.cache.name == "none"

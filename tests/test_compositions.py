@@ -36,6 +36,7 @@ ITERATION = {  # gen_length 8: one short generation per pair
     "jacobi": {"gen_length": 8, "n": 3},
     "wedlm": {"gen_length": 8, "window": 4},
     "canvases": {"gen_length": 8},
+    "ancestral": {"gen_length": 8, "steps": 8},
 }
 DEFAULT = {"iteration": "blockwise", "decoding": "low_confidence", "cache": "none"}
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12]]

@@ -207,7 +207,8 @@ def test_prompt_longer_than_context_is_refused(tiny_ckpt):
     [
         ({}, "exactly one of"),
         ({"prompts": ["a"], "input_ids": [[1]]}, "exactly one of"),
-        ({"input_ids": [[5, 6], []]}, "prompt 1 is empty"),
+        ({"prompts": ["a"], "n": 2}, "exactly one of"),
+        ({"n": 0}, "positive integer"),
         ({"input_ids": [[5, 9999]]}, "outside the vocabulary"),
         ({"input_ids": torch.ones(1, 3)}, "integer token ids"),
     ],

@@ -111,7 +111,8 @@ def test_validate_says_when_gen_length_exceeds_the_context_or_the_gpu_is_missing
     from dlm.commands.validate import cannot_run_here
     from dlm.config import default_config
 
-    problems = cannot_run_here(default_config(["iteration.gen_length=64", "iteration.steps=64"]))
+    problems = cannot_run_here(default_config(["iteration.gen_length=72", "iteration.steps=72"]))
     assert problems == [p for p in problems if "context of 64 tokens" in p] and problems
+    assert not cannot_run_here(default_config(["iteration.gen_length=64", "iteration.steps=64"]))  # unconditional fits
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert any("no CUDA GPU" in p for p in cannot_run_here(default_config(["device=cuda"])))

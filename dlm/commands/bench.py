@@ -21,6 +21,11 @@ and SDAR's remasking rules on a random SDAR-layout model (blocks of 4):
 and a random LLaDA2-layout model (BailingMoeV2), LLaDA2.0's decoding against LLaDA2.1's token editing:
 
     dlm bench examples/llada2.yaml examples/llada2.1-editing.yaml --random-model family=llada2
+
+and MDLM's teacher against DiDi-Instruct's 16-step student schedule on a random MDLM-layout DiT:
+
+    dlm bench examples/mdlm-owt.yaml examples/didi-instruct.yaml --random-model family=mdlm,max_sequence_length=1024 \
+        --prompt-length 0
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="name of each config in the table (repeat once per config; default: file names)")
     g = p.add_argument_group("prompts")
     g.add_argument("--prompts", type=int, default=1, metavar="N", help="random prompts to generate for (default 1)")
-    g.add_argument("--prompt-length", type=int, default=128, metavar="T", help="tokens per random prompt (128)")
+    g.add_argument("--prompt-length", type=int, default=128, metavar="T",
+                   help="tokens per random prompt (128; 0: unconditional samples, for models that need no prompt)")
     g.add_argument("--prompts-file", metavar="FILE", help="text prompts, one per line, instead of random tokens")
     g.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1, as the paper)")
     g.add_argument("--prompt-seed", type=int, default=0, help="seed of the random prompts")
@@ -57,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
              "those sizes, ~35M parameters, LLaDA's layout); 'family=qwen2' writes Qwen2's layout (for the "
              "qwen2 and wedlm adapters); 'family=llada_moe' LLaDA-MoE's (n_experts=8, top_k=2 experts per "
              "token, each mlp_hidden_size/top_k wide), 'family=llada2' LLaDA2's (the same sizes, group-limited "
-             "routing), 'family=sdar' SDAR's; written once under --model-cache",
+             "routing), 'family=sdar' SDAR's, 'family=mdlm' MDLM's DiT; written once under --model-cache",
     )
     m.add_argument("--model-cache", metavar="DIR", help="where random checkpoints are kept "
                                                          "(default $DLM_CACHE or ~/.cache/dlm/random-models)")
@@ -81,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from dlm.tools import benchmark as bm
 
     check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size, "--repeats": args.repeats,
-                      "--prompts": args.prompts, "--prompt-length": args.prompt_length})
+                      "--prompts": args.prompts})
+    if args.prompt_length < 0:
+        raise InputError(f"--prompt-length must be 0 (unconditional samples) or more, got {args.prompt_length}")
     check_at_most(**{"--prompts": (args.prompts, MAX_PROMPTS), "--batch-size": (args.batch_size, MAX_PROMPTS),
                      "--prompt-length": (args.prompt_length, MAX_CONTEXT), "--repeats": (args.repeats, MAX_REPEATS),
                      "--warmup": (args.warmup, MAX_REPEATS), "--threads": (args.threads, MAX_THREADS)})
@@ -123,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
                     f"{entry.pipeline.model.capabilities.max_length} tokens and gen_length {gen}, leaving {room}; "
                     f"give --prompt-length {max(room, 1)} or less"
                 )
+        vocab = caps.vocab_size if caps.vocab_size is not None else first.model.net.spec.vocab_in
         prompts = bm.random_prompts(
-            args.prompts, args.prompt_length, first.model.net.spec.vocab_in,
+            args.prompts, args.prompt_length, vocab,
             avoid=(caps.mask_id, *caps.eos_ids), seed=args.prompt_seed,
         )
     import torch

@@ -83,11 +83,11 @@ def cannot_run_here(config: PipelineConfig) -> list[str]:
         problems.append(str(err) if str(err).startswith("model.path") else f"model.path: {err}")
         return problems
     gen = getattr(config.iteration.config, "gen_length", None)
-    if context and isinstance(gen, int) and gen >= context:
+    if context and isinstance(gen, int) and gen > context:  # equal: only unconditional generation fits (MDLM's use)
         problems.append(
-            f"iteration.gen_length {gen} is not below the model's context of {context} tokens, so no prompt fits; "
-            f"set iteration.gen_length below {context} (minus the prompt length), or model.path to a model with a "
-            "longer context"
+            f"iteration.gen_length {gen} exceeds the model's context of {context} tokens; set iteration.gen_length "
+            f"below {context} (minus the prompt length; {context} for unconditional generation, with no prompt), or "
+            "model.path to a model with a longer context"
         )
     return problems
 

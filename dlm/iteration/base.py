@@ -112,13 +112,24 @@ def left_padded_canvas(
     gen_start: int | None = None,
 ) -> GenerationState:
     """State with ``[pad | prompt | MASK × gen_length]`` rows; the generation region is column-aligned at
-    ``gen_start`` (default: the longest prompt's length)."""
+    ``gen_start`` (default: the longest prompt's length).
+
+    An empty prompt is unconditional generation: the row's whole canvas is generated (an all-MASK canvas when
+    every prompt is empty, as MDLM samples), for a model that can predict a column without one before it
+    (:func:`needs_prompt`)."""
     if not prompts:
         raise InputError("no prompts given")
     lengths = [int(p.numel()) for p in prompts]
     for i, n in enumerate(lengths):
         if n == 0:
-            raise InputError(f"prompt {i} is empty; give at least one token")
+            reason = needs_prompt(capabilities)
+            if reason:
+                raise InputError(f"prompt {i} is empty: {reason}")
+            if gen_length > capabilities.max_length:
+                raise InputError(f"gen_length {gen_length} exceeds the model's context of {capabilities.max_length} "
+                                 f"tokens (prompt {i} is empty); lower gen_length to at most "
+                                 f"{capabilities.max_length}")
+            continue
         if gen_length >= capabilities.max_length:
             raise InputError(
                 f"gen_length {gen_length} alone fills the model's context of {capabilities.max_length} tokens, "
@@ -156,6 +167,20 @@ def left_padded_canvas(
         nfe=torch.zeros(b, dtype=torch.long, device=device),
         done=torch.zeros(b, dtype=torch.bool, device=device),
     )
+
+
+def needs_prompt(capabilities: ModelCapabilities) -> str | None:
+    """Why a model with ``capabilities`` cannot generate without a prompt (unconditional generation), or None.
+
+    A model whose prediction for a column is read at the column before it (logit shift 1: Dream, Fast-dLLM v2,
+    causal decoders) has no output for the first column of an empty canvas; a model with unshifted logits and
+    bidirectional or block-causal attention (LLaDA, MDLM, SDAR) predicts every column of an all-MASK canvas."""
+    if capabilities.logit_shift or capabilities.attention == "causal":
+        what = "causal attention" if capabilities.attention == "causal" else "shifted logits"
+        return (f"this model ({what}) predicts each column from the column before it, so it needs at least one "
+                "prompt token; unconditional generation (no prompt) needs a model with unshifted logits and "
+                "non-causal attention, e.g. mdlm or llada")
+    return None
 
 
 def stop_at_eos(state: GenerationState) -> None:

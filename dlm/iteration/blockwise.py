@@ -107,7 +107,7 @@ class Blockwise(SettlingManager):
     Config = BlockwiseConfig
     joinable = True
     # a block's pending positions include drafts: it ends when all are committed; a held block stays (Edits)
-    provides = frozenset({"drafts", "edits"})
+    provides = frozenset({"drafts", "edits", "step_budget"})
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
               gen_start: int | None = None) -> GenerationState:

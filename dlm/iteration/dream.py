@@ -87,6 +87,7 @@ class DreamIteration(SettlingManager):
 
     Config = DreamIterationConfig
     joinable = True
+    provides = frozenset({"step_budget"})
 
     def __init__(self, config: DreamIterationConfig) -> None:
         super().__init__(config)
@@ -152,6 +153,7 @@ class DreamBlockwise(SettlingManager):
 
     Config = DreamBlockwiseConfig
     joinable = True
+    provides = frozenset({"step_budget"})
 
     def __init__(self, config: DreamBlockwiseConfig) -> None:
         super().__init__(config)

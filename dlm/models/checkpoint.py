@@ -122,6 +122,7 @@ MODEL_TYPES = {
     "wedlm": ("wedlm",),
     "sdar": ("sdar", "sdar_moe"),
     "diffusion_gemma": ("diffusion_gemma", "diffusion_gemma_text"),
+    "mdlm": ("mdlm",),
 }
 
 

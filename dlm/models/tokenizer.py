@@ -1,7 +1,11 @@
-"""Tokenizer loading from a checkpoint directory (``tokenizer.json`` + ``tokenizer_config.json``).
+"""Tokenizer loading from a checkpoint directory (``tokenizer.json`` + ``tokenizer_config.json``, or GPT-2's
+``vocab.json`` + ``merges.txt``).
 
 Uses transformers' fast tokenizer class directly, so no remote code can run; the chat template is read from
-the directory when present. Text the vocabulary cannot represent is refused, not silently mapped to the
+the directory when present. A directory with GPT-2's older files only (``vocab.json`` and ``merges.txt``, the
+tokenizer MDLM and DiDi-Instruct use, which their checkpoints do not ship: copy GPT-2's files next to the
+weights) gets the byte-level BPE those files define (GPT-2's pre-tokenizer and decoder), built offline with the
+``tokenizers`` library; ``<|endoftext|>`` is its special token when the vocabulary has it. Text the vocabulary cannot represent is refused, not silently mapped to the
 unknown token (docs/errors.md): a model never sees what the user did not write.
 """
 
@@ -21,14 +25,23 @@ class Tokenizer:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import PreTrainedTokenizerFast
 
+        directory = Path(directory)
         try:
-            self._tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+            if (directory / "tokenizer.json").is_file():
+                self._tok = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+            else:
+                self._tok = _byte_level_bpe(directory)
+        except CheckpointError:
+            raise
         except Exception as err:  # tokenizers raises plain Exceptions on malformed files
             raise CheckpointError(f"cannot read the tokenizer in {directory}: {err}") from err
 
     @staticmethod
     def maybe_load(directory: Path) -> "Tokenizer | None":
-        return Tokenizer(directory) if (Path(directory) / "tokenizer.json").is_file() else None
+        """The checkpoint's tokenizer (``tokenizer.json``, else ``vocab.json`` + ``merges.txt``), or None."""
+        directory = Path(directory)
+        found = (directory / "tokenizer.json").is_file() or all((directory / f).is_file() for f in GPT2_FILES)
+        return Tokenizer(directory) if found else None
 
     @property
     def max_id(self) -> int | None:
@@ -100,6 +113,30 @@ class Tokenizer:
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return self._tok.convert_ids_to_tokens(ids)
+
+
+GPT2_FILES = ("vocab.json", "merges.txt")
+GPT2_END = "<|endoftext|>"
+
+
+def _byte_level_bpe(directory: Path):
+    """A fast tokenizer for GPT-2's ``vocab.json`` + ``merges.txt`` (byte-level BPE, no prefix space), offline."""
+    from tokenizers import Tokenizer as RawTokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from dlm.models.checkpoint import read_json
+
+    vocab = read_json(directory / GPT2_FILES[0])
+    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+        raise CheckpointError(f"{directory / GPT2_FILES[0]} must map tokens to integer ids")
+    raw = RawTokenizer(models.BPE.from_file(str(directory / GPT2_FILES[0]), str(directory / GPT2_FILES[1])))
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    special = {}
+    if GPT2_END in vocab:
+        raw.add_special_tokens([GPT2_END])
+        special = {"eos_token": GPT2_END, "bos_token": GPT2_END, "unk_token": GPT2_END}
+    return PreTrainedTokenizerFast(tokenizer_object=raw, **special)
 
 
 ALLOWED_CONTROLS = "\t\n\r"

@@ -5,6 +5,7 @@ against its interface."""
 from dlm.tools.checkpoints import CHARS, SPECIAL_TOKENS, make_llada_checkpoint, write_char_tokenizer
 from dlm.tools.diffusion_gemma_checkpoints import make_diffusion_gemma_checkpoint
 from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
+from dlm.tools.mdlm_checkpoints import make_mdlm_checkpoint
 from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
 from dlm.tools.sdar_checkpoints import make_sdar_checkpoint
 
@@ -19,8 +20,9 @@ _CONTRACTS = (
     "contract_test",
 )
 
-__all__ = ["make_llada_checkpoint", "make_diffusion_gemma_checkpoint", "make_llada_moe_checkpoint", "make_llada2_checkpoint", "make_sdar_checkpoint",
-           "write_char_tokenizer", "CHARS", "SPECIAL_TOKENS", *_CONTRACTS]
+__all__ = ["make_llada_checkpoint", "make_diffusion_gemma_checkpoint", "make_llada_moe_checkpoint",
+           "make_llada2_checkpoint", "make_sdar_checkpoint", "make_mdlm_checkpoint", "write_char_tokenizer", "CHARS",
+           "SPECIAL_TOKENS", *_CONTRACTS]
 
 
 def __getattr__(name: str):

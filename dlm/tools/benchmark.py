@@ -56,8 +56,10 @@ RANDOM_MODEL_DEFAULTS: dict[str, Any] = {
     "family": "llada",
 }
 # checkpoint layouts --random-model writes: LLaDA's, Qwen2's (qwen2 / wedlm), LLaDA-MoE's (llada_moe), LLaDA2's
-# (llada2), SDAR's (Qwen3 layout, blocks of 4) or SDAR-30B-A3B's (sdar_moe: Qwen3-MoE layout, for model sdar)
-FAMILIES = ("llada", "qwen2", "llada_moe", "llada2", "sdar", "sdar_moe")
+# (llada2), SDAR's (Qwen3 layout, blocks of 4), SDAR-30B-A3B's (sdar_moe: Qwen3-MoE layout, for model sdar) or
+# MDLM's (mdlm: the DiT of kuleshov-group/mdlm-owt, GPT-2-style tokenizer)
+FAMILIES = ("llada", "qwen2", "llada_moe", "llada2", "sdar", "sdar_moe", "mdlm")
+MDLM_WORDS = 273  # the tiny GPT-2-style tokenizer's vocabulary (dlm.tools.mdlm_checkpoints), before MASK
 MOE_FAMILIES = ("llada_moe", "llada2", "sdar_moe")
 MOE_DEFAULTS = {"n_experts": 8, "top_k": 2}  # sparse families: experts per layer, experts per token
 _INT_FIELDS = {"d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "vocab_size",
@@ -77,7 +79,9 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
     ``family=llada2`` LLaDA2's (BailingMoeV2: every layer sparse, no shared expert, experts in groups of two of
     which half the groups are kept, the same active sizes); ``family=sdar`` SDAR's (the Qwen3 layout: per-head
     QK norm, no biases; ``block_size`` 4 in config.json); ``family=sdar_moe`` SDAR-30B-A3B's (Qwen3-MoE: every
-    layer sparse, the kept weights normalised, the same active sizes; loaded by model ``sdar``)."""
+    layer sparse, the kept weights normalised, the same active sizes; loaded by model ``sdar``); ``family=mdlm``
+    MDLM's DiT (``kuleshov-group/mdlm-owt``'s layout: MLP 4 × d_model, whatever ``mlp_hidden_size`` says; a time
+    embedding of width min(128, d_model); ``max_sequence_length`` its ``model_length``)."""
     out = dict(RANDOM_MODEL_DEFAULTS)
     if spec is None or spec == "" or spec == "default":
         return out
@@ -113,6 +117,9 @@ def parse_model_spec(spec: str | Mapping[str, Any] | None) -> dict[str, Any]:
             raise ConfigError(f"--random-model: {key}={text} must be {'0 or more' if key == 'seed' else 'positive'}")
     if out["d_model"] % out["n_heads"]:
         raise ConfigError(f"--random-model: n_heads ({out['n_heads']}) must divide d_model ({out['d_model']})")
+    if out["family"] == "mdlm" and out["vocab_size"] < MDLM_WORDS + 1:
+        raise ConfigError(f"--random-model: family=mdlm needs vocab_size >= {MDLM_WORDS + 1} (its tokenizer's "
+                          f"{MDLM_WORDS} tokens and MASK)")
     moe = {k: out[k] for k in MOE_DEFAULTS if k in out}
     if out["family"] not in MOE_FAMILIES:
         if moe:
@@ -131,6 +138,10 @@ def count_parameters(spec: Mapping[str, Any], *, active: bool = False) -> int:
     """Parameters of the checkpoint written with ``spec`` (as parsed by :func:`parse_model_spec`); ``active``:
     those one token runs through (a sparse model's ``top_k`` experts instead of all of them)."""
     d, n, heads = spec["d_model"], spec["n_layers"], spec["n_heads"]
+    if spec.get("family") == "mdlm":  # DiT: q/k/v/o, MLP 4d with biases, adaLN 6d per block; time MLP; biased head
+        c, vocab = min(128, d), spec["vocab_size"]
+        per_layer = 4 * d * d + 8 * d * d + 5 * d + 2 * d + 6 * d * c + 6 * d
+        return n * per_layer + 2 * vocab * d + vocab + 256 * c + c * c + 2 * c + d + 2 * d * c + 2 * d
     kv = spec.get("n_kv_heads") or heads
     ffn = spec.get("mlp_hidden_size") or 2 * d
     vocab = spec["vocab_size"]
@@ -178,6 +189,15 @@ def random_checkpoint(spec: str | Mapping[str, Any] | None = None, cache_dir: st
 
 def _write_random(directory: Path, spec: dict[str, Any]) -> None:
     kwargs = {k: v for k, v in spec.items() if k != "family"}
+    if spec["family"] == "mdlm":
+        from dlm.tools.mdlm_checkpoints import make_mdlm_checkpoint
+
+        make_mdlm_checkpoint(directory, hidden_dim=kwargs["d_model"], cond_dim=min(128, kwargs["d_model"]),
+                             n_blocks=kwargs["n_layers"], n_heads=kwargs["n_heads"],
+                             model_length=kwargs["max_sequence_length"],
+                             extra_vocab=kwargs["vocab_size"] - MDLM_WORDS - 1,
+                             seed=kwargs["seed"], shards=kwargs.get("shards", 1))
+        return
     if spec["family"] == "llada":
         from dlm.tools.checkpoints import make_llada_checkpoint
 
@@ -236,9 +256,12 @@ def _write_random(directory: Path, spec: dict[str, Any]) -> None:
 
 
 def random_prompts(count: int, length: int, vocab: int, avoid: Sequence[int], seed: int = 0) -> list[Tensor]:
-    """``count`` prompts of ``length`` token ids drawn uniformly from the vocabulary minus ``avoid``."""
-    if count < 1 or length < 1:
-        raise InputError("need at least one prompt of at least one token")
+    """``count`` prompts of ``length`` token ids drawn uniformly from the vocabulary minus ``avoid`` (``length`` 0:
+    empty prompts, unconditional samples)."""
+    if count < 1 or length < 0:
+        raise InputError("need at least one prompt of at least zero tokens")
+    if length == 0:
+        return [torch.zeros(0, dtype=torch.long) for _ in range(count)]
     allowed = torch.tensor(sorted(set(range(vocab)) - set(int(a) for a in avoid)), dtype=torch.long)
     if not len(allowed):
         raise InputError("the vocabulary has no ordinary token to build prompts from")

@@ -23,7 +23,7 @@ from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.base import DecodingStrategy
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
 from dlm.iteration.canvases import Canvases, CanvasesConfig
-from dlm.messages import Candidates, Commit, Edits, Finish, Geometry, Window
+from dlm.messages import Candidates, Commit, Edits, Finish, Geometry, Idle, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import CPU, OTHER_PROMPTS, PROMPTS, SMALL_ITERATION, NotApplicable, _fail
@@ -143,9 +143,11 @@ def _check_commit(strategy: DecodingStrategy, logits: Tensor, window: Window, ge
     if bool(((chosen < 0) | (chosen >= logits.shape[-1])).any()):
         _fail(f"{where}: committed a token id outside the vocabulary [0, {logits.shape[-1]})")
     starved = (select.sum(dim=1) == 0) & window.eligible.any(dim=1)
-    finish = commit.get(Finish)
+    finish, idle = commit.get(Finish), commit.get(Idle)
     if finish is not None:
         starved &= ~finish.rows
+    if idle is not None:
+        starved &= ~idle.rows
     if bool(starved.any()):
         _fail(f"{where}: committed nothing for rows {starved.nonzero()[:, 0].tolist()} that have eligible positions")
     edits = commit.get(Edits)

@@ -127,6 +127,10 @@ def _checkpoint_writers() -> dict[str, Callable[[Path], Path]]:
     # the noise-canvas model: canvases of 8 from uniform noise, at most NOISE_STEPS steps each
     writers["diffusion_gemma"] = lambda d: make_diffusion_gemma_checkpoint(
         d, canvas_length=SMALL_ITERATION["block_length"], generation={"max_denoising_steps": NOISE_STEPS}, seed=7)
+
+    from dlm.tools.mdlm_checkpoints import make_mdlm_checkpoint
+
+    writers["mdlm"] = lambda d: make_mdlm_checkpoint(d, seed=7)
     return writers
 
 
