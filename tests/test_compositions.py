@@ -208,7 +208,7 @@ def test_a_plugin_that_declares_nothing_composes_with_every_built_in_that_requir
             found = compat.problems({"decoding": Undeclared, kind: cls})
             assert len(found) == len(asks), (name, found)  # refused once per feature it asks of the strategy
             asking |= {name} if asks else set()
-    assert asking == {"jacobi", "smoothing"}
+    assert asking == {"jacobi", "smoothing", "canvases"}
     assert "(works with decoding jacobi)" in compat.problems({"decoding": Undeclared, "iteration": resolve("iteration", "jacobi")})[0]
 
 

@@ -21,6 +21,7 @@ from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
 from dlm.memory import SoftStore
 from dlm.messages import ForwardPlan, SoftInputs, Window
 from dlm.models.base import ModelAdapter
+from dlm.rng import RowRNG
 from dlm.state import GenerationState
 from dlm.testing.contracts.core import ATOL, CPU, DTYPE, PROMPTS, RTOL, SMALL_ITERATION, NotApplicable, _fail
 from dlm.testing.contracts.probes import _check_finished, _concurrent, _config, _generate, _joins, _same_outputs
@@ -31,8 +32,18 @@ def _load_model(cls, config_dict) -> ModelAdapter:
 
 
 def _model_state(model: ModelAdapter, prompts=PROMPTS) -> tuple[GenerationState, Window]:
-    iteration = Blockwise(BlockwiseConfig(**SMALL_ITERATION))
+    """A state of ``prompts`` and its first window: blockwise on a masked model; on a noise-canvas model the first
+    canvas of uniform noise (``canvases``, each row's noise from its own seeded stream), since its MASK id is a
+    placeholder outside the vocabulary that no forward reads."""
+    if model.capabilities.canvas == "noise":
+        from dlm.iteration.canvases import Canvases, CanvasesConfig
+
+        iteration = Canvases(CanvasesConfig(gen_length=SMALL_ITERATION["gen_length"]))
+    else:
+        iteration = Blockwise(BlockwiseConfig(**SMALL_ITERATION))
     state = iteration.start([torch.tensor(p) for p in prompts], model.capabilities, CPU)
+    # a prompt's seed depends on the prompt only, so its noise canvas is the same alone and in any batch
+    state.rng = RowRNG([sum(p) * 31 + len(p) for p in prompts], state.batch_size, CPU)
     return state, iteration.window(state)
 
 
@@ -65,14 +76,16 @@ def _model_logits(cls, config_dict):
         _fail(f"logits have shape {tuple(logits.shape)}, expected [rows={len(window.rows)}, S={window.width}, vocab]")
     if not bool(torch.isfinite(logits).all()):
         _fail("logits hold NaN or infinite values")
-    wide = model.forward(state, replace(_whole(state, window), logits_start=state.gen_start, logits_end=state.length))
-    if tuple(wide.shape) != (len(window.rows), state.length - state.gen_start, vocab):
-        _fail(f"a plan asking for the logits of [{state.gen_start}, {state.length}) gets shape {tuple(wide.shape)}, "
-              f"expected [rows={len(window.rows)}, S={state.length - state.gen_start}, vocab]")
+    # the generation region's logits (a noise-canvas model: up to the canvas's end, the later columns hold no token)
+    end = window.end if model.capabilities.canvas == "noise" else state.length
+    wide = model.forward(state, replace(_whole(state, window), logits_start=state.gen_start, logits_end=end))
+    if tuple(wide.shape) != (len(window.rows), end - state.gen_start, vocab):
+        _fail(f"a plan asking for the logits of [{state.gen_start}, {end}) gets shape {tuple(wide.shape)}, "
+              f"expected [rows={len(window.rows)}, S={end - state.gen_start}, vocab]")
     lo = window.start - state.gen_start
     if not torch.allclose(wide[:, lo : lo + window.width], logits, rtol=RTOL, atol=ATOL):
         _fail("the logits of a wider span differ from the window's logits on the window's columns")
-    if not 0 <= model.capabilities.mask_id < vocab:
+    if model.capabilities.canvas != "noise" and not 0 <= model.capabilities.mask_id < vocab:
         _fail(f"mask_id {model.capabilities.mask_id} is outside the vocabulary of {vocab} logits")
 
 
