@@ -66,8 +66,9 @@ FEATURES: dict[str, Feature] = {
     "block_causal": Feature("model", "block-causal attention"),
     "kv_cache": Feature("model", "the adapter runs through a KV store"),
     "soft_inputs": Feature(
-        "model", "the adapter runs a plan's SoftInputs: stored soft embeddings added to its input embeddings, and "
-                 "the expected embeddings of its predictions recorded"),
+        "model", "the adapter runs a plan's SoftInputs: stored soft embeddings fed into its inputs (its own way: "
+                 "added to the token embeddings, or DiffusionGemma's self-conditioning block), and the expected "
+                 "embeddings of its predictions recorded"),
     "noise_canvas": Feature(
         "model", "canvases start from uniformly random tokens that every step may redraft until the canvas is done; "
                  "no MASK token (DiffusionGemma)"),

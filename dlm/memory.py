@@ -178,9 +178,10 @@ class SoftStore:
 
     The component asking for soft inputs creates one per generation (``SoftStore(rows, columns)``) and keeps it
     in its own run memory; the model writes it (as it writes a KV store) and reads it. dInfer's iteration
-    smoothing keeps ``w · softmax(logits) @ E`` here (:mod:`dlm.iteration.smoothing`); self-conditioning would keep
-    the previous step's expected embedding the same way. ``values`` is allocated by the model at its first record
-    (it knows the width and the dtype); a column holds zeros until something is recorded there. Rows follow
+    smoothing keeps ``w · softmax(logits) @ E`` here (:mod:`dlm.iteration.smoothing`); ``entropy_bound`` keeps
+    the soft embedding of the last step's tempered logits (DiffusionGemma's self-conditioning). ``values`` is
+    allocated by the model at its first record (it knows the width and the dtype); a column holds zeros until
+    something is recorded there. Rows follow
     the state (:meth:`take`, :meth:`cat`) and the columns follow the canvas (:meth:`shift_columns`).
     """
 

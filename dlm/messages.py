@@ -63,7 +63,9 @@ class ModelCapabilities:
     attention: Literal["bidirectional", "block_causal", "causal"] = "bidirectional"
     kv_cache: bool = True  # can write to / attend through a KV store
     block_size: int | None = None  # block-causal models: attention block size
-    soft_inputs: bool = False  # runs a plan's SoftInputs: adds soft embeddings to its inputs, records new ones
+    # runs a plan's SoftInputs: feeds stored soft embeddings into its inputs and records new ones (how it feeds them,
+    # added to the token embeddings or through a block of its own, is the model's business)
+    soft_inputs: bool = False
     # how a canvas starts: "masked" (MASK tokens, committed tokens never change) or "noise" (uniformly random tokens
     # that every step may redraft until the canvas is done: DiffusionGemma; mask_id is then a placeholder outside
     # the vocabulary for columns no canvas has reached)
@@ -394,18 +396,6 @@ class Edits:
 
 
 @dataclass(frozen=True)
-class SelfConditioning:
-    """Commit extension (self-conditioning: DiffusionGemma): ``logits`` [b, S, V] over the logits span, the step's
-    processed logits, which the model receives again in the row's next forward over the same span as a soft input
-    (:meth:`dlm.state.GenerationState.soft_inputs_for`). A commit without them clears the rows' soft inputs (the next
-    forward is a canvas' first). A plan's :class:`SoftInputs` is the other way in: the model records what it
-    predicted and adds it back (dInfer's iteration smoothing)."""
-
-    logits: Tensor  # [b, S, V]
-    keep: Tensor | None = None  # [b] bool: rows that keep them (None: every row; the others' are cleared)
-
-
-@dataclass(frozen=True)
 class Keep:
     """Commit extension (candidate steps): the candidate whose K/V the cache keeps, per row."""
 
@@ -626,11 +616,17 @@ class LayerPlans:
 
 @dataclass(frozen=True)
 class SoftInputs:
-    """Plan extension (soft inputs: dInfer's iteration smoothing, self-conditioning): the forward's input
-    embedding of a computed column ``c`` of plan row ``i`` (batch row ``r = rows[i]``) is
-    ``embed(token) + store.values[r, c]`` where ``feed[i, c]``, else ``embed(token)``; and, where ``record[i, c]``,
-    the model writes into ``store.values[r, c]`` the expected embedding under the distribution it predicts for
-    column ``c``: ``scale[i] · softmax(logits_c / temperature) @ E`` (``E`` the input embedding matrix).
+    """Plan extension (soft inputs: dInfer's iteration smoothing, DiffusionGemma's self-conditioning): at a computed
+    column ``c`` of plan row ``i`` (batch row ``r = rows[i]``) where ``feed[i, c]``, the model feeds
+    ``store.values[r, c]`` into its input; and, where ``record[i, c]``, it writes into ``store.values[r, c]`` the
+    soft embedding of the distribution it predicts for column ``c``, ``scale[i] · softmax(logits_c / T_i) @ E``
+    (``E`` the input embedding matrix, ``T_i`` the row's temperature).
+
+    How a model incorporates a soft embedding, and its exact arithmetic (dtypes, a scale of its own), is the
+    model's business: dlm's transformer adds it to the token embedding (dInfer's ``H2Embed``,
+    :mod:`dlm.models.soft_inputs`); DiffusionGemma records ``softmax(logits / T) @ E · embed_scale`` in its
+    reference's dtypes and passes it through its self-conditioning block (a column not fed gets a zero soft
+    embedding there, as at a canvas' first step).
 
     A row records only the columns it stores this step (inside its write bounds for a range plan, its column set
     for a column plan): a column computed as a peek for another row leaves the row's store as it was, so rows
@@ -649,7 +645,7 @@ class SoftInputs:
     feed: Tensor  # [b, L] bool: canvas columns whose input gets the stored soft embedding added
     record: Tensor | None = None  # [b, L] bool: canvas columns whose predicted expected embedding is stored
     scale: Tensor | None = None  # [b] float: weight of each row's recorded embedding (None: 1)
-    temperature: float = 1.0  # of the softmax over the logits
+    temperature: float | Tensor = 1.0  # of the softmax over the logits: one, or [b] float (one per row)
 
 
 @dataclass(frozen=True)
@@ -721,5 +717,5 @@ class ForwardPlan(Message):
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
     "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "Idle",
-    "SelfConditioning", "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "ModelInput", "NoiseLevel",
+    "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "ModelInput", "NoiseLevel",
     "SoftInputs", "SoftStore", "FeatureStore", "LayerInput", "LayerStep", "LayerPolicy", "LayerPlans"]

@@ -35,7 +35,7 @@ from torch import Tensor
 from dlm._compat import moved
 from dlm.errors import DecodingError
 from dlm.memory import cat_rows, take_rows
-from dlm.messages import Drafts, Edits, Finish, Idle, SelfConditioning
+from dlm.messages import Drafts, Edits, Finish, Idle
 
 if TYPE_CHECKING:
     from dlm.messages import Commit, Window
@@ -83,9 +83,6 @@ class GenerationState:
     # revisable canvases (DiffusionGemma): a row's pending positions may all be redrafted in a step without any being
     # committed; an iteration manager that declares ``revisable`` bounds the steps of a canvas instead
     revisable: bool = False
-    soft_inputs: Tensor | None = None  # [B, S, V]: the last step's SelfConditioning per row (self-conditioning)
-    soft_span: tuple[int, int] | None = None  # canvas columns [lo, hi) of ``soft_inputs``
-    soft_fed: Tensor | None = None  # [B] bool: rows whose soft inputs are set
 
     def __post_init__(self) -> None:
         b = self.canvas.shape[0]
@@ -156,7 +153,7 @@ class GenerationState:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("gen_start", "gen_length", "mask_id", "eos_ids", "cancels", "last_window", "step_bound",
-                          "revisable", "soft_span"):
+                          "revisable"):
                 continue
             if f.name == "memory":
                 changed[f.name] = {k: take_rows(v, dev) for k, v in value.items()}
@@ -295,7 +292,6 @@ class GenerationState:
             self._mark_provisional(window, select, None if drafts is None else drafts.mask)
         if finish is not None:
             counts = counts + self._finish(window, finish)
-        self._keep_soft_inputs(window, commit.get(SelfConditioning))
         self._record(rows, counts)
         self.last_window = window
 
@@ -330,34 +326,6 @@ class GenerationState:
         if self.held is None:
             self.held = torch.zeros_like(self.done)
         self.held[rows] = False if edits.hold is None else edits.hold
-
-    def _keep_soft_inputs(self, window: Window, soft: SelfConditioning | None) -> None:
-        """Keep ``soft``'s logits for the window's rows (or clear theirs when the commit has none)."""
-        if soft is None:
-            if self.soft_fed is not None:
-                self.soft_fed[window.rows] = False
-            return
-        span = (window.logits_start, window.logits_end)
-        b, s, v = soft.logits.shape
-        if (b, s) != (len(window.rows), span[1] - span[0]):
-            raise DecodingError(f"SelfConditioning logits must be [{len(window.rows)}, {span[1] - span[0]}, V] over the "
-                                f"logits span {span}; got {tuple(soft.logits.shape)}")
-        if self.soft_inputs is None or self.soft_span != span or self.soft_inputs.shape[2] != v:
-            self.soft_inputs = soft.logits.new_zeros(self.batch_size, s, v)
-            self.soft_fed = torch.zeros_like(self.done)
-            self.soft_span = span
-        self.soft_inputs[window.rows] = soft.logits
-        self.soft_fed[window.rows] = True if soft.keep is None else soft.keep.to(self.device)
-
-    def soft_inputs_for(self, rows: Tensor, lo: int, hi: int) -> tuple[Tensor | None, Tensor | None]:
-        """The soft inputs of ``rows`` over columns ``[lo, hi)`` ([b, S, V]) and the rows that have them ([b] bool),
-        or (None, None) when no row has any there."""
-        if self.soft_inputs is None or self.soft_span != (lo, hi):
-            return None, None
-        fed = self.soft_fed[rows]
-        if not bool(fed.any()):
-            return None, None
-        return self.soft_inputs[rows], fed
 
     def _record(self, rows: Tensor, counts: Tensor) -> None:
         """Per-row step history: ``counts`` [b] tokens committed by ``rows`` in this step."""

@@ -1,7 +1,10 @@
 """diffusion_gemma + canvases + entropy_bound: at batch 1, float32, a seed gives transformers' generate tokens and
-decoder forward counts; rows of a batch give what they give alone; refused compositions say why."""
+decoder forward counts; rows of a batch give what they give alone; self-conditioning rides on the strategy's
+SoftInputs; refused compositions say why."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +12,7 @@ import torch
 from dgemma_helpers import VOCAB, reference, write_checkpoint
 
 from dlm.errors import CompositionError
+from dlm.messages import SoftInputs
 from dlm.pipeline import Pipeline
 
 STEPS, NEW = 6, 16
@@ -74,3 +78,26 @@ def test_gen_length_must_be_whole_canvases(checkpoint):
                               "decoding": {"name": "entropy_bound"}, "cache": {"name": "none"}, "device": "cpu"})
     with pytest.raises(Exception, match="not a whole number of canvases of 8 tokens"):
         p.generate(input_ids=[[5, 6]])
+
+
+def test_entropy_bound_records_the_canvas_and_feeds_it_from_the_second_step(checkpoint):
+    p = pipeline(checkpoint, 0)
+    state = p.start(input_ids=[[5, 6, 7], [8, 9]])
+    first = p.decoding.prepare(state, p.iteration.window(state)).get(SoftInputs)
+    canvas = torch.zeros_like(first.record)
+    canvas[:, state.gen_start : state.gen_start + 8] = True
+    assert torch.equal(first.record, canvas) and not first.feed.any()
+    p.step(state)
+    window = p.decoding.prepare(state, p.iteration.window(state))
+    second = window.get(SoftInputs)
+    assert torch.equal(second.feed, canvas) and torch.equal(second.record, canvas)
+    assert torch.equal(second.temperature, p.decoding.temperature(window.step))  # the step's, one per row
+    recorded = second.store.values[:, state.gen_start : state.gen_start + 8]
+    assert second.store is first.store and bool((recorded != 0).any(dim=-1).all())
+
+
+def test_entropy_bound_refuses_a_noise_model_without_soft_inputs(checkpoint):
+    p = pipeline(checkpoint, 0)
+    assert p.decoding.check(p.model.capabilities) is None
+    problem = p.decoding.check(replace(p.model.capabilities, soft_inputs=False))
+    assert problem is not None and "soft_inputs" in problem

@@ -47,7 +47,7 @@ def both_logits(checkpoint, dtype, prompt, canvases, soft):
         expected = ref(decoder_input_ids=canvas, cache=ref_cache, decoder_position_ids=pos,
                        self_conditioning_logits=None if soft is None else soft.to(dtype)).logits
         got = model.decode(canvas, pos.expand(b, -1), cache, rows, done, torch.ones(b, done, dtype=torch.bool),
-                           None if soft is None else soft.to(dtype))
+                           None if soft is None else model.soft_embedding(soft.to(dtype)))
     return expected, got
 
 

@@ -16,7 +16,12 @@ From transformers' ``models/diffusion_gemma/generation_diffusion_gemma.py`` (5.1
    argmax of each of the last ``stability_threshold`` steps and the mean entropy of the tempered logits is below
    ``confidence_threshold``; or after ``N`` steps. The canvas' tokens are then **the argmax of that step** (the
    reference appends ``argmax_canvas``), committed all at once.
-6. The step's tempered logits are the next forward's self-conditioning input (:class:`~dlm.messages.SelfConditioning`).
+6. **Self-conditioning**: the step's tempered logits are the next step's soft input. The strategy attaches to its
+   window a :class:`~dlm.messages.SoftInputs` at the step's temperature, over its run memory's
+   :class:`~dlm.memory.SoftStore`: record the canvas, and feed it from the second step of the canvas on (a canvas'
+   first step, and so a row whose canvas finished, gets none, as the reference zeroes them). The model records the
+   soft embedding of its logits and feeds it back its own way (DiffusionGemma: through its self-conditioning
+   block); the model must declare ``soft_inputs`` (:meth:`EntropyBound.check`).
 
 Draws come from each row's own stream, in the reference's order (the multinomial, then the renoising randint,
 also at the step that stops), so at batch 1 a seed gives the reference's tokens under ``torch.manual_seed``. A row
@@ -39,8 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.decoding.base import DecodingStrategy
-from dlm.memory import RowMemory
-from dlm.messages import Commit, Drafts, SelfConditioning, Window
+from dlm.memory import RowMemory, SoftStore
+from dlm.messages import Commit, Drafts, SoftInputs, Window
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
 
@@ -72,9 +77,11 @@ class EntropyBoundConfig(BaseModel):
 
 @dataclass
 class StopHistory(RowMemory):
-    """Per row: the argmax canvases of the last ``stability_threshold`` steps ([B, S, W], -1 before any)."""
+    """Per row: the argmax canvases of the last ``stability_threshold`` steps ([B, S, W], -1 before any), and the
+    soft embeddings of the last step's tempered logits (self-conditioning)."""
 
     argmax: Tensor
+    soft: SoftStore
 
 
 class EntropyBound(DecodingStrategy):
@@ -91,7 +98,8 @@ class EntropyBound(DecodingStrategy):
             return None
         keep = int(self.config.setting("stability_threshold"))
         width = state.progress.canvas if hasattr(state.progress, "canvas") else state.gen_length
-        return StopHistory(torch.full((state.batch_size, keep, width), -1, dtype=torch.long, device=state.device))
+        return StopHistory(torch.full((state.batch_size, keep, width), -1, dtype=torch.long, device=state.device),
+                           SoftStore(state.batch_size, state.length))
 
     def temperature(self, step: Tensor) -> Tensor:
         """[b] float32 temperatures at canvas steps ``step`` [b], as the reference's float32 arithmetic."""
@@ -99,6 +107,17 @@ class EntropyBound(DecodingStrategy):
         t_min, t_max = float(self.config.setting("t_min")), float(self.config.setting("t_max"))
         remaining = (n - step).to(torch.int32)
         return t_min + (t_max - t_min) * (remaining / n)
+
+    def prepare(self, state: GenerationState, window: Window) -> Window:
+        """On a revisable canvas: ask for self-conditioning (record the canvas' soft embeddings at the step's
+        temperature; feed them from the canvas' second step on)."""
+        if not state.revisable:
+            return window
+        canvas = torch.zeros(len(window.rows), state.length, dtype=torch.bool, device=state.device)
+        canvas[:, window.start : window.end] = True
+        feed = canvas & ~window.first_step.to(state.device)[:, None]
+        temps = self.temperature(window.step).to(state.device)
+        return window.extend(SoftInputs(self.memory(state).soft, feed=feed, record=canvas, temperature=temps))
 
     def accept(self, entropy: Tensor, eligible: Tensor) -> Tensor:
         """[b, W] bool: the lowest-entropy eligible positions whose entropies' sum minus max is within the bound."""
@@ -134,7 +153,7 @@ class EntropyBound(DecodingStrategy):
             self.config.setting("max_denoising_steps"))).to(logits.device)
         select = window.eligible & finish[:, None]
         tokens = torch.where(finish[:, None], argmax, redrafted)
-        return Commit(select, tokens, Drafts(window.eligible & ~finish[:, None]), SelfConditioning(tempered, keep=~finish))
+        return Commit(select, tokens, Drafts(window.eligible & ~finish[:, None]))
 
     def _stop(self, state: GenerationState, window: Window, argmax: Tensor, entropy: Tensor) -> Tensor:
         """[b] bool: stable (the argmax of the last ``stability_threshold`` steps) and confident; records the argmax."""
@@ -149,7 +168,11 @@ class EntropyBound(DecodingStrategy):
         return stable & confident
 
     def check(self, capabilities) -> str | None:
-        """A masked model has no canvas to stop: refuse the adaptive stop's settings there."""
+        """A masked model has no canvas to stop: refuse the adaptive stop's settings there; a noise-canvas model
+        must take the self-conditioning input (soft inputs)."""
+        if capabilities.canvas == "noise" and not capabilities.soft_inputs:
+            return ("on noise canvases it feeds each step the soft embedding of the last step's tempered logits "
+                    "(self-conditioning, a plan's SoftInputs), and the model does not declare soft_inputs")
         if capabilities.canvas == "masked" and (self.config.stability_threshold is not None
                                                 or self.config.confidence_threshold is not None):
             return ("the adaptive stop (stability_threshold, confidence_threshold) applies to noise canvases only; "

@@ -11,9 +11,12 @@ This module reads the checkpoint and turns dlm's forward plans into encoder and 
   model's, not a cache manager's approximation; plans come from ``cache: none``.
 - **The decoder** runs on the window's logits span (the canvas), attending to the encoded columns before it; the
   plan's other columns are either encoded already (before the canvas) or not generated yet (after it).
-- **Self-conditioning** input: the previous step's processed logits of the canvas, which a decoding strategy hands
-  back with its commit (:class:`~dlm.messages.SelfConditioning`) and the state keeps (``state.soft_inputs``, per row,
-  cleared by a commit without them). A row without them gets a zero soft embedding (its canvas' first step).
+- **Self-conditioning** runs a plan's :class:`~dlm.messages.SoftInputs` (``capabilities.soft_inputs``): at the
+  columns it records, the adapter stores the soft embedding of the step's tempered logits
+  (:meth:`~dlm.models.gemma.DiffusionGemmaNet.soft_embedding`: ``softmax(logits / T) @ E · embed_scale`` in
+  transformers' dtypes), and at the columns it feeds it passes the stored one through the decoder's
+  self-conditioning block instead of adding it to the token embedding. A column not fed gets a zero soft
+  embedding (a canvas' first step, transformers' ``self_conditioning_mask``). ``entropy_bound`` attaches them.
 
 Tensor names (the layout ``save_pretrained`` writes, which loads the hub checkpoints unconverted: transformers has
 no conversion rule for this family): the text weights under ``model.decoder.`` (``embed_tokens``,
@@ -41,7 +44,7 @@ from torch import Tensor
 from dlm.models.llada import nonempty_path
 from dlm.errors import CheckpointError, CompositionError
 from dlm.memory import RowMemory, row_field
-from dlm.messages import ForwardPlan, ModelCapabilities
+from dlm.messages import ForwardPlan, ModelCapabilities, SoftInputs
 from dlm.models.base import ModelAdapter
 from dlm.models.checkpoint import (
     MAX_CONTEXT, MAX_EXPERTS, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, MAX_WIDTH, MODEL_TYPES, check_model_type,
@@ -248,7 +251,7 @@ class DiffusionGemmaModel(ModelAdapter):
             raise CheckpointError(f"{directory}: end token ids {list(eos)} must lie in [0, {spec.vocab})")
         caps = ModelCapabilities(mask_id=spec.vocab, eos_ids=eos, max_length=spec.max_length, vocab_size=spec.vocab,
                                  attention="bidirectional", kv_cache=False, block_size=canvas,
-                                 canvas="noise")
+                                 soft_inputs=True, canvas="noise")
         net = load_gemma(directory, spec, dtype=dtype, device=torch.device(device))
         return cls(config, net, caps, tokenizer, canvas, generation)
 
@@ -266,7 +269,7 @@ class DiffusionGemmaModel(ModelAdapter):
 
     @torch.inference_mode()
     def forward(self, state: GenerationState, plan: ForwardPlan) -> Tensor:
-        if plan.columns is not None or plan.kv is not None or plan.extensions:
+        if plan.columns is not None or plan.kv is not None or plan.without(SoftInputs).extensions:
             raise CompositionError("diffusion_gemma runs plans of a column range without a KV store (cache: none)")
         start, end = plan.logits_start, plan.logits_end  # the canvas: what the decoder runs on
         if start < plan.start or end > plan.end:
@@ -292,6 +295,30 @@ class DiffusionGemmaModel(ModelAdapter):
             mem.encoded[sub] = start
         ids = state.canvas[rows, start:end]
         positions = (cols[None, start:end] - pad[:, None]).clamp(min=0)
-        soft, fed = state.soft_inputs_for(rows, start, end)
-        return self.net.decode(ids, positions, mem.cache, rows, start, valid[:, :start],
-                               None if soft is None else soft.to(self.dtype), fed)
+        soft = plan.get(SoftInputs)
+        logits = self.net.decode(ids, positions, mem.cache, rows, start, valid[:, :start],
+                                 None if soft is None else self._fed(soft, rows, start, end))
+        if soft is not None and soft.record is not None:
+            self._record(soft, rows, logits, start, end)
+        return logits
+
+    def _fed(self, soft: SoftInputs, rows: Tensor, start: int, end: int) -> Tensor | None:
+        """The self-conditioning input [b, q, dim] of the canvas ``[start, end)``: the stored soft embedding where
+        ``soft.feed`` marks the column, zeros elsewhere (None: nothing fed)."""
+        feed = soft.feed[:, start:end]  # [b, q]
+        if soft.store.values is None or not bool(feed.any()):
+            return None
+        return soft.store.values[rows, start:end] * feed[..., None].to(self.dtype)
+
+    def _record(self, soft: SoftInputs, rows: Tensor, logits: Tensor, start: int, end: int) -> None:
+        """Store the soft embedding of ``logits`` [b, q, vocab] (tempered as the reference tempers its processed
+        logits: float32 divided by the row's temperature) at the canvas columns ``soft.record`` marks."""
+        t = soft.temperature
+        if isinstance(t, Tensor):
+            t = t.to(logits.device)[:, None, None]
+        embedded = self.net.soft_embedding(logits / t)  # [b, q, dim]
+        if soft.scale is not None:
+            embedded = embedded * soft.scale.to(device=embedded.device, dtype=embedded.dtype)[:, None, None]
+        values = soft.store.allocate(self.net.embed.weight)
+        record = soft.record[:, start:end, None]
+        values[rows, start:end] = torch.where(record, embedded, values[rows, start:end])

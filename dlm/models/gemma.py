@@ -278,21 +278,23 @@ class DiffusionGemmaNet(nn.Module):
             attended = block.attn(h, cos, sin, cache.keys[i][rows, :, :end], cache.values[i][rows, :, :end], mask)
             x = block(x, attended, encoder=True)
 
+    def soft_embedding(self, tempered: Tensor) -> Tensor:
+        """The self-conditioning input [b, q, dim] of a step's tempered logits [b, q, vocab], in transformers'
+        dtypes: ``softmax(logits.to(dtype), float32).to(dtype) @ E · embed_scale`` (the reference keeps the
+        processed logits in the embeddings' dtype and takes their softmax at the next step)."""
+        weight = self.embed.weight
+        probs = tempered.to(weight.dtype).softmax(dim=-1, dtype=torch.float32).to(weight.dtype)
+        return (probs @ weight) * self.embed_scale
+
     def decode(self, ids: Tensor, positions: Tensor, cache: EncoderCache, rows: Tensor, prefix: int,
-               key_valid: Tensor, soft_logits: Tensor | None, fed: Tensor | None = None) -> Tensor:
+               key_valid: Tensor, soft: Tensor | None) -> Tensor:
         """Logits [b, q, vocab] (float32, soft-capped) of the canvas ``ids`` [b, q] at RoPE ``positions``, which
         attends to itself and to the encoder's cached columns ``[0, prefix)`` (``key_valid`` [b, prefix] marks
-        the non-padding ones); ``soft_logits`` [b, q, vocab]: the previous step's logits (None: the first step), used
-        for the rows ``fed`` [b] marks (None: every row; the others get a zero soft embedding, transformers'
-        ``self_conditioning_mask``)."""
+        the non-padding ones); ``soft`` [b, q, dim]: the self-conditioning input (:meth:`soft_embedding` of the
+        previous step's tempered logits; None or zeros at a canvas' first step)."""
         x = self.embed(ids) * self.embed_scale
-        if soft_logits is None:
+        if soft is None:
             soft = torch.zeros_like(x)
-        else:
-            weight = self.embed.weight
-            soft = (soft_logits.softmax(dim=-1, dtype=torch.float32).to(weight.dtype) @ weight) * self.embed_scale
-            if fed is not None:
-                soft = soft * fed.to(soft.dtype)[:, None, None]
         x = self.self_conditioning(x, soft)
         ropes = self._ropes(positions, x.dtype)
         b, q = ids.shape

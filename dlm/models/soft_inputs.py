@@ -50,7 +50,10 @@ def record_soft(embed: nn.Embedding, soft: SoftInputs, rows: Tensor, logits: Ten
     # and rewrites what it holds: one write per (row, column) carries a new value
     target = torch.where(inside, target, 0)
     write = stored & inside & soft.record.gather(1, target)  # [b, q]
-    expected = torch.softmax(logits / soft.temperature, dim=-1) @ weight  # [b, q, dim]
+    t = soft.temperature
+    if isinstance(t, Tensor):  # [b]: one per row
+        t = t.to(device=logits.device, dtype=logits.dtype)[:, None, None]
+    expected = torch.softmax(logits / t, dim=-1) @ weight  # [b, q, dim]
     if soft.scale is not None:
         wide = torch.promote_types(expected.dtype, torch.float32)
         expected = (soft.scale.to(device=expected.device, dtype=wide)[:, None, None] * expected.to(wide)).to(expected.dtype)

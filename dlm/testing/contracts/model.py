@@ -18,6 +18,7 @@ from torch import Tensor
 from dlm.cache.none import NoCache, NoCacheConfig
 from dlm.decoding.low_confidence import LowConfidence, LowConfidenceConfig
 from dlm.iteration.blockwise import Blockwise, BlockwiseConfig
+from dlm.iteration.canvases import Canvases, CanvasesConfig
 from dlm.memory import SoftStore
 from dlm.messages import ForwardPlan, SoftInputs, Window
 from dlm.models.base import ModelAdapter
@@ -32,18 +33,14 @@ def _load_model(cls, config_dict) -> ModelAdapter:
 
 
 def _model_state(model: ModelAdapter, prompts=PROMPTS) -> tuple[GenerationState, Window]:
-    """A state of ``prompts`` and its first window: blockwise on a masked model; on a noise-canvas model the first
-    canvas of uniform noise (``canvases``, each row's noise from its own seeded stream), since its MASK id is a
-    placeholder outside the vocabulary that no forward reads."""
+    """A state at its first window: blockwise on a masked model, one canvas of noise on a noise-canvas model."""
     if model.capabilities.canvas == "noise":
-        from dlm.iteration.canvases import Canvases, CanvasesConfig
-
-        iteration = Canvases(CanvasesConfig(gen_length=SMALL_ITERATION["gen_length"]))
+        iteration = Canvases(CanvasesConfig(gen_length=model.capabilities.block_size))
     else:
         iteration = Blockwise(BlockwiseConfig(**SMALL_ITERATION))
     state = iteration.start([torch.tensor(p) for p in prompts], model.capabilities, CPU)
-    # a prompt's seed depends on the prompt only, so its noise canvas is the same alone and in any batch
-    state.rng = RowRNG([sum(p) * 31 + len(p) for p in prompts], state.batch_size, CPU)
+    # a canvas' noise comes from the row's stream: one seed for every row, so a prompt draws the same in a batch
+    state.rng = RowRNG([0] * state.batch_size, state.batch_size, CPU)
     return state, iteration.window(state)
 
 
@@ -85,7 +82,7 @@ def _model_logits(cls, config_dict):
     lo = window.start - state.gen_start
     if not torch.allclose(wide[:, lo : lo + window.width], logits, rtol=RTOL, atol=ATOL):
         _fail("the logits of a wider span differ from the window's logits on the window's columns")
-    if model.capabilities.canvas != "noise" and not 0 <= model.capabilities.mask_id < vocab:
+    if model.capabilities.canvas == "masked" and not 0 <= model.capabilities.mask_id < vocab:  # noise: a placeholder
         _fail(f"mask_id {model.capabilities.mask_id} is outside the vocabulary of {vocab} logits")
 
 
@@ -109,12 +106,12 @@ def _model_kv_forward(cls, config_dict):
 
 
 def _recorded(model: ModelAdapter, prompts) -> tuple[Tensor, Tensor, Tensor]:
-    """A whole-canvas forward of ``prompts`` recording soft inputs at the masked columns (scale 0.5): the plain
-    logits, the logits of the recording forward, and the store's values."""
+    """A whole-canvas forward of ``prompts`` recording soft inputs at the pending columns (MASK, or a noise
+    canvas' drafts; scale 0.5): the plain logits, the logits of the recording forward, and the store's values."""
     state, window = _model_state(model, prompts)
     plan = _whole(state, window)
     plain = model.forward(state, plan)
-    masked = state.masked()[window.rows]
+    masked = state.pending()[window.rows]
     store = SoftStore(state.batch_size, state.length)
     empty = model.forward(state, plan.extend(SoftInputs(store, feed=masked)))
     if not torch.equal(empty, plain):
@@ -135,14 +132,14 @@ def _model_soft_inputs(cls, config_dict):
         _fail("recording soft inputs changed the logits returned by the forward")
     state, window = _model_state(model)
     written = values.abs().sum(dim=-1) != 0  # [B, L]
-    if not torch.equal(written, state.masked()) or not bool(torch.isfinite(values).all()):
-        _fail("a record over the whole canvas must store finite embeddings at exactly the masked columns")
+    if not torch.equal(written, state.pending()) or not bool(torch.isfinite(values).all()):
+        _fail("a record over the whole canvas must store finite embeddings at exactly the pending columns")
     for r, prompt in enumerate(PROMPTS):
         alone = _recorded(model, [prompt])[2][0]
         pad = int(state.pad[r])
         if not torch.allclose(values[r, pad:], alone, rtol=RTOL, atol=ATOL):
             _fail(f"prompt {r}: the soft embeddings recorded in a left-padded batch differ from those alone")
-    masked = state.masked()[window.rows]
+    masked = state.pending()[window.rows]
     fed = model.forward(state, _whole(state, window).extend(SoftInputs(SoftStore(*values.shape[:2], values),
                                                                          feed=masked)))
     if torch.allclose(fed, plain, rtol=RTOL, atol=ATOL):
