@@ -91,6 +91,10 @@ FEATURES: dict[str, Feature] = {
 # what a noise-canvas model needs of the other components, besides their own declarations
 NOISE_NEEDS = (("iteration", "revisable"), ("decoding", "finishes_canvases"))
 
+# model features that one forward cannot combine: components requiring the one and the other are refused together
+# (dlm's transformer runs a plan's soft inputs or its per-layer plans, not both)
+EXCLUSIVE = (("soft_inputs", "layer_plans"),)
+
 
 def model_features(capabilities: ModelCapabilities) -> frozenset[str]:
     """The features a model with ``capabilities`` provides."""
@@ -178,6 +182,12 @@ def problems(components: Mapping[str, Any], names: Mapping[str, str] | None = No
                 found.append(f"{kind} {name(kind)!r} cannot be used with model {names.get('model', 'model')!r}: the "
                              f"model's canvases start from noise, with no MASK token; it needs {kind} "
                              f"{_providers(kind, feature) or [feature]}")
+    asked = {kind: set(requires(components[kind])) for kind in KINDS if kind in components}
+    for one, other in EXCLUSIVE:
+        for k1, k2 in ((a, b) for a in asked for b in asked if a != b and one in asked[a] and other in asked[b]):
+            found.append(f"{k1} {name(k1)!r} cannot be used with {k2} {name(k2)!r}: it feeds the model soft inputs "
+                         f"({one}) and {k2} {name(k2)!r} plans the forward per layer ({other}); a forward runs one "
+                         "or the other")
     for kind in [k for k in KINDS if k in components]:
         for feature, reason in requires(components[kind]).items():
             known = FEATURES.get(feature)
