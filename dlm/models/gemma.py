@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlm.models.layers import apply_rope
+from dlm.models.layers import SwiGLU, apply_rope
 from dlm.models.moe import Routing, ScaledSoftmaxTopK, dispatch
 
 
@@ -91,17 +91,12 @@ class GemmaNorm(nn.Module):
         return gemma_norm(x, self.weight, self.eps)
 
 
-class GeGLU(nn.Module):
-    """down(gelu_tanh(gate(x)) * up(x))."""
+class GeGLU(SwiGLU):
+    """down(gelu_tanh(gate(x)) * up(x)): dlm's gated feed-forward with Gemma's activation."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=False)
-        self.up = nn.Linear(dim, hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.gelu(self.gate(x), approximate="tanh") * self.up(x))
+    @staticmethod
+    def act(x: Tensor) -> Tensor:
+        return F.gelu(x, approximate="tanh")
 
 
 class FusedExperts(nn.Module):

@@ -232,7 +232,8 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)): the dense feed-forward, and each expert of a sparse one."""
+    """down(silu(gate(x)) * up(x)): the dense feed-forward, and each expert of a sparse one. A gated feed-forward
+    with another activation subclasses it and sets :meth:`act` (DiffusionGemma's GeGLU)."""
 
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -240,8 +241,12 @@ class SwiGLU(nn.Module):
         self.up = nn.Linear(dim, hidden, bias=False)
         self.down = nn.Linear(hidden, dim, bias=False)
 
+    @staticmethod
+    def act(x: Tensor) -> Tensor:
+        return F.silu(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.gate(x)) * self.up(x))
 
 
 class Block(nn.Module):
