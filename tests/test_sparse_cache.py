@@ -1,12 +1,16 @@
 """Sparse-dLLM (``sparse``): ``dual`` with a delayed refresh when it keeps everything, a real eviction otherwise
-(each layer keeping ``int(keep_ratio · n)`` columns), batch rows as alone, and the contract kit."""
+(each layer keeping ``int(keep_ratio · n)`` columns), batch rows as alone, the contract kit, and the authors' own
+code's tokens and NFE (float64, tiny random checkpoints)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
 
 from dlm import Pipeline
 from dlm.cache.dual import DualCache
@@ -14,6 +18,7 @@ from dlm.cache.prefix import row_range_plan
 from dlm.cache.sparse import _Policy
 from dlm.testing import make_llada_checkpoint
 from dlm.testing.contracts import check_component
+from tests import reference_sparse_dllm as ref
 from tests.conftest import pipeline_config
 
 prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=1, max_size=3)
@@ -21,8 +26,8 @@ decoding_st = st.sampled_from([{"name": "low_confidence"}, {"name": "threshold",
 ITERATION = {"name": "blockwise", "gen_length": 16, "block_length": 8, "steps": 16}
 
 
-def run(ckpt, cache, prompts, decoding=None):
-    cfg = pipeline_config(ckpt, iteration=ITERATION, decoding=decoding or {"name": "low_confidence"}, cache=cache)
+def run(ckpt, cache, prompts, decoding=None, iteration=ITERATION):
+    cfg = pipeline_config(ckpt, iteration=iteration, decoding=decoding or {"name": "low_confidence"}, cache=cache)
     out = Pipeline.from_config(cfg).generate(input_ids=prompts)
     return [g.tolist() for g in out.generated], out.nfe
 
@@ -100,3 +105,34 @@ def test_each_layer_keeps_its_share_of_the_prefix_and_suffix_and_attends_to_them
 
 def test_the_contract_kit_passes():
     check_component("cache", "sparse", {"keep_ratio": 0.5})
+
+
+@pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
+def masked_ckpt(request, tmp_path_factory):
+    """2 layers, d 32, 4 heads, the MASK row of the output head zeroed (the authors' loop commits a MASK argmax)."""
+    ckpt = make_llada_checkpoint(tmp_path_factory.mktemp("sp") / "llada", n_kv_heads=request.param, seed=1)
+    name = "model.transformer.ff_out.weight"
+    for shard in ckpt.glob("*.safetensors"):
+        tensors = load_file(str(shard))
+        tensors[name][json.loads((ckpt / "config.json").read_text())["mask_token_id"]] = 0
+        save_file(tensors, str(shard), metadata={"format": "pt"})
+    return ckpt
+
+
+GRID = [((0.5, 3), (16, 8, 16)), ((0.3, 3), (24, 8, 24)), ((0.7, None), (16, 4, 8)), ((0.5, 3), (24, 12, 12))]
+
+
+@pytest.mark.skipif(ref.source() is None, reason="needs a checkout of OpenMOSS/Sparse-dLLM in DLM_SPARSE_DLLM_SRC "
+                    "(tests/reference_sparse_dllm.py)")
+def test_the_authors_code_gives_the_same_tokens_and_nfe(masked_ckpt):
+    mask_id, differ = json.loads((masked_ckpt / "config.json").read_text())["mask_token_id"], 0
+    for (keep, kernel), (gen, block, steps) in GRID:
+        generate, model = ref.load(masked_ckpt, block_length=block, keep_ratio=keep, kernel_size=kernel)
+        iteration = {"name": "blockwise", "gen_length": gen, "block_length": block, "steps": steps}
+        for prompt in ([51, 59, 29], [35, 34, 28, 9, 77, 40, 12]):
+            want = ref.reference_generate(generate, model, prompt, steps=steps, gen_length=gen, block_length=block,
+                                          mask_id=mask_id)
+            got = run(masked_ckpt, sparse(keep, kernel or 1), [prompt], iteration=iteration)
+            assert got == ([want[0]], [want[1]]), (keep, kernel, gen, block, steps, prompt)
+            differ += got[0] != run(masked_ckpt, sparse(1.0), [prompt], iteration=iteration)[0]
+    assert differ > 0  # the grid exercises the eviction, not only cases where it changes nothing
