@@ -74,11 +74,11 @@ def test_evicting_half_differs_from_keeping_everything(tiny_ckpt):
 
 @settings(max_examples=4, deadline=None)
 @given(prompts=st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=2, max_size=3),
-       keep=st.sampled_from([0.3, 0.5, 0.8]))
-def test_batch_rows_give_what_they_give_alone(tiny_ckpt, prompts, keep):
-    tokens, nfe = run(tiny_ckpt, sparse(keep), prompts)
+       keep=st.sampled_from([0.3, 0.5, 0.8]), decoding=decoding_st)
+def test_batch_rows_give_what_they_give_alone(tiny_ckpt, prompts, keep, decoding):
+    tokens, nfe = run(tiny_ckpt, sparse(keep), prompts, decoding)  # threshold: rows at different steps share forwards
     for i, p in enumerate(prompts):
-        assert run(tiny_ckpt, sparse(keep), [p]) == ([tokens[i]], [nfe[i]])
+        assert run(tiny_ckpt, sparse(keep), [p], decoding) == ([tokens[i]], [nfe[i]])
 
 
 def test_each_layer_keeps_its_share_of_the_prefix_and_suffix_and_attends_to_them_and_the_block(tiny_ckpt,
