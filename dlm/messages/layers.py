@@ -43,13 +43,15 @@ class LayerStep:
     written to the store before the computed offsets' K/V, for offsets whose values were computed to decide
     (dLLM-Cache's similarity test). ``keys`` [b, K] bool: the keys this layer's queries may attend to, on top of
     the plan's mask (Sparse-dLLM's eviction); K is ``key_end`` with a store. ``probe`` [b, p] long: query
-    offsets whose attention probabilities :meth:`LayerPolicy.attended` receives.
+    offsets whose attention probabilities :meth:`LayerPolicy.attended` receives; with ``scores`` their scores
+    instead (``q·kᵀ/√d`` before the softmax, summed over heads, masked keys ``-inf``: Sparse-dLLM's importance).
     """
 
     compute: Tensor | None = None
     values: tuple[Tensor, Tensor] | None = None
     keys: Tensor | None = None
     probe: Tensor | None = None
+    scores: bool = False
 
 
 class LayerPolicy:
@@ -67,7 +69,8 @@ class LayerPolicy:
 
     def attended(self, layer: int, weights: Tensor) -> None:
         """The attention probabilities of the probed query offsets: [b, p, K] (summed over heads; keys as in
-        :attr:`LayerStep.keys`, masked keys 0), in float32 or the model's float64."""
+        :attr:`LayerStep.keys`, masked keys 0; the scores with :attr:`LayerStep.scores`), in float32 or the
+        model's float64."""
 
     def repeat(self, k: int) -> "LayerPolicy":
         """This policy for a candidate step: each row's ``k`` candidates in row-major order (``b·k`` rows), each

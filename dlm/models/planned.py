@@ -14,7 +14,8 @@ normalised input (:class:`Input`) and answers with a :class:`~dlm.messages.Layer
 - ``values``: values computed to decide (:meth:`Input.values`), written before the computed offsets' K/V;
 - ``keys``: the keys the layer's queries may attend to (a per-layer eviction, as Sparse-dLLM's);
 - ``probe``: query offsets whose attention probabilities (softmax(QKᵀ/√d) written out beside SDPA, summed over
-  heads) go to :meth:`~dlm.messages.LayerPolicy.attended` before the next layer is planned.
+  heads; or the scores before it, ``scores``) go to :meth:`~dlm.messages.LayerPolicy.attended` before the next
+  layer is planned.
 
 A step of None (or every field None) runs the layer exactly as the default forward does (the same operations),
 storing its outputs when the plan has a feature store. The last layer computes every row it is asked to (no
@@ -72,9 +73,9 @@ def with_keys(mask: Tensor | None, keys: Tensor | None) -> Tensor | None:
 
 
 def probe(attn: Attention, hidden: Tensor, cos: Tensor, sin: Tensor, offsets: Tensor, keys: Tensor,
-          mask: Tensor | None) -> Tensor:
-    """Attention probabilities of the query ``offsets`` [b, p] over ``keys`` [b, Hkv, K, D], summed over heads:
-    [b, p, K] in float32 (float64 for a float64 model)."""
+          mask: Tensor | None, raw: bool = False) -> Tensor:
+    """Attention probabilities (``raw``: the scores before the softmax) of the query ``offsets`` [b, p] over
+    ``keys`` [b, Hkv, K, D], summed over heads: [b, p, K] in float32 (float64 for a float64 model)."""
     h, c, s = pick_rows(hidden, offsets), pick_rows(cos, offsets), pick_rows(sin, offsets)
     q = attn.queries(h, c, s, attn.projections(h, c, s)[0] if attn.fused else None)
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
@@ -82,7 +83,7 @@ def probe(attn: Attention, hidden: Tensor, cos: Tensor, sin: Tensor, offsets: Te
     scores = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * (q.shape[-1] ** -0.5)  # [b, H, p, K]
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    return scores.softmax(dim=-1).sum(dim=1)
+    return (scores if raw else scores.softmax(dim=-1)).sum(dim=1)
 
 
 def planned_layer(block: Block, layer: int, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, kv,
@@ -119,7 +120,7 @@ def planned_layer(block: Block, layer: int, x: Tensor, cos: Tensor, sin: Tensor,
     m = with_keys(m, step.keys)
     if step.probe is not None:
         pm = with_keys(pick_mask_rows(mask, step.probe), step.keys)
-        plans.policy.attended(layer, probe(attn, hidden, cos, sin, step.probe, k, pm))
+        plans.policy.attended(layer, probe(attn, hidden, cos, sin, step.probe, k, pm, step.scores))
     out = attn.attend(q, k, v, m)  # [b, n, dim]
     if compute is None:
         x = x + out
