@@ -80,64 +80,6 @@ class _Policy(LayerPolicy):
         return _Policy(self.config, self.keep, keys, *(t.repeat_interleave(k) for t in host))
 
 
-class SparseCacheConfig(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    keep_ratio: float = Field(0.5, gt=0.0, le=1.0, description="share of the prefix and suffix columns each layer "
-                              "keeps")
-    kernel_size: int = Field(3, ge=1, description="width of the max-pool smoothing the scores (odd; 1: none)")
-
-
-@dataclass
-class SparseMemory(KVMemory):
-    """The KV store and, per row and layer, the prefix/suffix columns kept for the current block."""
-
-    keep: Tensor = column_field(dim=2, fill=False, default=None)  # [B, n_layers, L] bool
-
-
-class _Score(LayerPolicy):
-    """The delayed update: probe the block's queries in every layer and keep each scored row's top columns."""
-
-    def __init__(self, config: SparseCacheConfig, keep: Tensor, rows: Tensor, scored: Tensor, pad: Tensor,
-                 block_start: Tensor, block_end: Tensor) -> None:
-        self.config, self.keep, self.rows, self.scored = config, keep, rows, scored  # rows, scored, bounds: [b] host
-        self.pad, self.block_start, self.block_end = pad, block_start, block_end
-        width = int((block_end - block_start).max())
-        offsets = block_start[:, None] + torch.arange(width)[None, :]  # [b, w]: the plan runs every column
-        self.offsets = torch.minimum(offsets, block_end[:, None] - 1).to(keep.device)
-
-    def step(self, layer: LayerInput) -> LayerStep | None:
-        return LayerStep(probe=self.offsets, scores=True)
-
-    def attended(self, layer: int, weights: Tensor) -> None:  # weights: [b, w, L]
-        length, k = weights.shape[-1], self.config.kernel_size
-        for i in torch.nonzero(self.scored).flatten().tolist():
-            lo, hi = int(self.block_start[i]), int(self.block_end[i])
-            score = weights[i, :hi - lo].sum(dim=0)  # [L]
-            outside = torch.cat((torch.arange(int(self.pad[i]), lo), torch.arange(hi, length))).to(score.device)
-            importance = F.max_pool1d(score[outside][None, None], k, stride=1, padding=k // 2)[0, 0]  # [n]
-            top = torch.topk(importance, k=int(outside.numel() * self.config.keep_ratio)).indices
-            kept = torch.zeros(length, dtype=torch.bool, device=score.device)
-            self.keep[int(self.rows[i]), layer] = kept.index_fill_(0, outside[top], True)
-
-    def repeat(self, k: int) -> "_Score":
-        host = (self.rows, self.scored, self.pad, self.block_start, self.block_end)
-        return _Score(self.config, self.keep, *(t.repeat_interleave(k) for t in host))
-
-
-class _Evict(LayerPolicy):
-    """A cached step: each layer's queries attend to the layer's kept columns and the computed ones."""
-
-    def __init__(self, keep: Tensor, computed: Tensor) -> None:
-        self.keep, self.computed = keep, computed  # [b, n_layers, L], [b, L] bool
-
-    def step(self, layer: LayerInput) -> LayerStep | None:
-        return LayerStep(keys=self.keep[:, layer] | self.computed)
-
-    def repeat(self, k: int) -> "_Evict":
-        return _Evict(self.keep.repeat_interleave(k, dim=0), self.computed.repeat_interleave(k, dim=0))
-
-
 class SparseCache(PrefixCache):
     Config = SparseCacheConfig
     requires = {"layer_plans": "it scores the cached columns by the block's attention and evicts them layer by layer "
