@@ -66,7 +66,7 @@ from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
 from dlm.models.layers import TransformerSpec
 from dlm.models.llada_moe import ROLE_END
-from dlm.models.moe import GroupLimitedTopK, MoESpec, expert_names, group_limit_problem, swiglu_names
+from dlm.models.moe import GroupLimitedTopK, MoESpec, group_limit_problem
 from dlm.models.qwen2 import Qwen2FamilyConfig, rope_theta
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -176,13 +176,7 @@ def llada2_names(spec: TransformerSpec) -> dict[str, str]:
         if spec.qk_norm:
             pairs.update({"attn.q_norm.weight": "attention.query_layernorm.weight",
                           "attn.k_norm.weight": "attention.key_layernorm.weight"})
-        if moe.sparse_layers[i]:
-            pairs.update({"ffn.router.gate.weight": "mlp.gate.weight", "ffn.router.expert_bias": "mlp.gate.expert_bias"})
-            pairs.update(expert_names(moe.n_experts, "mlp.experts."))
-            if moe.shared_dim:
-                pairs.update(swiglu_names("ffn.shared.", "mlp.shared_experts."))
-        else:
-            pairs.update(swiglu_names("ffn.", "mlp."))
+        pairs.update(moe.ffn_names(i, bias="mlp.gate.expert_bias", shared="mlp.shared_experts."))
         names.update({own + a: theirs + b for a, b in pairs.items()})
     return names
 

@@ -58,7 +58,7 @@ from dlm.models.checkpoint import (
 from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
 from dlm.models.layers import TransformerSpec
-from dlm.models.moe import MoESpec, SoftmaxTopK, expert_names, swiglu_names
+from dlm.models.moe import MoESpec, SoftmaxTopK
 from dlm.models.qwen2 import Qwen2FamilyConfig, rope_theta
 from dlm.models.tokenizer import Tokenizer
 from dlm.models.transformer import TransformerAdapter, load_transformer
@@ -173,15 +173,7 @@ def llada_moe_names(spec: TransformerSpec) -> dict[str, str]:
             pairs["attn.o.bias"] = "self_attn.o_proj.bias"
         if spec.qk_norm:
             pairs.update({"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"})
-        if moe.sparse_layers[i]:
-            pairs["ffn.router.gate.weight"] = "mlp.gate.weight"
-            if moe.rule.expert_bias:
-                pairs["ffn.router.expert_bias"] = "mlp.expert_bias"
-            pairs.update(expert_names(moe.n_experts, "mlp.experts."))
-            if moe.shared_dim:
-                pairs.update(swiglu_names("ffn.shared.", "shared_expert."))
-        else:
-            pairs.update(swiglu_names("ffn.", "mlp."))
+        pairs.update(moe.ffn_names(i, bias="mlp.expert_bias" if moe.rule.expert_bias else None, shared="shared_expert."))
         names.update({own + a: theirs + b for a, b in pairs.items()})
     return names
 

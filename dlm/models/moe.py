@@ -321,6 +321,21 @@ class MoESpec:
     def top_k(self) -> int:
         return self.rule.top_k
 
+    def ffn_names(self, layer: int, *, bias: str | None = None, shared: str | None = None) -> dict[str, str]:
+        """Own feed-forward parameter names of ``layer`` (under the block) -> the checkpoint's (under the layer):
+        the dense ``mlp.*_proj``, or the router ``mlp.gate``, its expert bias at ``bias`` (None: none), the
+        experts ``mlp.experts.{e}.*`` and the shared experts under ``shared`` -- the names every MoE family here
+        shares."""
+        if not self.sparse_layers[layer]:
+            return swiglu_names("ffn.", "mlp.")
+        names = {"ffn.router.gate.weight": "mlp.gate.weight"}
+        if bias is not None:
+            names["ffn.router.expert_bias"] = bias
+        names.update(expert_names(self.n_experts, "mlp.experts."))
+        if self.shared_dim:
+            names.update(swiglu_names("ffn.shared.", shared))
+        return names
+
     def ffn(self, dim: int, dense_dim: int, layer: int) -> nn.Module:
         """The feed-forward of ``layer``: a :class:`SparseMoE`, or the dense SwiGLU where the layer is not sparse."""
         if not self.sparse_layers[layer]:

@@ -44,7 +44,7 @@ from dlm.models.checkpoint import (
     config_int,
 )
 from dlm.models.layers import TransformerSpec
-from dlm.models.moe import MoESpec, SoftmaxTopK, expert_names, swiglu_names
+from dlm.models.moe import MoESpec, SoftmaxTopK, swiglu_names
 from dlm.models.qwen2 import PREFIX, Qwen2Family, qwen2_names, rope_theta
 
 
@@ -138,8 +138,7 @@ def qwen3_names(spec: TransformerSpec) -> dict[str, str]:
             own, theirs = f"blocks.{i}.", f"{PREFIX}layers.{i}."
             for name in swiglu_names("ffn.", "mlp."):
                 del names[own + name]
-            names[own + "ffn.router.gate.weight"] = theirs + "mlp.gate.weight"
-            names.update({own + a: theirs + b for a, b in expert_names(spec.moe.n_experts, "mlp.experts.").items()})
+            names.update({own + a: theirs + b for a, b in spec.moe.ffn_names(i).items()})
     return names
 
 
