@@ -209,6 +209,18 @@ def end_ids(cfg: dict, directory: Path, default: int, tokenizer=None, extra_toke
     return tuple(ids + ([extra] if extra is not None and extra not in ids else []))
 
 
+def special_ids(config, cfg: dict, directory: Path, vocab: int, *, mask_default: int, eos_default: int,
+                tokenizer=None, extra_token: str | None = None) -> tuple[int, tuple[int, ...]]:
+    """``(mask_id, eos_ids)`` of a checkpoint: the ``model:`` section's ``mask_token_id`` / ``eos_token_ids`` when
+    set, else config.json's (:func:`end_ids` for the end tokens), checked against the vocabulary."""
+    eos = tuple(config.eos_token_ids) if config.eos_token_ids else end_ids(cfg, directory, eos_default, tokenizer,
+                                                                           extra_token)
+    mask_id = (config.mask_token_id if config.mask_token_id is not None
+               else config_int(cfg, "mask_token_id", directory, mask_default))
+    check_token_ids(str(directory), vocab, mask_id=mask_id, eos_ids=eos)
+    return mask_id, eos
+
+
 def config_ids(cfg: dict, key: str, directory: Path) -> list[int]:
     """``cfg[key]`` as a list of token ids: one id or a list of ids; absent or null gives []."""
     value = cfg.get(key)

@@ -39,7 +39,6 @@ from pydantic import Field
 from dlm.errors import CheckpointError
 from dlm.messages import ModelCapabilities
 from dlm.models.checkpoint import (
-    end_ids,
     MAX_CONTEXT,
     MAX_EXPERTS,
     MAX_HEADS,
@@ -48,12 +47,12 @@ from dlm.models.checkpoint import (
     MAX_WIDTH,
     MODEL_TYPES,
     check_model_type,
-    check_token_ids,
     check_tokenizer,
     config_bool,
     config_float,
     config_int,
     read_config,
+    special_ids,
 )
 from dlm.models.finite import check_finite_forward
 from dlm.models.hub import resolve_checkpoint
@@ -191,13 +190,8 @@ class LLaDAMoEModel(TransformerAdapter):
         spec = llada_moe_spec(cfg, directory, normalize=bool(config.norm_topk_prob))
         tokenizer = Tokenizer.maybe_load(directory)
         check_tokenizer(tokenizer, spec.vocab_in, str(directory))
-        if config.eos_token_ids:
-            eos = tuple(config.eos_token_ids)
-        else:
-            eos = end_ids(cfg, directory, LLADA_MOE_EOS_ID, tokenizer, ROLE_END)
-        mask_id = config.mask_token_id if config.mask_token_id is not None else config_int(
-            cfg, "mask_token_id", directory, LLADA_MOE_MASK_ID)
-        check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)
+        mask_id, eos = special_ids(config, cfg, directory, spec.vocab_in, mask_default=LLADA_MOE_MASK_ID,
+                                   eos_default=LLADA_MOE_EOS_ID, tokenizer=tokenizer, extra_token=ROLE_END)
         caps = ModelCapabilities(mask_id=mask_id, eos_ids=eos, max_length=spec.max_length, vocab_size=spec.vocab_in)
         # the weights last: every cheap check above fails before gigabytes are read
         net = load_transformer(directory, spec, llada_moe_names(spec), dtype=dtype, device=torch.device(device))
