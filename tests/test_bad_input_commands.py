@@ -97,7 +97,7 @@ def test_usage_errors_share_the_exit_code_of_bad_input(capsys):
                                          ("d_model=-4", "must be positive"), ("seed=-1", "0 or more")])
 def test_bench_random_model_spec_refuses_nonsense_instead_of_defaulting(spec, needle):
     from dlm import ConfigError
-    from dlm.tools.benchmark import parse_model_spec
+    from dlm.tools.random_model import parse_model_spec
 
     with pytest.raises(ConfigError, match=needle):
         parse_model_spec(spec)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dlm.tools import benchmark as bm
+from dlm.tools import random_model as rm
 from dlm.cli import main
 from dlm.errors import ConfigError
 from dlm.pipeline import Pipeline
@@ -55,7 +55,7 @@ def test_bench_two_configs_end_to_end(tiny_ckpt, tmp_path, capsys):
     # NFE figures are what Pipeline.generate reports for the same prompts, one prompt per call
     pipe = Pipeline.from_yaml(a)
     caps = pipe.model.capabilities
-    prompts = bm.random_prompts(2, 5, pipe.model.net.spec.vocab_in, avoid=(caps.mask_id, *caps.eos_ids), seed=0)
+    prompts = rm.random_prompts(2, 5, pipe.model.net.spec.vocab_in, avoid=(caps.mask_id, *caps.eos_ids), seed=0)
     for path, row in zip((a, b), rows):
         pipe = Pipeline.from_yaml(path)
         nfe = [pipe.generate(input_ids=[p]).nfe[0] for p in prompts]
@@ -91,16 +91,16 @@ def test_bench_random_model_and_prompts_file(tmp_path, capsys):
 
 
 def test_model_spec_parsing():
-    spec = bm.parse_model_spec("d_model=64, n_layers=2,weight_tying=true")
+    spec = rm.parse_model_spec("d_model=64, n_layers=2,weight_tying=true")
     assert spec["d_model"] == 64 and spec["n_layers"] == 2 and spec["weight_tying"] is True
-    assert bm.parse_model_spec(None) == bm.RANDOM_MODEL_DEFAULTS
-    assert 20e6 <= bm.count_parameters(bm.RANDOM_MODEL_DEFAULTS) <= 50e6
+    assert rm.parse_model_spec(None) == rm.RANDOM_MODEL_DEFAULTS
+    assert 20e6 <= rm.count_parameters(rm.RANDOM_MODEL_DEFAULTS) <= 50e6
     with pytest.raises(ConfigError, match="unknown field 'width'"):
-        bm.parse_model_spec("width=3")
+        rm.parse_model_spec("width=3")
     with pytest.raises(ConfigError, match="not an integer"):
-        bm.parse_model_spec("d_model=big")
+        rm.parse_model_spec("d_model=big")
     with pytest.raises(ConfigError, match="choose one of llada, qwen2, llada_moe, llada2, sdar, sdar_moe"):
-        bm.parse_model_spec("family=gpt2")
+        rm.parse_model_spec("family=gpt2")
 
 
 def test_bench_writes_a_random_qwen2_layout_model_for_the_causal_decoders(tmp_path):
@@ -120,18 +120,18 @@ def test_bench_writes_a_random_qwen2_layout_model_for_the_causal_decoders(tmp_pa
 
 
 def test_model_spec_of_the_moe_family():
-    spec = bm.parse_model_spec("family=llada_moe,d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,top_k=3")
+    spec = rm.parse_model_spec("family=llada_moe,d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,top_k=3")
     assert spec["n_experts"] == 8 and spec["top_k"] == 3
-    assert bm.count_parameters(spec, active=True) < bm.count_parameters(spec)
-    dense = bm.parse_model_spec("d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,vocab_size=8192")
+    assert rm.count_parameters(spec, active=True) < rm.count_parameters(spec)
+    dense = rm.parse_model_spec("d_model=64,n_layers=2,n_heads=4,mlp_hidden_size=96,vocab_size=8192")
     moe_attention_extra = 2 * (64 * 8 + 2 * 16)  # router and QK norms per layer
-    assert bm.count_parameters(spec, active=True) == bm.count_parameters(dense) + moe_attention_extra
+    assert rm.count_parameters(spec, active=True) == rm.count_parameters(dense) + moe_attention_extra
     with pytest.raises(ConfigError, match="n_experts applies to family=llada_moe, llada2, sdar_moe only"):
-        bm.parse_model_spec("n_experts=4")
+        rm.parse_model_spec("n_experts=4")
     with pytest.raises(ConfigError, match="top_k .9. must be at most n_experts .8."):
-        bm.parse_model_spec("family=llada_moe,top_k=9,mlp_hidden_size=18")
+        rm.parse_model_spec("family=llada_moe,top_k=9,mlp_hidden_size=18")
     with pytest.raises(ConfigError, match="must divide mlp_hidden_size"):
-        bm.parse_model_spec("family=llada_moe,top_k=3,mlp_hidden_size=100")
+        rm.parse_model_spec("family=llada_moe,top_k=3,mlp_hidden_size=100")
 
 
 def test_bench_writes_a_random_llada_moe_layout_model(tmp_path):

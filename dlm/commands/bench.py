@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from dlm.errors import InputError
     from dlm.models.checkpoint import MAX_CONTEXT
     from dlm.tools import benchmark as bm
+    from dlm.tools import random_model as rm
 
     check_positive(**{"--threads": args.threads, "--batch-size": args.batch_size, "--repeats": args.repeats,
                       "--prompts": args.prompts})
@@ -111,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"threads={args.threads}")
     model_spec = None
     if args.random_model is not None:
-        model_spec = bm.parse_model_spec(args.random_model)
-        ckpt = bm.random_checkpoint(model_spec, args.model_cache)
+        model_spec = rm.parse_model_spec(args.random_model)
+        ckpt = rm.random_checkpoint(model_spec, args.model_cache)
         overrides = [f"model.path={ckpt}", *overrides]
     entries = bm.build_entries(args.configs, overrides, labels=args.labels)
     first = entries[0].pipeline
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                     f"give --prompt-length {max(room, 1)} or less"
                 )
         vocab = caps.vocab_size if caps.vocab_size is not None else first.model.net.spec.vocab_in
-        prompts = bm.random_prompts(
+        prompts = rm.random_prompts(
             args.prompts, args.prompt_length, vocab,
             avoid=(caps.mask_id, *caps.eos_ids), seed=args.prompt_seed,
         )
@@ -163,8 +164,8 @@ def run(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "warmup": args.warmup,
         "random_model": model_spec,
-        "random_model_parameters": bm.count_parameters(model_spec) if model_spec else None,
-        "random_model_active_parameters": bm.count_parameters(model_spec, active=True) if model_spec else None,
+        "random_model_parameters": rm.count_parameters(model_spec) if model_spec else None,
+        "random_model_active_parameters": rm.count_parameters(model_spec, active=True) if model_spec else None,
         "processes": w.size,
         "data_parallel": w.dp_size,
     }
