@@ -71,10 +71,20 @@ def test_lm_eval_refuses_an_empty_task_list(capsys):
     cli_refuses(capsys, "lm-eval", "--tasks", "", needles=("--tasks '' names no task",))
 
 
-def test_lm_eval_names_an_unknown_task_in_one_line():
+def test_lm_eval_names_an_unknown_task_in_one_line(capsys):
+    """Refused before lm-eval's task index is built (seconds, not a minute), naming only the unknown name."""
     pytest.importorskip("lm_eval")
-    proc = run_cli("lm-eval", "--tasks", "no_such_task_xyz", timeout=180)
-    assert_refused(proc, "lm-eval", "Tasks not found: no_such_task_xyz", "dlm lm-eval ls tasks")
+    cli_refuses(capsys, "lm-eval", "--tasks", "dlm_demo,no_such_task_xyz",
+                needles=("Tasks not found: no_such_task_xyz;", "dlm lm-eval ls tasks"))
+
+
+def test_lm_eval_task_names_in_some_task_file_are_left_to_lm_eval(tmp_path):
+    pytest.importorskip("lm_eval")
+    from dlm.tools.lm_eval.launcher import unmentioned_tasks
+
+    (tmp_path / "mine.yaml").write_text("task: my_local_task\n")
+    assert unmentioned_tasks(["gsm8k", "dlm_demo", "my_local_task", "gsm8*"], [str(tmp_path)]) == []
+    assert unmentioned_tasks(["my_local_task", "no_such_task_xyz"]) == ["my_local_task", "no_such_task_xyz"]
 
 
 def test_bench_json_records_versions_device_threads_dtype_and_commit(capsys, bench_yaml, tmp_path):

@@ -18,6 +18,7 @@ from dlm.tools.lm_eval import require_lm_eval, tasks_dir
 
 SUBCOMMANDS_WITHOUT_MODEL = {"ls", "validate", "-h", "--help"}
 _SETTINGS = {"include_defaults": True}
+_KNOWN_TASKS = "`dlm lm-eval ls tasks` lists the known tasks (dlm's own offline tasks include dlm_demo and humaneval_local)"
 
 
 def shipped_task_names() -> set[str]:
@@ -90,6 +91,32 @@ def add_shipped_tasks(*, include_defaults: bool = True) -> None:
     TaskManager.__init__ = __init__
 
 
+def unmentioned_tasks(tasks: Sequence[str], include_paths: Sequence[str] = ()) -> list[str]:
+    """The names of ``tasks`` that no task file mentions: certainly unknown to lm-eval.
+
+    lm-eval declares every task, group and tag by name in a YAML file (its own ``tasks/``, dlm's, and any
+    ``--include_path``), so a name found in none of them cannot resolve. Reading the files as bytes takes about a
+    second where building lm-eval's task index takes 10–50 s, so an unknown name is refused before the index is
+    built. Names that are paths, or hold glob characters, are left to lm-eval.
+    """
+    import lm_eval
+
+    wanted = [t for t in tasks if not Path(t).exists() and not set(t) & set("*?[")]
+    if not wanted:
+        return []
+    roots = [Path(lm_eval.__file__).parent / "tasks", tasks_dir(), *map(Path, include_paths)]
+    missing = {t: t.encode() for t in wanted}
+    for root in roots:
+        files = [root] if root.is_file() else root.rglob("*.y*ml") if root.is_dir() else []
+        for f in files:
+            text = f.read_bytes()
+            for name in [n for n, b in missing.items() if b in text]:
+                del missing[name]
+            if not missing:
+                return []
+    return [t for t in wanted if t in missing]
+
+
 def with_default_model(argv: Sequence[str]) -> list[str]:
     """``argv`` with ``--model dlm`` added when an evaluation names no model."""
     argv = list(argv)
@@ -110,6 +137,10 @@ def main(argv: Sequence[str]) -> int:
 
     check_arguments(argv)
     tasks = requested_tasks(argv)
+    include = option(argv, "--include_path")
+    unknown = unmentioned_tasks(tasks, include.split(",") if include else ())
+    if unknown:
+        raise InputError(f"--tasks: Tasks not found: {', '.join(unknown)}; {_KNOWN_TASKS}")
     add_shipped_tasks(include_defaults=not tasks or not set(tasks) <= shipped_task_names())
     saved = sys.argv
     sys.argv = ["lm-eval", *with_default_model(argv)]
@@ -118,8 +149,7 @@ def main(argv: Sequence[str]) -> int:
     except ValueError as err:  # lm-eval reports unknown tasks as a bare ValueError
         message = str(err)
         if message.startswith(("Tasks not found", "No tasks specified")):
-            raise InputError(f"--tasks: {message.rstrip('.')}; `dlm lm-eval ls tasks` lists the known tasks "
-                             "(dlm's own offline tasks include dlm_demo and humaneval_local)") from None
+            raise InputError(f"--tasks: {message.rstrip('.')}; {_KNOWN_TASKS}") from None
         raise
     finally:
         sys.argv = saved
