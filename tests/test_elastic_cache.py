@@ -161,6 +161,12 @@ def test_any_gamma_is_none_on_a_one_layer_model(one_layer, prompts, decoding, ga
     assert run(one_layer, elastic(gamma), prompts, decoding) == run(one_layer, {"name": "none"}, prompts, decoding)
 
 
+def test_edited_tokens_are_recomputed_so_a_one_layer_model_still_gives_none_under_edits(one_layer):
+    decoding = {"name": "joint_threshold", "threshold": 0.3, "editing_threshold": 0.0, "max_post_steps": 2}
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    assert run(one_layer, elastic(0.9), prompts, decoding) == run(one_layer, {"name": "none"}, prompts, decoding)
+
+
 def test_the_cache_is_an_approximation_and_gamma_matters(deep_ckpt):
     prompts = [[5, 6, 7, 8], [9, 10, 11], [31, 4, 17]]
     got = {g: run(deep_ckpt, elastic(g), prompts) for g in (0.0, 1.0)}

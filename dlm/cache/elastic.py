@@ -3,25 +3,22 @@ All You Need for KV Cache in Diffusion LLMs", arXiv 2510.14973, §3 and its Algo
 this follows the paper's text and is tested against a plain restatement, tests/test_elastic_cache.py).
 
 Each forward runs the whole canvas under per-layer plans (:class:`~dlm.messages.LayerPlans`). A row's *window* is
-the iteration manager's window for it (its ``block_start``/``block_end``, moved left by the logit shift): which
-positions are denoised now is the iteration manager's question, so the cache does not keep a second notion of
-it (under ``blockwise`` the window is the block; a manager moving its window by the committed tokens gives the
-paper's sliding window unchanged here). Columns outside the window, distant MASK tokens included, keep their
-cached K/V and attention/MLP outputs.
+its window from the iteration manager (``block_start``/``block_end``, less the logit shift), not a second notion
+kept here: which positions are denoised now is that manager's question (``blockwise``: the block, Fast-dLLM's
+geometry; the paper slides a window of β MASK positions, for which dlm has no manager yet). Columns outside the
+window, distant MASK tokens included, reuse their cached K/V and attention/MLP outputs.
 
-Per row, a forward with no comparable history (the row's first, or its window moved) runs every layer on every
-column (a refresh). Otherwise layer ``l`` runs the window only until a drift test fails; from the next layer on
-it runs every column (the shallow layers' K/V and features of the other columns are reused). The test of layer
-``l``: with ``S`` the window queries' attention probabilities in layer ``l`` (summed over heads), ``T`` the
-column the window attended most in layer ``l`` at the row's previous forward (``argmax_k Σ_q S[q, k]``, the
-first on ties) and ``a`` that forward's ``S[:, T]``, the test fails when ``cos(S[:, T], a) ≤ γ``. ``T`` and
-``a`` are then replaced by this forward's, in every layer.
+A forward with no comparable history (the row's first, or its window moved) runs every layer on every column (a
+refresh). Otherwise layer ``l`` runs the window only until a drift test fails; every later layer runs every
+column. The test of layer ``l``: ``S`` the window queries' attention probabilities (heads summed), ``T`` the
+column the window attended most in layer ``l`` at the previous forward (``argmax_k Σ_q S[q, k]``, first on ties)
+and ``a`` that forward's ``S[:, T]``; it fails when ``σ = cos(S[:, T], a) ≤ γ``. Every layer then keeps this
+forward's ``T`` and ``a``.
 
-Choices the paper leaves open (docs/cache-and-exit-algorithms.md): the window is the iteration manager's; a
-moved window refreshes (its queries have no previous attention to compare); the most-attended token is taken
-over every key column, prompt and window included; ties of ``σ = γ`` count as drift (the paper writes ``σ < γ``),
-so ``γ = 1`` recomputes every layer at every forward, which is ``none``; ``γ = 0.9`` by default (unverified).
-Each row decides alone, so batch rows and rows joining a running generation give what they give alone.
+Open choices, taken here (docs/cache-and-exit-algorithms.md): the window is the manager's; a moved window
+refreshes; ``T`` ranges over every key column; ``σ = γ`` counts as drift (the paper: ``σ < γ``); ``γ = 0.9``
+(unverified). Layer 0 always runs the window only, so no ``γ`` is ``none`` beyond one layer (on one, every ``γ``
+is). Each row decides alone: batch rows and rows joining late give what they give alone.
 """
 
 from __future__ import annotations
@@ -97,6 +94,7 @@ class _Policy(LayerPolicy):
 class ElasticCache(CacheManager):
     Config = ElasticCacheConfig
     joinable = True
+    provides = frozenset({"edit_aware"})  # edits stay in a row's block, its window, which every layer recomputes
     requires = {"layer_plans": "its shallow layers compute the window only and reuse the other columns' cached "
                                "attention and MLP outputs, and it probes each layer's attention (per-layer plans)"}
 
