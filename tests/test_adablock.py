@@ -97,6 +97,8 @@ def test_adaptive_blocks_tile_the_region_within_the_lookahead_and_differ_from_fi
     assert all(sum(b) == 32 and max(b) <= 8 for b in adaptive)
     assert any(b != fixed for b in adaptive)
     assert blocks(ckpt, ada(ckpt, 32, 8, 1.0), [51, 59, 29]) == fixed  # no random prediction is that sure
+    assert blocks(ckpt, ada(ckpt, 20, 8, None), [5]) == [8, 8, 4]  # the last block takes what remains
+    assert blocks(ckpt, ada(ckpt, 16, 64, None), [5]) == [16]  # a block longer than gen_length: one block, as theirs
 
 
 def test_every_id_a_delimiter_at_threshold_zero_ends_each_block_at_its_most_confident_column(ckpt):
@@ -125,8 +127,6 @@ def test_the_contract_kit_passes(config):
 
 
 def test_bad_configs_are_refused_with_what_would_be_right(ckpt):
-    with pytest.raises(ValidationError, match="at most 16"):
-        AdaBlockConfig(gen_length=16, block_length=32)
     with pytest.raises(ValidationError, match="less than or equal to 1"):
         AdaBlockConfig(delimiter_threshold=1.5)
     with pytest.raises(ValidationError, match="at least 1"):
@@ -136,6 +136,12 @@ def test_bad_configs_are_refused_with_what_would_be_right(ckpt):
     for bad in ([4000], [2], [-1]):
         with pytest.raises(CompositionError, match=r"delimiter_ids \[.*\] are not tokens of this model"):
             Pipeline.from_config(pipeline_config(ckpt, iteration=ada(ckpt, delimiter_ids=bad)))
+
+
+def test_a_candidate_step_is_refused_by_name(ckpt):
+    with pytest.raises(DecodingError, match="freedave"):
+        iteration = ada(ckpt, 16, 4, 0.0, delimiter_ids=list(range(3, 86)), lookahead=0.5)
+        run(ckpt, iteration, [[5, 6, 7], [8]], {"name": "freedave"})
 
 
 def test_a_loop_that_skips_narrow_is_told_so(ckpt):

@@ -1,21 +1,19 @@
-"""``adablock``: AdaBlock-dLLM's adaptive block size (Lu et al., arXiv 2509.26432, ICLR 2026; code
-lgxi24/AdaBlock-dLLM @ 491b205, ``compute_block_length`` in ``llada/generate_adablock.py``, and
-``_compute_block_length`` in ``dream/model/generation_utils_adablock.py``).
+"""``adablock``: AdaBlock-dLLM's adaptive block size (Lu et al., arXiv 2509.26432, ICLR 2026; lgxi24/AdaBlock-dLLM
+@ 491b205: ``compute_block_length`` in ``llada/generate_adablock.py``; Dream's in ``dream/model/generation_utils_adablock.py``).
 
-Semi-autoregressive blocks whose length each row decides at its block's first step, from that step's own
-predictions: over the look-ahead ``[s, s + w)`` from the block's start ``s`` (``w = min(int(lookahead ·
-gen_length), remaining)``) it takes the argmax token of every column; among the columns whose argmax is a
-delimiter (``delimiter_ids``, e.g. a newline) it picks the one of highest softmax probability (the first on a
-tie). If that probability reaches ``delimiter_threshold`` the block ends just after it, else the block is
-``min(block_length, remaining)`` tokens. The same step then commits inside the decided block, and the row stays
-in it until no position is pending. ``delimiter_threshold: null`` (the authors' ``inf``) turns the adaptivity
-off: fixed blocks of ``block_length`` (the last one shorter), i.e. ``blockwise``.
+Semi-autoregressive blocks, each row deciding its block's length at the block's first step from that step's own
+predictions. Over the look-ahead ``[s, s + w)`` from the block's start ``s`` (``w = min(int(lookahead ·
+gen_length), remaining)``), among the columns whose argmax token is a delimiter (``delimiter_ids``), take the one of
+highest softmax probability (the first on a tie): if it reaches ``delimiter_threshold`` the block ends just after
+it, else the block has ``min(block_length, remaining)`` tokens. The same step commits inside the decided block, and
+the row stays in it until nothing is pending. ``delimiter_threshold: null`` (the authors' ``inf``): fixed blocks of
+``block_length``, the last one shorter (``blockwise`` where it divides gen_length).
 
-The decision needs the step's logits, so the first window of a block spans the whole look-ahead and
-:meth:`narrow` (called by the pipeline between the forward and ``select``) cuts it to the decided block. Caches
-read each row's bounds from the geometry: ``prefix``/``dual`` refresh at a block's first step (the authors'
-full forward with ``use_cache``) and reuse its K/V over the decided block, as their two cached loops do.
-Each step asks one token (``quota`` 1): the authors run threshold decoding only (``threshold: 1.0``: top-1).
+The decision needs the step's logits: a block's first window spans its look-ahead, and :meth:`narrow` (run by the
+pipeline between the forward and ``select``) cuts it to the decided block. Caches read each row's bounds from the
+geometry: ``prefix``/``dual`` refresh at a block's first step (the authors' full forward with ``use_cache``) and
+reuse its K/V over the decided block, as their cached loops do. Each step asks one token (``quota`` 1; the
+authors run threshold decoding, ``threshold: 1.0`` being top-1). A candidate step (``freedave``) is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.errors import DecodingError
@@ -45,18 +43,10 @@ class AdaBlockConfig(BaseModel):
     lookahead: float = Field(0.25, gt=0.0, le=1.0, description="fraction of gen_length searched for a delimiter")
     early_stop: bool = Field(False, description="end a row once it committed EOS with no mask before it")
 
-    @model_validator(mode="after")
-    def _fits(self) -> "AdaBlockConfig":
-        if self.block_length > self.gen_length:
-            raise ValueError(f"block_length ({self.block_length}) exceeds gen_length ({self.gen_length}); set "
-                             f"block_length to at most {self.gen_length}")
-        return self
-
 
 @dataclass
 class AdaBlockProgress(BlockProgress):
-    """``BlockProgress`` and each row's block: ``offset`` (its start, from gen_start) and ``length`` (0: not yet
-    decided), [B] long host tensors."""
+    """``BlockProgress`` and each row's block, [B] long host tensors: start (from gen_start), length (0: undecided)."""
 
     offset: Tensor | None = None
     length: Tensor | None = None
@@ -125,11 +115,10 @@ class AdaBlock(SettlingManager):
         if not bool(deciding.any()):
             return window
         if window.has(Candidates):
-            raise DecodingError("adablock decides a block from its first step's logits; a candidate step "
-                                "(Candidates) cannot be cut to the decided block")
+            raise DecodingError("adablock decides a block from its first step's logits over the look-ahead; a "
+                                "candidate step (freedave) drafted there cannot be cut to the block: use another rule")
         c, (start, end, look) = self.config, self._bounds(state)
-        cols = torch.arange(window.start, window.end)
-        lw = window.window_logits(logits)  # [b, W, V]
+        cols, lw = torch.arange(window.start, window.end), window.window_logits(logits)  # [b, W, V]
         lw = lw.to(torch.promote_types(lw.dtype, torch.float32))
         top, token = lw.max(dim=-1)
         conf = (top - torch.logsumexp(lw, dim=-1)).exp().cpu()  # probability of the argmax token
@@ -157,6 +146,6 @@ class AdaBlock(SettlingManager):
         if self.config.early_stop:
             stop_at_eos(state)
         self._settle(state)
-        if bool((p.active & (p.step > p.length)).any()):
-            row = int((p.active & (p.step > p.length)).nonzero()[0, 0])
+        if bool((over := p.active & (p.step > p.length)).any()):
+            row = int(over.nonzero()[0, 0])
             raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after {int(p.step[row])} steps")
