@@ -13,7 +13,7 @@ The decision needs the step's logits: a block's first window spans its look-ahea
 pipeline between the forward and ``select``) cuts it to the decided block. Caches read each row's bounds from the
 geometry: ``prefix``/``dual`` refresh at a block's first step (the authors' full forward with ``use_cache``) and
 reuse its K/V over the decided block, as their cached loops do. Each step asks one token (``quota`` 1; the
-authors run threshold decoding, ``threshold: 1.0`` being top-1). A candidate step (``freedave``) is refused.
+authors run threshold decoding, ``threshold: 1.0`` being top-1). Candidate steps (``freedave``) are refused.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ class AdaBlock(SettlingManager):
 
     Config = AdaBlockConfig
     joinable = True
+    excludes = {"candidate_steps": "it cuts a block's first window to the block it decides from the step's logits; "
+                                   "a candidate step drafted canvases over the whole look-ahead before the forward"}
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
         if capabilities.canvas != "masked":
