@@ -138,6 +138,23 @@ def test_bad_configs_are_refused_with_what_would_be_right(ckpt):
             Pipeline.from_config(pipeline_config(ckpt, iteration=ada(ckpt, delimiter_ids=bad)))
 
 
+def test_early_stop_ends_a_row_at_its_first_end_token(tmp_path):
+    path = make_llada_checkpoint(tmp_path / "llada", seed=1)
+    for shard in path.glob("*.safetensors"):  # EOS (id 0) predicted now and then
+        tensors = load_file(str(shard))
+        tensors["model.transformer.ff_out.weight"][0] *= 3
+        save_file(tensors, str(shard), metadata={"format": "pt"})
+    every = {"delimiter_ids": list(range(3, 86)), "delimiter_threshold": 0.0}
+    prompts, decoding = [[5, 6, 7], [9, 10, 11, 12, 13]], {"name": "threshold", "threshold": 0.5}
+    (full, nfe), (stopped, stopped_nfe) = (run(path, ada(path, 24, 4, early_stop=e, **every), prompts, decoding, "dual")
+                                           for e in (False, True))
+    ended = [r for r in range(2) if 0 in full[r]]
+    assert ended and all(stopped_nfe[r] < nfe[r] for r in ended)
+    for r in ended:
+        cut = full[r].index(0)
+        assert stopped[r][:cut + 1] == full[r][:cut + 1] and set(stopped[r][cut:]) == {0}
+
+
 def test_candidate_steps_are_refused_naming_both(ckpt):
     with pytest.raises(CompositionError, match="iteration 'adablock' cannot be used with decoding 'freedave'"):
         run(ckpt, ada(ckpt), [[5, 6, 7]], {"name": "freedave"})
