@@ -1,5 +1,6 @@
 """``adablock``: AdaBlock-dLLM's adaptive block size (Lu et al., arXiv 2509.26432, ICLR 2026; lgxi24/AdaBlock-dLLM
-@ 491b205: ``compute_block_length`` in ``llada/generate_adablock.py``; Dream's in ``dream/model/generation_utils_adablock.py``).
+@ 491b205: ``compute_block_length`` in ``llada/generate_adablock.py``; Dream's in
+``dream/model/generation_utils_adablock.py``).
 
 Semi-autoregressive blocks, each row deciding its block's length at the block's first step from that step's own
 predictions. Over the look-ahead ``[s, s + w)`` from the block's start ``s`` (``w = min(int(lookahead ·
@@ -150,4 +151,5 @@ class AdaBlock(SettlingManager):
         self._settle(state)
         if bool((over := p.active & (p.step > p.length)).any()):
             row = int(over.nonzero()[0, 0])
-            raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after {int(p.step[row])} steps")
+            raise DecodingError(f"block {int(p.block[row])} of row {row} still has masks after "
+                                f"{int(p.step[row])} steps")
