@@ -6,6 +6,8 @@ Every component class may declare two class attributes:
   that keeps drafts pending, a decoding rule that commits only a verified prefix, ...);
 - ``requires: ClassVar[Mapping[str, str]]``: feature -> why it is needed, said so that a user understands
   the refusal (the reason is printed after ``cannot be used with ...:``).
+- ``excludes: ClassVar[Mapping[str, str]]`` (optional): feature -> why a partner providing it cannot serve,
+  refused the same way (``adablock`` cuts its window from the step's logits, which a candidate step cannot follow).
 
 :data:`FEATURES` names the kind of component that provides each built-in feature, and what it means. A
 requirement of a feature provided by kind ``model`` is checked against :func:`model_features` of the model's
@@ -58,6 +60,9 @@ FEATURES: dict[str, Feature] = {
     "edit_aware": Feature(
         "cache",
         "recomputes the K/V of placed tokens an editing strategy rewrote (state.edited) before reading them"),
+    "candidate_steps": Feature(
+        "decoding",
+        "runs candidate steps: drafts K canvases in the window before the forward (Candidates) and keeps one"),
     "threshold_floor": Feature(
         "decoding",
         "decides with the larger of its own threshold and a window's ThresholdFloor (dInfer's iter_threshold)"),
@@ -120,6 +125,11 @@ def provides(component: Any) -> frozenset[str]:
 def requires(component: Any) -> Mapping[str, str]:
     """What ``component`` (an instance or a class) declares it requires, with the reasons (none when undeclared)."""
     return dict(getattr(component, "requires", None) or {})
+
+
+def excludes(component: Any) -> Mapping[str, str]:
+    """The features ``component`` declares a partner must not provide, with the reasons (none when undeclared)."""
+    return dict(getattr(component, "excludes", None) or {})
 
 
 def registered_name(kind: str, component: Any) -> str:
@@ -189,6 +199,9 @@ def problems(components: Mapping[str, Any], names: Mapping[str, str] | None = No
                          f"({one}) and {k2} {name(k2)!r} plans the forward per layer ({other}); a forward runs one "
                          "or the other")
     for kind in [k for k in KINDS if k in components]:
+        for feature, reason in excludes(components[kind]).items():
+            found += [f"{kind} {name(kind)!r} cannot be used with {p} {name(p)!r}: {reason}"
+                      for p in offered if p != kind and feature in offered[p]]
         for feature, reason in requires(components[kind]).items():
             known = FEATURES.get(feature)
             partners = [known.kind] if known else [k for k in offered if k != kind]

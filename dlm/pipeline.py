@@ -319,6 +319,7 @@ class Pipeline:
             plan = plan.extend(ReadRows(window.eligible))
         logits = self.model.forward(state, plan)  # [b, S, V] over the window's logits span ([b, K, S, V])
         state.count_forward(window.rows)
+        window = self.iteration.narrow(state, window, logits)  # a block decided from the step's logits (adablock)
         commit = self.decoding.select(state, window, logits, state.rng)
         self.cache.keep(state, plan, commit)
         state.commit(window, commit)

@@ -29,6 +29,8 @@ FAMILIES = ("llada", "fast_dllm_v2", "qwen2", "wedlm", "diffusion_gemma")  # bid
 # causal with shift 0, noise canvases
 ITERATION = {  # gen_length 8: one short generation per pair
     "blockwise": {"gen_length": 8, "block_length": 4, "steps": 8},
+    "adablock": {"gen_length": 8, "block_length": 4, "delimiter_ids": [10, 20], "delimiter_threshold": 0.0,
+                 "lookahead": 0.5},
     "dream": {"gen_length": 8, "steps": 8},
     "dream_blockwise": {"gen_length": 8, "block_length": 4, "steps": 8},
     "block_diffusion": {"gen_length": 8, "block_length": 8, "sub_block_size": 4},

@@ -71,6 +71,7 @@ class FreeDaveMemory(RowMemory):
 class FreeDave(DecodingStrategy):
     Config = FreeDaveConfig
     joinable = True
+    provides = frozenset({"candidate_steps"})
 
     def start(self, state: GenerationState) -> FreeDaveMemory:
         return FreeDaveMemory(tokens=torch.zeros_like(state.canvas),

@@ -77,6 +77,12 @@ class IterationManager(ABC):
     def done(self, state: GenerationState) -> bool:
         return bool(state.done.all())
 
+    def narrow(self, state: GenerationState, window: Window, logits: Tensor) -> Window:
+        """The window the decoding strategy selects from, given this step's ``logits`` (over the window's logits
+        span): a manager that decides a row's block from the step's own predictions narrows ``eligible`` and the
+        geometry here (``adablock``), between the forward and ``select``. Default: ``window`` unchanged."""
+        return window
+
 
 class SettlingManager(IterationManager):
     """A manager whose :meth:`_settle` (run by ``advance``) moves each row on where it has nothing left to do and
