@@ -7,10 +7,11 @@ Nothing is vendored or downloaded. The user gives the ``D2F-eval`` folder of a c
 wrapper ``DreamLoRA`` is built without its ``__init__`` (which loads a Hugging Face model and a LoRA on GPUs),
 setting the attributes ``_generate_block_single`` reads. Where ``peft`` or ``accelerate`` is not installed, or
 lm-eval has no ``lm_eval.models.utils.get_dtype`` (0.4.13 has none), an empty stand-in is registered while
-``eval_llada.py`` is imported, for its module-level imports (the generator uses none of them). Weights are read with safetensors (no remote code); no file of theirs is changed, but their model module's
-``F`` is given a ``scaled_dot_product_attention`` that casts the float attention mask to the queries' dtype
-(:class:`_Functional`: their float32 mask beside float64 queries meets a torch CPU kernel issue). Their loop stops at the
-hard-coded id 126081, so the checkpoints given here have a vocabulary covering it. Forwards are counted by
+``eval_llada.py`` is imported, for its module-level imports (the generator uses none of them). Weights are read
+with safetensors (no remote code). No file of theirs is changed, but their model module's ``F`` is given a
+``scaled_dot_product_attention`` that casts the float attention mask to the queries' dtype (:class:`_Functional`:
+their float32 mask beside float64 queries meets a torch CPU kernel issue). Their loop stops at the hard-coded id
+126081, so the checkpoints given here have a vocabulary covering it. Forwards are counted by
 wrapping the model's ``forward``.
 """
 
@@ -67,8 +68,8 @@ def _import_eval_llada():
 class _Functional:
     """``torch.nn.functional`` for their model module, but for one call: ``scaled_dot_product_attention`` gets its
     float mask in the query's dtype. Their model casts the mask to float32 (``attention_bias.to(torch.float)``); with
-    float64 queries torch 2.13's CPU kernel then attends wrongly from 16 keys on (a torch issue, reproduced without
-    their code: ``tests/test_d2f.py``), where matching dtypes give the exact attention."""
+    float64 queries torch 2.13's CPU kernel then attends wrongly from 16 keys on (seen with a plain
+    ``F.scaled_dot_product_attention`` call, without their code), where matching dtypes give the exact attention."""
 
     def __getattr__(self, name):
         return getattr(torch.nn.functional, name)
@@ -109,7 +110,8 @@ def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [m for m in missing if "rotary" not in m and "rope" not in m]
     if missing or unexpected:
-        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, "
+                           f"unexpected {unexpected}")
     model = model.to(dtype).eval()
     calls = {"n": 0}
     inner = model.forward

@@ -1,25 +1,17 @@
-"""``d2f``: Discrete Diffusion Forcing's pipelined blocks (Wang et al., 2025, arXiv 2508.09192; the generator
-``_generate_block_single`` of ``D2F-eval/eval_llada.py`` in github:zhijie-group/Discrete-Diffusion-Forcing@771f745).
+"""``d2f``: Discrete Diffusion Forcing's pipelined blocks, each row at its own pace (Wang et al., 2025, arXiv
+2508.09192; ``_generate_block_single`` in ``D2F-eval/eval_llada.py``, zhijie-group/Discrete-Diffusion-Forcing@771f745).
 
-For a model with D2F's block-causal attention (the prompt one block, then blocks of ``block_size`` from its end:
-``llada`` with ``d2f_block_size``), several blocks of a row are decoded at once, each row at its own pace:
-
-- the next block joins a row's blocks in flight when the decoded fraction of its last added block reaches
-  ``block_add_threshold`` (one block per step at most; the first at once, the prompt counting as decoded);
-- a block becomes *complete* when its predecessor's decoded fraction reaches ``decoded_token_threshold`` (the
-  first block at once); the strategy reads each block's span, steps and state from the window's
-  :class:`~dlm.messages.BlocksInFlight` (``strict_threshold``: what passes τ in every block, and at least the
-  most confident position of each complete block);
-- a decoded block leaves the flight only once every block before it has (the reference then caches its K/V);
-- once a row committed an end token no block is added; the row ends when its blocks in flight are decoded, and
-  the blocks never added are filled with the end token (the reference's canvas simply stops there).
-
-Each step is one forward over the blocks in flight (the window spans them; ``geometry.block`` is the first,
-``geometry.step`` the steps since it became the first). Attention being block-causal, later blocks never change
-an earlier block's logits, so the fixed canvas of ``gen_length`` MASKs gives the logits of the reference's growing
-canvas, and ``cache: block`` (exact for block-causal attention) its K/V cache. The reference stops at its
-hard-coded id 126081 (LLaDA's ``<|endoftext|>``, not ``<|eot_id|>``); here any of the model's end ids ends a row
-(``model.eos_token_ids: [126081]`` reproduces it). Defaults: its GSM8K evaluation (``eval_llada.sh``).
+On D2F's block-causal attention (the prompt one block, then blocks of the model's size: ``llada``'s ``d2f_block_size``)
+a row's next block is added once the last one is ``block_add_threshold`` decoded (one per step); a block is
+*complete* once its predecessor is ``decoded_token_threshold`` decoded (the first ones at once: the prompt counts as
+decoded); a decoded block leaves the flight once every earlier block has (the reference then caches its K/V); after
+an end token no block is added, and the row ends once its blocks in flight are decoded, the blocks never added
+holding the end token. The strategy reads each block's span, steps and rule from the window's
+:class:`~dlm.messages.BlocksInFlight` (``strict_threshold``). One forward per step over the blocks in flight (the
+window; ``geometry.block``: the first, ``geometry.step``: steps since it became the first). Later blocks never
+change earlier ones' logits, so the fixed canvas of ``gen_length`` MASKs is the reference's growing canvas and
+``cache: block`` its exact K/V cache. The reference's end id is hard-coded, 126081 (LLaDA's ``<|endoftext|>``, not
+``<|eot_id|>``): ``model.eos_token_ids: [126081]`` matches it. Defaults: its GSM8K run (``eval_llada.sh``).
 """
 
 from __future__ import annotations
@@ -41,11 +33,9 @@ class D2FConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gen_length: int = Field(512, gt=0, description="tokens to generate per prompt (max_new_tokens)")
-    block_size: int | None = Field(None, gt=0, description="tokens per block; default: the model's D2F block size")
-    block_add_threshold: float = Field(0.7, ge=0.0, le=1.0, description="add the next block once the last added "
-                                                                         "one is this fraction decoded")
+    block_add_threshold: float = Field(0.7, ge=0.0, le=1.0, description="add a block once the last is this decoded")
     decoded_token_threshold: float = Field(0.95, ge=0.0, le=1.0, description="a block is complete once its "
-                                                                             "predecessor is this fraction decoded")
+                                           "predecessor is this fraction decoded")
     early_stop: bool = Field(True, description="add no block after an end token; end the row once its blocks are done")
 
 
@@ -72,14 +62,12 @@ class D2F(IterationManager):
                                     "must read the window's BlocksInFlight, e.g. decoding strict_threshold"}
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
-        bs = self.config.block_size or capabilities.block_size
         if capabilities.attention != "block_causal" or capabilities.blocks_from != "prompt":
             return (f"it needs D2F's block-causal attention (blocks from the prompt's end); the model's attention is "
                     f"{capabilities.attention}: load a D2F checkpoint with model.d2f_block_size (llada)")
-        if bs != capabilities.block_size:
-            return f"iteration.block_size {bs} differs from the model's D2F block size {capabilities.block_size}"
-        if self.config.gen_length % bs:
-            return f"block size {bs} must divide gen_length {self.config.gen_length}"
+        if self.config.gen_length % capabilities.block_size:
+            return (f"gen_length {self.config.gen_length} is no multiple of the model's D2F block size "
+                    f"{capabilities.block_size}")
         return None
 
     def start(self, prompts: list[Tensor], capabilities: ModelCapabilities, device: torch.device, *,
@@ -87,10 +75,9 @@ class D2F(IterationManager):
         if any(p.numel() == 0 for p in prompts):
             raise InputError("d2f needs a prompt in every row: the prompt is the first block of its attention")
         state = left_padded_canvas(prompts, self.config.gen_length, capabilities, device, gen_start=gen_start)
-        b, bs = state.batch_size, int(self.config.block_size or capabilities.block_size)
-        n, zeros = self.config.gen_length // bs, lambda *s: torch.zeros(*s, dtype=torch.long)  # noqa: E731
-        state.progress = D2FProgress(zeros(b), zeros(b), zeros(b, n).bool(), zeros(b, n), zeros(b), zeros(b).bool(),
-                                     block_size=bs)
+        b, bs = state.batch_size, int(capabilities.block_size)
+        n, z = self.config.gen_length // bs, lambda *s: torch.zeros(*s, dtype=torch.long)  # noqa: E731
+        state.progress = D2FProgress(z(b), z(b), z(b, n).bool(), z(b, n), z(b), z(b).bool(), block_size=bs)
         self._settle(state, torch.ones(b, dtype=torch.bool))
         return state
 
@@ -101,42 +88,39 @@ class D2F(IterationManager):
         b, bs, n = state.batch_size, p.block_size, p.complete.shape[1]
         gen, pending = state.canvas[:, state.gen_start :], state.pending()[:, state.gen_start :]
         is_end = torch.isin(gen, torch.tensor(state.eos_ids, device=state.device)) & ~pending
-        masks, ended = pending.view(b, n, bs).sum(dim=2).cpu(), is_end.any(dim=1).cpu()
+        host = torch.cat((pending.view(b, n, bs).sum(dim=2), is_end.any(dim=1)[:, None], state.done[:, None]), 1).cpu()
+        masks, ended, stepped = host[:, :n], host[:, n].bool(), stepped & ~host[:, n + 1].bool()
         decoded = (bs - masks).double() / bs  # [B, N] decoded fraction of each block (as the reference's floats)
         idx = torch.arange(n)[None, :]
         first = torch.where((masks > 0) & (idx >= p.first[:, None]), idx, n).min(dim=1).values.minimum(p.added)
         moved = stepped & (first != p.first)
         p.since, p.first = torch.where(moved, 0, p.since), torch.where(moved, first, p.first)
-        if self.config.early_stop:
-            p.ended |= ended & stepped
+        p.ended |= ended & stepped & self.config.early_stop
         last = decoded.gather(1, (p.added - 1).clamp(min=0)[:, None])[:, 0].where(p.added > 0, 1.0)
         add = stepped & ~p.ended & (p.added < n) & (last >= self.config.block_add_threshold)
         p.added += add.long()
-        before = torch.cat((torch.ones(b, 1, dtype=torch.float64), decoded[:, :-1]), dim=1)  # the predecessor's fraction (prompt: 1)
+        before = torch.cat((torch.ones(b, 1, dtype=torch.float64), decoded[:, :-1]), dim=1)  # predecessor's (prompt: 1)
         p.complete |= (before >= self.config.decoded_token_threshold) & (idx < p.added[:, None])
-        over = stepped & (p.first >= p.added) & ~state.done.cpu()  # nothing in flight: the row ends
-        if bool(over.any()):
-            rows = over.nonzero()[:, 0]
-            for r in rows.tolist():  # the blocks never added (after an end token) hold the end token
-                state.canvas[r, state.gen_start + int(p.added[r]) * bs :] = state.eos_ids[0]
-            state.done[rows.to(state.device)] = True
+        over = stepped & (p.first >= p.added)  # nothing in flight: the row ends
+        if bool(over.any()):  # the blocks never added (after an end token) hold the end token
+            after = (torch.arange(n * bs)[None, :] >= p.added[:, None] * bs) & over[:, None]
+            gen.masked_fill_(after.to(state.device), state.eos_ids[0])
+            state.done |= over.to(state.device)
 
     def window(self, state: GenerationState) -> Window:
         p: D2FProgress = state.progress
         rows = (~state.done).cpu().nonzero()[:, 0]
         bs, g = p.block_size, state.gen_start
         lo, hi = g + p.first[rows] * bs, g + p.added[rows] * bs
-        k = int((p.added[rows] - p.first[rows]).max())
-        blocks = (p.first[rows, None] + torch.arange(k)[None, :]).clamp(max=p.complete.shape[1] - 1)  # [b, K]
+        k = torch.arange(int((p.added[rows] - p.first[rows]).max()))[None, :]
+        blocks = (p.first[rows, None] + k).clamp(max=p.complete.shape[1] - 1)  # [b, K]
         used = blocks < p.added[rows, None]
         starts = torch.where(used, g + blocks * bs, hi[:, None])
-        flight = BlocksInFlight(start=starts, end=torch.where(used, starts + bs, hi[:, None]),
-                                step=p.steps[rows[:, None], blocks] * used, complete=p.complete[rows[:, None], blocks] & used)
-        start, end = int(lo.min()), int(hi.max())
-        cols = torch.arange(start, end, device=state.device)[None, :]
-        dev_rows = rows.to(state.device)
-        eligible = state.masked()[dev_rows, start:end] & (cols >= lo.to(state.device)[:, None]) & (
-            cols < hi.to(state.device)[:, None])
+        flight = BlocksInFlight(starts, torch.where(used, starts + bs, hi[:, None]),
+                                p.steps[rows[:, None], blocks] * used, p.complete[rows[:, None], blocks] & used)
+        start, end, dev_rows = int(lo.min()), int(hi.max()), rows.to(state.device)
+        cols = torch.arange(start, end)[None, :]  # the window: the union of the rows' blocks in flight
+        eligible = state.masked()[dev_rows, start:end] & ((cols >= lo[:, None]) & (cols < hi[:, None])).to(state.device)
         geometry = Geometry(step=p.since[rows].clone(), block=p.first[rows].clone(), block_start=lo, block_end=hi)
         return Window(rows=dev_rows, start=start, end=end, eligible=eligible, quota=torch.ones_like(dev_rows),
                       mask_id=state.mask_id, geometry=geometry, extensions=(flight,))
@@ -149,4 +133,4 @@ class D2F(IterationManager):
             idx = torch.arange(p.complete.shape[1])[None, :]
             p.steps += ((idx >= p.first[:, None]) & (idx < p.added[:, None]) & stepped[:, None]).long()
             p.since += stepped.long()
-        self._settle(state, stepped & ~state.done.cpu())
+        self._settle(state, stepped)
