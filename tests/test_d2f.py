@@ -110,7 +110,7 @@ def test_refusals(ckpt):
 
     with pytest.raises(CompositionError, match="d2f_block_size"):
         build(model={})  # bidirectional LLaDA
-    with pytest.raises(CompositionError, match="must divide gen_length"):
+    with pytest.raises(CompositionError, match="no multiple of the model.s D2F block size"):
         build(d2f(gen=18))
     with pytest.raises(CompositionError, match="BlocksInFlight"):
         build(decoding={"name": "low_confidence"})
