@@ -102,6 +102,19 @@ def test_the_contract_kit_passes():
     check_component("iteration", "d2f", {"gen_length": 16, "block_add_threshold": 0.5, "decoded_token_threshold": 0.5})
 
 
+def test_the_example_carries_the_authors_gsm8k_settings():
+    from pathlib import Path
+
+    from dlm.config import load_config
+
+    cfg = load_config(Path(__file__).parent.parent / "examples" / "d2f.yaml")
+    it = cfg.iteration.config
+    assert (cfg.model.config.d2f_block_size, it.gen_length, it.block_add_threshold, it.decoded_token_threshold) == (
+        64, 512, 0.7, 0.95)
+    assert (cfg.decoding.name, cfg.decoding.config.threshold, cfg.cache.name) == ("strict_threshold", 0.9, "block")
+    assert it == type(it)(gen_length=512)  # the example's values are the defaults
+
+
 def test_refusals(ckpt):
     def build(iteration=None, decoding=None, model=None):
         cfg = pipeline_config(ckpt, iteration=iteration or d2f(), decoding=decoding or {"name": "strict_threshold"})
