@@ -121,13 +121,11 @@ class D2F(IterationManager):
         start, end, dev_rows = int(lo.min()), int(hi.max()), rows.to(state.device)
         cols = torch.arange(start, end)[None, :]  # the window: the union of the rows' blocks in flight
         eligible = state.masked()[dev_rows, start:end] & ((cols >= lo[:, None]) & (cols < hi[:, None])).to(state.device)
-        geometry = Geometry(step=p.since[rows].clone(), block=p.first[rows].clone(), block_start=lo, block_end=hi)
-        return Window(rows=dev_rows, start=start, end=end, eligible=eligible, quota=torch.ones_like(dev_rows),
-                      mask_id=state.mask_id, geometry=geometry, extensions=(flight,))
+        return Window(dev_rows, start, end, eligible, torch.ones_like(dev_rows), state.mask_id,
+                      Geometry(p.since[rows], p.first[rows], lo, hi), extensions=(flight,))
 
     def advance(self, state: GenerationState) -> None:
-        p: D2FProgress = state.progress
-        stepped = torch.zeros(state.batch_size, dtype=torch.bool)
+        p, stepped = state.progress, torch.zeros(state.batch_size, dtype=torch.bool)
         if state.last_window is not None:
             stepped[state.last_window.rows.cpu()] = True
             idx = torch.arange(p.complete.shape[1])[None, :]
