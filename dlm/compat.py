@@ -66,6 +66,10 @@ FEATURES: dict[str, Feature] = {
     "threshold_floor": Feature(
         "decoding",
         "decides with the larger of its own threshold and a window's ThresholdFloor (dInfer's iter_threshold)"),
+    "blocks_in_flight": Feature(
+        "decoding",
+        "reads a window's BlocksInFlight: per block in flight, what passes its threshold, and at least the most "
+        "confident position of each complete block (D2F's rule)"),
     "causal": Feature("model", "causal attention: a column sees only the columns before it"),
     "bidirectional": Feature("model", "bidirectional attention"),
     "block_causal": Feature("model", "block-causal attention"),

@@ -25,8 +25,8 @@ from dlm.iteration.blockwise import Blockwise
 from dlm.registry import resolve
 from dlm.testing.contracts.fixtures import tiny_model
 
-FAMILIES = ("llada", "fast_dllm_v2", "qwen2", "wedlm", "diffusion_gemma")  # bidirectional, block-causal, causal,
-# causal with shift 0, noise canvases
+FAMILIES = ("llada", "fast_dllm_v2", "qwen2", "wedlm", "diffusion_gemma", "llada_d2f")  # bidirectional, block-causal,
+# causal, causal with shift 0, noise canvases, block-causal from the prompt's end (D2F's mask)
 ITERATION = {  # gen_length 8: one short generation per pair
     "blockwise": {"gen_length": 8, "block_length": 4, "steps": 8},
     "adablock": {"gen_length": 8, "block_length": 4, "delimiter_ids": [10, 20], "delimiter_threshold": 0.0,
@@ -39,6 +39,7 @@ ITERATION = {  # gen_length 8: one short generation per pair
     "wedlm": {"gen_length": 8, "window": 4},
     "canvases": {"gen_length": 8},
     "ancestral": {"gen_length": 8, "steps": 8},
+    "d2f": {"gen_length": 16, "block_add_threshold": 0.5, "decoded_token_threshold": 0.5},
 }
 DEFAULT = {"iteration": "blockwise", "decoding": "low_confidence", "cache": "none"}
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12]]
@@ -210,7 +211,7 @@ def test_a_plugin_that_declares_nothing_composes_with_every_built_in_that_requir
             found = compat.problems({"decoding": Undeclared, kind: cls})
             assert len(found) == len(asks), (name, found)  # refused once per feature it asks of the strategy
             asking |= {name} if asks else set()
-    assert asking == {"jacobi", "smoothing", "canvases"}
+    assert asking == {"jacobi", "smoothing", "canvases", "d2f"}
     assert "(works with decoding jacobi)" in compat.problems({"decoding": Undeclared, "iteration": resolve("iteration", "jacobi")})[0]
 
 

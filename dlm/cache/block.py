@@ -22,6 +22,9 @@ manager's, read from the window (:class:`~dlm.messages.SubBlocks`), so the two c
 holding an edited column is no longer final, so a row's ``valid_end`` falls back to that block's start, and a
 sub-block step after an edit refreshes the whole block.
 
+**Blocks from the prompt's end** (D2F's mask, ``capabilities.blocks_from == "prompt"``): the prompt is one
+block and the blocks of ``block_size`` start at the generation region; the same rule holds block by block.
+
 **Rows at different places.** Everything above is decided per row (its own ``valid_end``, eligible
 positions, sub-block and last full forward, kept in the run memory), and one range forward serves every
 row with per-row write bounds: a sub-block row stores only its sub-block, a full row from its ``valid_end``.
@@ -60,6 +63,7 @@ class BlockMemory(KVMemory):
     """The KV store and, per row (host), how far it holds final K/V and where its last full block forward was."""
 
     block_size: int = shared_field(default=0)  # the model's attention block size
+    from_prompt: bool = shared_field(default=False)  # blocks counted from the prompt's end (D2F's mask), not position 0
     valid_end: Tensor | None = None  # [B] long (host): slots before it hold final K/V
     full_at: Tensor | None = None  # [B] long (host): the block start of the row's last full forward over a block
 
@@ -83,6 +87,7 @@ class BlockCache(CacheManager):
         b = state.batch_size
         return BlockMemory(env.new_kv(b, state.length), shift=env.capabilities.logit_shift,
                            block_size=int(env.capabilities.block_size),
+                           from_prompt=env.capabilities.blocks_from == "prompt",
                            valid_end=torch.zeros(b, dtype=torch.long), full_at=torch.full((b,), -1, dtype=torch.long))
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
@@ -110,6 +115,9 @@ class BlockCache(CacheManager):
         first_edit = host[5] if edited is not None else torch.full_like(pad, length)
 
         def floor(cols: Tensor) -> Tensor:  # start of the attention block holding ``cols``, in each row's positions
+            if m.from_prompt:  # the prompt is one block (from the row's padding on), then blocks from gen_start
+                g = state.gen_start
+                return torch.where(cols < g, pad, g + torch.div(cols - g, bs, rounding_mode="floor") * bs)
             return pad + torch.div(cols - pad, bs, rounding_mode="floor") * bs
 
         # the outputs each row's decisions read (its eligible positions; a widened side of the span for all)

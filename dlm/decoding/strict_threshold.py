@@ -8,6 +8,12 @@ argmax of ``softmax(logits)``; otherwise the temperature-scaled distribution, to
 confidence being the drawn token's probability under it (see :mod:`dlm.decoding.sampling`). τ = 1 (the
 reference ``generate`` default) commits one token per step; the paper's evaluation uses 0.9.
 
+**Blocks in flight** (a window's :class:`~dlm.messages.BlocksInFlight`: D2F, arXiv 2508.09192, ``eval_llada.py``'s
+``_generate_block_single`` in zhijie-group/Discrete-Diffusion-Forcing@771f745): every eligible position of any block
+in flight with probability ``> τ``, plus the most confident eligible position of each *complete* block; an
+incomplete block commits only what passes τ (possibly nothing). The floor is one per complete block
+(``at_least: one``).
+
 ``at_least: quota`` is SDAR's floor: when fewer than the window's quota (the iteration's schedule, SDAR's
 ``num_transfer_tokens[step]``) pass τ, the quota's most confident positions are committed instead, i.e. the
 ``max(quota, #(p > τ))`` most confident. With one token per step (SDAR's published ``denoising_steps`` =
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
@@ -28,7 +35,7 @@ from dlm.decoding.proposal import draw_spans, threshold_select, top_k_select
 from dlm.decoding.sampling import draw, filtered_probs
 from dlm.rng import RowRNG
 from dlm.state import GenerationState
-from dlm.messages import Commit, Window
+from dlm.messages import BlocksInFlight, Commit, Window
 
 
 class StrictThresholdConfig(BaseModel):
@@ -53,9 +60,21 @@ def quota_floor_select(confidence: Tensor, eligible: Tensor, tau: float, quota: 
     return above | top_k_select(confidence, eligible, quota.clamp(min=1))
 
 
+def in_flight_select(confidence: Tensor, window: Window, blocks: BlocksInFlight, tau: float) -> Tensor:
+    """[b, W] bool: D2F's rule over the blocks in flight (see the module doc); ties go to the first maximum."""
+    dev = confidence.device
+    select = window.eligible & (confidence > tau)
+    cols = torch.arange(window.start, window.end, device=dev)[None, :]
+    for k in range(blocks.start.shape[1]):
+        lo, hi, full = (t[:, k, None].to(dev) for t in (blocks.start, blocks.end, blocks.complete))
+        select |= threshold_select(confidence, window.eligible & (cols >= lo) & (cols < hi) & full, tau, strict=True)
+    return select
+
+
 class StrictThreshold(DecodingStrategy):
     Config = StrictThresholdConfig
     joinable = True
+    provides = frozenset({"blocks_in_flight"})
 
     def select(self, state: GenerationState, window: Window, logits: Tensor, generator: RowRNG) -> Commit:
         c = self.config
@@ -66,6 +85,12 @@ class StrictThreshold(DecodingStrategy):
             probs, mask_id=window.mask_id, temperature=c.temperature, generator=generator, rows=window.rows,
             spans=draw_spans(window, c.temperature),
         )
+        blocks = window.get(BlocksInFlight)
+        if blocks is not None:
+            if c.at_least != "one":
+                raise ValueError("a window of blocks in flight (iteration d2f) floors each complete block at one "
+                                 "position: set decoding.at_least to one")
+            return Commit(in_flight_select(confidence, window, blocks, c.threshold), tokens)
         if c.at_least == "quota":
             return Commit(quota_floor_select(confidence, window.eligible, c.threshold, window.quota), tokens)
         return Commit(threshold_select(confidence, window.eligible, c.threshold, strict=True), tokens)

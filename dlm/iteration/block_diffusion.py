@@ -137,6 +137,9 @@ class BlockDiffusion(SettlingManager):
     provides = frozenset({"edits"})  # a held block keeps its row (see the module doc)
 
     def check(self, capabilities: ModelCapabilities) -> str | None:
+        if capabilities.blocks_from != "start":
+            return ("its blocks are counted from each row's position 0, the model's attention blocks from the prompt's "
+                    "end (D2F's mask): use iteration d2f")
         bs = self.config.block_length or capabilities.block_size
         if bs is None:
             return "it needs a block size: set iteration.block_length (the model declares no attention blocks)"

@@ -20,7 +20,7 @@ and read with :meth:`Message.get` (``window.get(SubBlocks)``; None when absent).
 extension type next to its components instead of adding a field that every component must know.
 
 Extensions defined here, for the built-in families: :class:`SubBlocks` and :class:`Reorder` (windows),
-:class:`Candidates` and :class:`ThresholdFloor` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep`,
+:class:`Candidates`, :class:`ThresholdFloor` and :class:`BlocksInFlight` (windows), :class:`Drafts`, :class:`Finish`, :class:`Keep`,
 :class:`Edits` and :class:`Idle` (commits), :class:`Ordered`, :class:`CandidateBatch`, :class:`ReadRows`,
 :class:`SoftInputs` and :class:`LayerPlans` (plans; a window may carry a :class:`SoftInputs` to the plan made for
 it). A :class:`ModelInput` (:class:`NoiseLevel`) is attached to a window and travels to the plan
@@ -39,11 +39,11 @@ from dlm.messages.commit import Commit, Drafts, Edits, Finish, Idle, Keep
 from dlm.messages.layers import LayerInput, LayerPlans, LayerPolicy, LayerStep
 from dlm.messages.plan import (CandidateBatch, ForwardPlan, ModelInput, NoiseLevel, Ordered, ReadRows,
                                SoftInputs)
-from dlm.messages.window import Candidates, Geometry, Reorder, SubBlocks, ThresholdFloor, Window
+from dlm.messages.window import BlocksInFlight, Candidates, Geometry, Reorder, SubBlocks, ThresholdFloor, Window
 from dlm.memory import SoftStore
 
 __all__ = [
     "PLUGIN_API", "ModelCapabilities", "KVStore", "CacheEnv", "Message", "Geometry", "Window", "SubBlocks",
-    "Reorder", "Candidates", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "Idle",
+    "Reorder", "Candidates", "BlocksInFlight", "ThresholdFloor", "Commit", "Drafts", "Finish", "Keep", "Edits", "Idle",
     "ForwardPlan", "Ordered", "CandidateBatch", "ReadRows", "ModelInput", "NoiseLevel",
     "SoftInputs", "SoftStore", "FeatureStore", "LayerInput", "LayerStep", "LayerPolicy", "LayerPlans"]

@@ -31,6 +31,9 @@ class ModelCapabilities:
     attention: Literal["bidirectional", "block_causal", "causal"] = "bidirectional"
     kv_cache: bool = True  # can write to / attend through a KV store
     block_size: int | None = None  # block-causal models: attention block size
+    # block-causal models: where blocks are counted from: "start" (each row's position 0: SDAR, Fast-dLLM v2) or
+    # "prompt" (the prompt one block, then blocks of block_size from its end: D2F's mask, arXiv 2508.09192)
+    blocks_from: Literal["start", "prompt"] = "start"
     # runs a plan's SoftInputs: feeds stored soft embeddings into its inputs and records new ones (how it feeds them,
     # added to the token embeddings or through a block of its own, is the model's business)
     soft_inputs: bool = False

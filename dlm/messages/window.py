@@ -48,6 +48,23 @@ class SubBlocks:
 
 
 @dataclass(frozen=True)
+class BlocksInFlight:
+    """Window extension: several blocks of a row in flight at once, each with its own step count and completion
+    rule (D2F's pipelined blocks, Wang et al. 2025, arXiv 2508.09192). Host tensors [b, K] (rows as the window's;
+    ``K`` the most blocks any row has in flight; a row's unused entries are empty spans ``start == end``).
+
+    ``complete`` is the block's commit rule: a complete block commits at least its most confident eligible
+    position, an incomplete one only what passes the strategy's threshold (possibly nothing). A strategy that
+    reads it declares the feature ``blocks_in_flight`` (:mod:`dlm.compat`); ``strict_threshold`` does. The
+    window's geometry describes the span of all of a row's blocks in flight (``block``: the first of them)."""
+
+    start: Tensor  # [b, K] long: first canvas column of each block in flight
+    end: Tensor  # [b, K] long: one past its last column
+    step: Tensor  # [b, K] long: steps the block has been in flight
+    complete: Tensor  # [b, K] bool: the block commits at least one position per step
+
+
+@dataclass(frozen=True)
 class Reorder:
     """Window extension (causal models): the forward sees committed columns before pending ones, each at its
     own position (WeDLM's topological reordering), so every pending column attends to every committed one."""

@@ -7,6 +7,7 @@ published with GSAI-ML/LLaDA-8B-Instruct and Nie et al., "Large Language Diffusi
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -70,6 +71,11 @@ class LLaDAConfig(BaseModel):
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     eos_token_ids: tuple[int, ...] | None = Field(
         None, min_length=1, description="end tokens; default: config eos_token_id plus <|eot_id|> when the tokenizer has it"
+    )
+
+    d2f_block_size: int | None = Field(
+        None, gt=0, description="D2F's block-causal attention (arXiv 2508.09192, for D2F-distilled checkpoints): the "
+                                "prompt one block, then blocks of this size from its end; default: bidirectional"
     )
 
     @field_validator("path", mode="before")
@@ -190,6 +196,8 @@ class LLaDAModel(TransformerAdapter):
         mask_id = config_int(cfg, "mask_token_id", directory, LLADA_MASK_ID)
         check_token_ids(str(directory), spec.vocab_in, mask_id=mask_id, eos_ids=eos)
         caps = ModelCapabilities(mask_id=mask_id, eos_ids=eos, max_length=spec.max_length, vocab_size=spec.vocab_in)
+        if config.d2f_block_size is not None:
+            caps = replace(caps, attention="block_causal", block_size=config.d2f_block_size, blocks_from="prompt")
         # the weights last: every cheap check above fails before gigabytes are read
         net = load_transformer(directory, spec, llada_names(spec), dtype=dtype, device=torch.device(device))
         check_finite_forward(net, mask_id=mask_id, eos_id=eos[0], source=str(directory), dtype=dtype)

@@ -96,7 +96,12 @@ class TransformerAdapter(ModelAdapter):
         kind = self.capabilities.attention
         if kind != "bidirectional":
             q_pos, k_pos = (q_cols - pad).clamp(min=0), (k_cols - pad).clamp(min=0)
-            if kind == "block_causal":
+            if kind == "block_causal" and self.capabilities.blocks_from == "prompt":
+                # D2F: the prompt is one block (-1), then blocks of bs from the generation region's start
+                bs, g = self.capabilities.block_size, state.gen_start
+                q_pos = torch.div(q_cols - g, bs, rounding_mode="floor").clamp(min=-1).expand(len(rows), -1)
+                k_pos = torch.div(k_cols - g, bs, rounding_mode="floor").clamp(min=-1).expand(len(rows), -1)
+            elif kind == "block_causal":
                 bs = self.capabilities.block_size
                 q_pos, k_pos = q_pos // bs, k_pos // bs
             allowed = (q_pos[:, :, None] >= k_pos[:, None, :])[:, None]  # [b, 1, q, K]

@@ -57,7 +57,8 @@ Everything runs in float64 on CPU with 2-layer d=32 LLaDA-layout checkpoints wri
 iteration manager that refuses the LLaDA model gets the first of :data:`FAMILIES` it accepts (Fast-dLLM v2
 and Dream in Qwen2's layout, then ``qwen2``, a plain causal Qwen2 config, for causal decoders, and last the
 noise-canvas model, DiffusionGemma's layout written by :mod:`dlm.tools.diffusion_gemma_checkpoints` without
-transformers, for components of revisable canvases such as ``canvases``). A decoding strategy that declares it
+transformers, for components of revisable canvases such as ``canvases``; then ``llada_d2f``, the tiny LLaDA with
+D2F's block-causal mask, for ``d2f``). A decoding strategy that declares it
 finishes canvases (``entropy_bound``) runs its generation checks on that model under ``canvases`` too.
 
 The kit is a package with one module per concern: :mod:`~dlm.testing.contracts.core` (violations,
@@ -83,7 +84,7 @@ from dlm.testing.contracts.core import (
 )
 from dlm.testing.contracts.decoding import synthetic_windows
 from dlm.messages import PLUGIN_API
-from dlm.testing.contracts.fixtures import FAMILIES, model_config_for, model_for, tiny_checkpoint, tiny_model
+from dlm.testing.contracts.fixtures import FAMILIES, VARIANTS, model_config_for, model_for, tiny_checkpoint, tiny_model
 from dlm.testing.contracts.probes import check_config
 from dlm.testing.contracts.registry import (
     BASES,
@@ -106,6 +107,7 @@ __all__ = [
     "CPU",
     "DTYPE",
     "FAMILIES",
+    "VARIANTS",
     "OTHER_PROMPTS",
     "PLUGIN_API",
     "PROMPTS",

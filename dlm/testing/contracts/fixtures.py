@@ -24,7 +24,10 @@ from dlm.testing.contracts.core import CPU, DTYPE, SMALL_ITERATION, NotApplicabl
 _TMP: list[Path] = []
 _CHECKPOINTS: dict[int, Path] = {}
 _MODELS: dict[tuple[str, int], ModelAdapter] = {}
-FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2", "sdar", "diffusion_gemma")  # test models tried, in order
+_PARTNERS: dict[tuple, Any] = {}  # partner()'s finds (components hold only their config: sharing one is safe)
+FAMILIES = ("llada", "fast_dllm_v2", "dream", "qwen2", "sdar", "diffusion_gemma", "llada_d2f")  # tried, in order
+# test models that are a family's checkpoint loaded with options: name -> (family, model options)
+VARIANTS = {"llada_d2f": ("llada", {"d2f_block_size": SMALL_ITERATION["block_length"]})}  # D2F's block-causal mask
 NOISE_STEPS = 4  # max_denoising_steps of the noise-canvas model (its generation_config.json): short generations
 
 
@@ -48,9 +51,10 @@ def tiny_model(n_layers: int = 2, family: str = "llada") -> ModelAdapter:
     """A tiny model of ``family`` (default: ``llada`` on :func:`tiny_checkpoint`), float64 on CPU; shared,
     so do not mutate it."""
     if (family, n_layers) not in _MODELS:
-        cls = resolve("model", family)
-        path = tiny_checkpoint(n_layers) if family == "llada" else model_config_for(family)["path"]
-        _MODELS[family, n_layers] = cls.load(cls.Config(path=path), dtype=DTYPE, device=CPU)
+        name, options = VARIANTS.get(family, (family, {}))
+        cls = resolve("model", name)
+        path = tiny_checkpoint(n_layers) if name == "llada" else model_config_for(name)["path"]
+        _MODELS[family, n_layers] = cls.load(cls.Config(path=path, **options), dtype=DTYPE, device=CPU)
     return _MODELS[family, n_layers]
 
 
@@ -60,7 +64,7 @@ def model_for(component: CacheManager | IterationManager | DecodingStrategy) -> 
     kind = _kind(component)
     reasons = []
     for family in FAMILIES:
-        if family == "llada" or family in _checkpoint_writers():
+        if family == "llada" or family in VARIANTS or family in _checkpoint_writers():
             model = tiny_model(family=family)
             problems = compat.model_problems(kind, component, model.capabilities)
             if not problems:
@@ -87,6 +91,9 @@ def partner(kind: str, default: Any, *others: Any) -> Any:
 
     if fits(default):
         return default
+    key = (kind, *(repr((type(c), getattr(c, "config", None))) for c in (default, *others)))
+    if key in _PARTNERS:  # the search reads every registered component's metadata: once per composition
+        return _PARTNERS[key]
     for name in entries(kind):
         try:
             cls = resolve(kind, name)
@@ -94,6 +101,7 @@ def partner(kind: str, default: Any, *others: Any) -> Any:
         except Exception:  # noqa: BLE001 - a broken plugin or one without a default config is no partner
             continue
         if fits(candidate):
+            _PARTNERS[key] = candidate
             return candidate
     raise NotApplicable(f"no registered {kind} component composes with "
                         + ", ".join(type(o).__name__ for o in others))
