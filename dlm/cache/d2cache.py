@@ -1,25 +1,16 @@
 """``d2cache``: d²Cache's dual adaptive KV cache (Jiang et al., ICLR 2026, "d²Cache: Accelerating Diffusion-Based
 LLMs via Dual Adaptive Caching", arXiv 2509.23094; code Kamichanw/d2Cache @ 72feb60, ``src/cache/d2cache.py``).
 
-A row's first forward computes its whole canvas; every later forward computes and stores the K/V of one column set
-(:func:`~dlm.cache.columns.column_plan`) and reads every other column's K/V as cached. The set, chosen from the row's
-last forward: (1) the ``current_k`` masked columns of highest ``confidence × certainty density`` in a search window
-from the last forward's block start to the block boundary that holds ``current_k`` masked columns (the block's own
-columns first: their score is raised by the row's highest); (2) the columns committed since that forward; (3) of the
-rest, the top ``rollout_p`` of the attention rollout's importance (nucleus, at least one); (4) with ``inflate_w``,
-every gap of at most that width between chosen columns. The confidence is the first forward's (the authors' update
-of it writes into a copy: docs/fidelity.md); the density is the Gaussian-weighted (``sigma``) share of committed
-columns around a column, ``G`` columns beyond the region's left counting as committed, ``G`` beyond its right as
-its last column is. The rollout: each layer's head-mean attention of the computed columns (identity rows for the
-others) plus the identity, rows renormalised, multiplied over layers; a column's importance is its column sum
-(``LayerStep.probe`` of every computed column in every layer). Columns of the window outside the set are computed
-as peeks (the authors return zero logits there, never committed while the set holds the block: ``current_k`` at
-least the block length, as in their configs).
+A row's first forward computes the whole canvas; each later one stores the K/V of a column set (a column-set plan)
+and reads the others' as cached. The set, chosen from the row's last forward: the ``current_k`` masked columns of
+highest first-forward confidence × certainty density (Gaussian, ``sigma``) in a search window from the block, the
+block's columns first; the columns committed since; the top ``rollout_p`` (nucleus) of the others by attention-rollout
+importance (each layer's head-mean attention of the computed columns plus the identity, rows renormalised, multiplied
+over layers: probes of every layer); with ``inflate_w``, gaps of at most that width between chosen columns. The
+window's other columns are peeks. The authors' quirks kept (and the places this differs): docs/fidelity.md.
 
-Exactness: ``rollout_p: 1`` computes every column every forward, which is ``none``; on a 1-layer model every
-changed column is recomputed, which is ``none`` too. Each row selects alone (its own scores, maximum and
-nucleus; the authors pad every row to the batch's largest set and take one maximum over the batch), so batch rows,
-and rows joining a running generation, give what they give alone.
+Exactness: ``rollout_p: 1`` computes every column every forward, and a 1-layer model recomputes every changed one:
+both are ``none``. Each row selects alone, so batch rows and rows joining later give what they give alone.
 """
 
 from __future__ import annotations
@@ -35,24 +26,23 @@ from dlm.cache.columns import column_plan
 from dlm.cache.fast_dllm import block_cache_problem
 from dlm.cache.prefix import KVMemory
 from dlm.memory import column_field, column_index_field, row_field
-from dlm.messages import CacheEnv, ForwardPlan, LayerInput, LayerPlans, LayerPolicy, LayerStep, ModelCapabilities, Window
+from dlm.messages import (CacheEnv, ForwardPlan, LayerInput, LayerPlans, LayerPolicy, LayerStep, ModelCapabilities,
+                          Window)
 from dlm.state import GenerationState
 
 
 class D2CacheConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rollout_p: float = Field(0.1, ge=0.0, le=1.0, description="share of attention-rollout importance recomputed "
-                             "among the prompt and committed columns (top-p; 1: every column, which is none)")
-    current_k: int = Field(32, ge=1, description="masked columns recomputed each step, by confidence × density")
+    rollout_p: float = Field(0.1, ge=0.0, le=1.0, description="top-p share of rollout importance recomputed (1: none)")
+    current_k: int = Field(32, ge=1, description="masked columns recomputed each step (confidence × density)")
     sigma: float = Field(10.0, gt=0.0, description="width of the Gaussian certainty density, in columns")
-    inflate_w: int = Field(0, ge=0, description="also recompute gaps of at most this many columns between chosen ones")
+    inflate_w: int = Field(0, ge=0, description="also recompute gaps of at most this width between chosen columns")
 
 
 @dataclass
 class D2Memory(KVMemory):
     """The KV store and, per row: pending columns, importance and block at its last forward, first confidences."""
-
     seen: Tensor = column_field(fill=False, default=None)  # [B, L] bool: pending at the row's last forward
     importance: Tensor = column_field(fill=0.0, default=None)  # [B, L]: rollout column sums of that forward
     confidence: Tensor = column_field(fill=0.0, default=None)  # [B, L]: the first forward's confidence
@@ -61,7 +51,7 @@ class D2Memory(KVMemory):
 
 
 def density(committed: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
-    """[b, G]: Σ_j x_j exp(-(i-j)²/2σ²) / Σ_{d=-3G}^{3G-1} exp(-d²/2σ²) over x = (G ones | committed | G × last)."""
+    """[b, G]: Σ_j x_j g(i-j) / Σ_{-3G≤d<3G} g(d), g(d) = exp(-d²/2σ²), x = (G ones | committed | G × the last)."""
     b, g = committed.shape
     x = torch.cat((committed.new_ones(b, g), committed, committed[:, -1:].expand(b, g)), dim=1).to(dtype)
     gauss = lambda d: torch.exp(-(d.to(dtype) ** 2) / (2 * sigma**2))  # noqa: E731
@@ -73,8 +63,7 @@ def nucleus(scores: Tensor, p: float, allowed: Tensor) -> Tensor:
     """[b, L] bool: the allowed columns whose normalised scores, largest first, stay within ``p`` (at least one)."""
     s = torch.where(allowed, scores, 0.0)
     probs, order = (s / (s.sum(dim=-1, keepdim=True) + 1e-9)).sort(dim=-1, descending=True)
-    keep = probs.cumsum(dim=-1) <= p
-    keep[:, 0] = True
+    keep = (probs.cumsum(dim=-1) <= p) | (torch.arange(s.shape[1], device=s.device) == 0)
     return torch.zeros_like(allowed).scatter_(1, order, keep & allowed.gather(1, order))
 
 
@@ -82,9 +71,8 @@ class _Policy(LayerPolicy):
     """Probes the stored columns in every layer and multiplies their rollout; after the last layer writes each row's
     importance, and the region's confidences of the rows at their first forward, to the memory."""
 
-    def __init__(self, m: D2Memory, rows: Tensor, columns: Tensor, probe: Tensor, own: Tensor, first: Tensor,
-                 outputs: Tensor | None, gen_start: int) -> None:
-        self.m, self.rows, self.columns, self.probe, self.own = m, rows, columns, probe, own  # [b], [b, q], [b, p], [b, L]
+    def __init__(self, m: D2Memory, rows, columns, probe, own, first, outputs: Tensor | None, gen_start: int) -> None:
+        self.m, self.rows, self.columns, self.probe, self.own = m, rows, columns, probe, own  # [b], [b,q], [b,p], [b,L]
         self.first, self.outputs, self.gen_start = first, outputs, gen_start  # [b] bool, [b, G] offsets or None
         self.layers, self.rollout = m.kv.keys.shape[0], None
 
@@ -94,10 +82,9 @@ class _Policy(LayerPolicy):
     def attended(self, layer: int, weights: Tensor) -> None:  # weights [b, p, L], summed over heads
         b, _, n = weights.shape
         eye = torch.eye(n, dtype=weights.dtype, device=weights.device).expand(b, n, n)
-        rows = self.columns.gather(1, self.probe)[..., None].expand(-1, -1, n)  # canvas columns of the probed queries
+        rows = self.columns.gather(1, self.probe)[..., None].expand(-1, -1, n)  # the probed queries' canvas columns
         attn = eye.clone().scatter_(1, rows, weights / weights.sum(dim=-1, keepdim=True))  # head mean
-        step = attn + eye
-        step = step / step.sum(dim=-1, keepdim=True)
+        step = (attn + eye) / (attn + eye).sum(dim=-1, keepdim=True)
         self.rollout = step if self.rollout is None else step @ self.rollout
         if layer == self.layers - 1:
             self.m.importance[self.rows] = torch.where(self.own, self.rollout.sum(dim=1), 0.0)
@@ -105,7 +92,7 @@ class _Policy(LayerPolicy):
     def predict(self) -> Tensor | None:
         return self.outputs
 
-    def predicted(self, logits: Tensor) -> None:  # [b, G, V]
+    def predicted(self, logits: Tensor) -> None:  # [b, G, V]: the first forward's confidences, kept for the generation
         top = torch.softmax(logits[self.first], dim=-1).amax(dim=-1)
         self.m.confidence[self.rows[self.first], self.gen_start:] = top.to(self.m.confidence.dtype)
 
@@ -127,9 +114,8 @@ class D2Cache(CacheManager):
                         importance=floats(), confidence=floats(), block=torch.zeros(b, 2, dtype=torch.long),
                         started=torch.zeros(b, dtype=torch.bool))
 
-    def select(self, state: GenerationState, m: D2Memory, rows: Tensor, host: Tensor, pending: Tensor,
-               own: Tensor) -> Tensor:
-        """[b, L] bool: the columns each (started) row recomputes, from its last forward (the module doc)."""
+    def select(self, state, m: D2Memory, rows: Tensor, host: Tensor, pending: Tensor, own: Tensor) -> Tensor:
+        """[b, L] bool: the columns each started row recomputes, from its last forward (the module doc)."""
         c, g0, n = self.config, state.gen_start, state.length
         left = pending[:, g0:]  # [b, G]
         lo, hi = (t.to(state.device)[:, None] - g0 for t in m.block[host].unbind(1))  # [b, 1]: that forward's block
@@ -161,11 +147,9 @@ class D2Cache(CacheManager):
         pending = state.pending()[rows]  # [b, L]
         own = torch.arange(n, device=dev)[None, :] >= state.pad[rows, None]  # [b, L]: the row's columns
         first = ~m.started[host]  # [b] host: a first forward computes the whole canvas
-        store = own.clone()
-        if not bool(first.all()):
-            later = ~first
-            store[later.to(dev)] = self.select(state, m, rows[later.to(dev)], host[later], pending[later.to(dev)],
-                                               own[later.to(dev)])
+        store, later = own.clone(), (~first).to(dev)
+        if bool(later.any()):
+            store[later] = self.select(state, m, rows[later], host[~first], pending[later], own[later])
         if state.edited is not None:  # placed tokens an editing strategy rewrote
             store |= state.edited[rows] & own
         m.seen[rows], m.started[host] = pending, True
@@ -173,18 +157,14 @@ class D2Cache(CacheManager):
         if bool((store | ~own).all()):
             plan = ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=0, end=n, kv=m.kv, key_end=n,
                                refresh=True)
-            columns = torch.arange(n, device=dev).expand(len(rows), n)
         else:
             plan = column_plan(state, window, m.kv, store, shift=m.shift, refresh=False)
-            columns = plan.columns  # [b, q]
+        columns = torch.arange(n, device=dev).expand(len(rows), n) if plan.columns is None else plan.columns  # [b, q]
         stored = (store & own).gather(1, columns)  # [b, q]: computed and stored (not peeks, not padding)
         count = stored.sum(dim=1, keepdim=True)
         order = torch.sort((~stored).to(torch.uint8), dim=1, stable=True).indices[:, : int(count.max())]
         probe = torch.where(torch.arange(order.shape[1], device=dev)[None, :] < count, order, order[:, :1])
-        outputs = None
-        if bool(first.any()):  # the offsets whose logits predict the region's columns
-            at = torch.zeros(len(rows), n, dtype=torch.long, device=dev)
-            at.scatter_(1, columns, torch.arange(columns.shape[1], device=dev).expand_as(columns))
-            outputs = at[:, g0 - m.shift : n - m.shift]
-        policy = _Policy(m, rows, columns, probe, own, first.to(dev), outputs, g0)
+        at = torch.zeros(len(rows), n, dtype=torch.long, device=dev).scatter_(1, columns, torch.arange(
+            columns.shape[1], device=dev).expand_as(columns))[:, g0 - m.shift : n - m.shift]  # outputs for the region
+        policy = _Policy(m, rows, columns, probe, own, first.to(dev), at if bool(first.any()) else None, g0)
         return plan.extend(LayerPlans(policy))
