@@ -82,7 +82,8 @@ def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [m for m in missing if "rotary" not in m and "rope" not in m]
     if missing or unexpected:
-        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, "
+                           f"unexpected {unexpected}")
     model = model.to(dtype).eval()
     calls = {"n": 0}
     inner = model.forward

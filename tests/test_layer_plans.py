@@ -1,6 +1,7 @@
 """Per-layer plans (LayerPlans, dlm/models/planned.py): a policy that asks nothing changes nothing, rows a layer
 does not compute take exact outputs from a fresh feature cache, probes are the attention the layer paid, predicted
-logits are the forward's own, per-layer key masks are masks, an absent policy costs no work, and the compositions that cannot run them are refused."""
+logits are the forward's own, per-layer key masks are masks, an absent policy costs no work, and the compositions
+that cannot run them are refused."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class D2Memory(KVMemory):
 
 
 def density(committed: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
-    """[b, G]: Σ_j x_j g(i-j) / Σ_{-3G≤d<3G} g(d), g(d) = exp(-d²/2σ²), x = (G ones | committed | G × the last)."""
+    """[b, G]: Σ_j x_j g(i-j) / Σ_{-3G≤d<3G} g(d), g(d) = exp(-d²/2σ²), x = (G ones | committed | G × last)."""
     b, g = committed.shape
     x = torch.cat((committed.new_ones(b, g), committed, committed[:, -1:].expand(b, g)), dim=1).to(dtype)
     gauss = lambda d: torch.exp(-(d.to(dtype) ** 2) / (2 * sigma**2))  # noqa: E731
