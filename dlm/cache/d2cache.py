@@ -122,6 +122,8 @@ class D2Cache(CacheManager):
         span = torch.arange(n - g0, device=state.device)[None, :]
         block = (span >= lo) & (span < hi) & m.seen[rows, g0:]  # its columns still masked at that forward
         size, start = block.sum(dim=1, keepdim=True), block.long().argmax(dim=1, keepdim=True)
+        held = size == 0  # nothing masked in it (a block held open for edits): the whole block
+        start, size = torch.where(held, lo, start), torch.where(held, (hi - lo).clamp(min=1), size)
         reach = left.long().cumsum(dim=1) >= c.current_k
         end = torch.where(reach.any(dim=1, keepdim=True), reach.long().argmax(dim=1, keepdim=True), n - g0 - 1)
         window = (span >= start) & (span <= (end // size + 1) * size - 1)
