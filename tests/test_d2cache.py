@@ -107,6 +107,13 @@ def test_the_density_weighs_committed_neighbours_and_the_nucleus_keeps_the_top_s
     assert nucleus(scores, 0.95, ~torch.eye(4, dtype=torch.bool)[0:1]).tolist() == [[False, True, True, False]]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_it_runs_in_lower_precisions_with_the_forwards_of_one_token_a_step(tiny_ckpt, dtype):
+    cfg = pipeline_config(tiny_ckpt, cache=d2(0.1, 4), dtype=dtype)
+    out = Pipeline.from_config(cfg).generate(input_ids=[[5, 6, 7], [9, 10]])
+    assert out.nfe == [16, 16] and all(2 not in g.tolist() for g in out.generated)  # MASK id 2: all committed
+
+
 def test_the_contract_kit_passes():
     check_component("cache", "d2cache", {"current_k": 4, "rollout_p": 0.2})
 

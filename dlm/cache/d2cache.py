@@ -87,7 +87,8 @@ class _Policy(LayerPolicy):
         step = (attn + eye) / (attn + eye).sum(dim=-1, keepdim=True)
         self.rollout = step if self.rollout is None else step @ self.rollout
         if layer == self.layers - 1:
-            self.m.importance[self.rows] = torch.where(self.own, self.rollout.sum(dim=1), 0.0)
+            importance = torch.where(self.own, self.rollout.sum(dim=1), 0.0)  # [b, L]
+            self.m.importance[self.rows] = importance.to(self.m.importance.dtype)
 
     def predict(self) -> Tensor | None:
         return self.outputs
