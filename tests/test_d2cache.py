@@ -1,6 +1,6 @@
 """d²Cache (``d2cache``): ``none`` where it recomputes everything (``rollout_p: 1``, or a 1-layer model), a real
-approximation otherwise, the column sets it computes, batch rows as alone, the contract kit, refusals, and the
-authors' own code's tokens and NFE (float64, tiny random checkpoints)."""
+approximation otherwise, the column sets it computes, batch rows as alone (also at candidate steps), the contract
+kit, refusals, and the authors' own code's tokens and NFE (float64, tiny random checkpoints)."""
 
 from __future__ import annotations
 
@@ -112,6 +112,15 @@ def test_it_runs_in_lower_precisions_with_the_forwards_of_one_token_a_step(tiny_
     cfg = pipeline_config(tiny_ckpt, cache=d2(0.1, 4), dtype=dtype)
     out = Pipeline.from_config(cfg).generate(input_ids=[[5, 6, 7], [9, 10]])
     assert out.nfe == [16, 16] and all(2 not in g.tolist() for g in out.generated)  # MASK id 2: all committed
+
+
+def test_candidate_steps_run_each_candidate_as_its_row_and_keep_the_kept_ones_memory(tiny_ckpt):
+    """FreeDave's candidate steps: everything recomputed is ``none``; approximate, a row gives what it gives alone."""
+    freedave, prompts = {"name": "freedave", "drafts": 3}, [[5, 6, 7], [9, 10, 11, 12]]
+    assert run(tiny_ckpt, d2(1.0, 4), prompts, freedave) == run(tiny_ckpt, {"name": "none"}, prompts, freedave)
+    tokens, nfe = run(tiny_ckpt, d2(0.1, 4), prompts, freedave)
+    for i, prompt in enumerate(prompts):
+        assert run(tiny_ckpt, d2(0.1, 4), [prompt], freedave) == ([tokens[i]], [nfe[i]])
 
 
 def test_the_contract_kit_passes():

@@ -22,12 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.cache.base import CacheManager
-from dlm.cache.columns import column_plan
+from dlm.cache.columns import candidate_plan, column_plan
 from dlm.cache.fast_dllm import block_cache_problem
 from dlm.cache.prefix import KVMemory
 from dlm.memory import column_field, column_index_field, row_field
-from dlm.messages import (CacheEnv, ForwardPlan, LayerInput, LayerPlans, LayerPolicy, LayerStep, ModelCapabilities,
-                          Window)
+from dlm.messages import (CacheEnv, CandidateBatch, Commit, ForwardPlan, Keep, LayerInput, LayerPlans, LayerPolicy,
+                          LayerStep, ModelCapabilities, Window)
 from dlm.state import GenerationState
 
 
@@ -71,10 +71,17 @@ class _Policy(LayerPolicy):
     """Probes the stored columns in every layer and multiplies their rollout; after the last layer writes each row's
     importance, and the region's confidences of the rows at their first forward, to the memory."""
 
-    def __init__(self, m: D2Memory, rows, columns, probe, own, first, outputs: Tensor | None, gen_start: int) -> None:
-        self.m, self.rows, self.columns, self.probe, self.own = m, rows, columns, probe, own  # [b], [b,q], [b,p], [b,L]
+    def __init__(self, importance: Tensor, confidence: Tensor, layers: int, rows, columns, probe, own, first,
+                 outputs: Tensor | None, gen_start: int) -> None:
+        self.importance, self.confidence, self.layers, self.rollout = importance, confidence, layers, None  # [B, L]
+        self.rows, self.columns, self.probe, self.own = rows, columns, probe, own  # [b], [b, q], [b, p], [b, L]
         self.first, self.outputs, self.gen_start = first, outputs, gen_start  # [b] bool, [b, G] offsets or None
-        self.layers, self.rollout = m.kv.keys.shape[0], None
+
+    def repeat(self, k: int) -> "_Policy":  # a candidate step: each candidate writes a row of its own
+        rep = lambda t: None if t is None else t.repeat_interleave(k, dim=0)  # noqa: E731
+        every = torch.arange(len(self.rows) * k, device=self.rows.device)
+        return _Policy(rep(self.importance[self.rows]), rep(self.confidence[self.rows]), self.layers, every,
+                       *map(rep, (self.columns, self.probe, self.own, self.first, self.outputs)), self.gen_start)
 
     def step(self, layer: LayerInput) -> LayerStep:
         return LayerStep(probe=self.probe)
@@ -88,14 +95,14 @@ class _Policy(LayerPolicy):
         self.rollout = step if self.rollout is None else step @ self.rollout
         if layer == self.layers - 1:
             importance = torch.where(self.own, self.rollout.sum(dim=1), 0.0)  # [b, L]
-            self.m.importance[self.rows] = importance.to(self.m.importance.dtype)
+            self.importance[self.rows] = importance.to(self.importance.dtype)
 
     def predict(self) -> Tensor | None:
         return self.outputs
 
     def predicted(self, logits: Tensor) -> None:  # [b, G, V]: the first forward's confidences, kept for the generation
         top = torch.softmax(logits[self.first], dim=-1).amax(dim=-1)
-        self.m.confidence[self.rows[self.first], self.gen_start:] = top.to(self.m.confidence.dtype)
+        self.confidence[self.rows[self.first], self.gen_start:] = top.to(self.confidence.dtype)
 
 
 class D2Cache(CacheManager):
@@ -169,5 +176,18 @@ class D2Cache(CacheManager):
         probe = torch.where(torch.arange(order.shape[1], device=dev)[None, :] < count, order, order[:, :1])
         at = torch.zeros(len(rows), n, dtype=torch.long, device=dev).scatter_(1, columns, torch.arange(
             columns.shape[1], device=dev).expand_as(columns))[:, g0 - m.shift : n - m.shift]  # outputs for the region
-        policy = _Policy(m, rows, columns, probe, own, first.to(dev), at if bool(first.any()) else None, g0)
+        policy = _Policy(m.importance, m.confidence, m.kv.keys.shape[0], rows, columns, probe, own, first.to(dev),
+                         at if bool(first.any()) else None, g0)
         return plan.extend(LayerPlans(policy))
+
+    def plan_candidates(self, state: GenerationState, plan: ForwardPlan, window: Window) -> ForwardPlan:
+        return candidate_plan(state, plan, window)
+
+    def keep(self, state: GenerationState, plan: ForwardPlan, commit: Commit) -> None:
+        batch, kept = plan.get(CandidateBatch), commit.get(Keep)
+        if batch is not None and kept is not None:  # the kept candidate's importance and confidences become the row's
+            m, policy = self.memory(state), plan.get(LayerPlans).policy
+            src = torch.arange(len(batch.source_rows), device=kept.index.device) * batch.count + kept.index
+            m.importance[batch.source_rows] = policy.importance[src]
+            m.confidence[batch.source_rows] = policy.confidence[src]
+        super().keep(state, plan, commit)
