@@ -96,7 +96,7 @@ def test_edits_happen_and_the_block_cache_recomputes_the_edited_blocks(ckpts):
     assert edits >= 5
 
 
-@pytest.mark.parametrize("cache", ["prefix", "dual", "vicinity", "dkv"])
+@pytest.mark.parametrize("cache", ["prefix", "dual", "vicinity", "dkv", "d2cache"])
 def test_caches_reusing_kv_are_exact_on_a_one_layer_model_with_edits(ckpts, cache):
     """One layer: a column's K/V depend on its token only, so a cache is exact iff it recomputes every column whose
     token changed, edited placed tokens included (blockwise on a bidirectional model)."""

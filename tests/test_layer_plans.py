@@ -1,6 +1,7 @@
 """Per-layer plans (LayerPlans, dlm/models/planned.py): a policy that asks nothing changes nothing, rows a layer
-does not compute take exact outputs from a fresh feature cache, probes are the attention the layer paid, per-layer
-key masks are masks, an absent policy costs no work, and the compositions that cannot run them are refused."""
+does not compute take exact outputs from a fresh feature cache, probes are the attention the layer paid, predicted
+logits are the forward's own, per-layer key masks are masks, an absent policy costs no work, and the compositions
+that cannot run them are refused."""
 
 from __future__ import annotations
 
@@ -133,6 +134,36 @@ def test_probes_are_the_attention_the_layer_paid(one_head_net):
         out = net.blocks[layer].attn.o(weights @ kv.values[layer, :, 0])  # [2, 3, dim]
         stored = features.attn[layer].gather(1, rows[..., None].expand(-1, -1, net.spec.dim))
         torch.testing.assert_close(out, stored, rtol=0, atol=1e-12)
+
+
+class Predicts(Steps):
+    """Asks for the logits of the query offsets ``offsets`` after the last layer and records them."""
+
+    def __init__(self, offsets, steps=None) -> None:
+        super().__init__(steps)
+        self.offsets, self.logits = offsets, None
+
+    def predict(self):
+        return self.offsets
+
+    def predicted(self, logits):
+        self.logits = logits
+
+
+def test_predicted_logits_are_the_forwards_own_at_the_offsets_asked_beside_the_span(net):
+    """The offsets a policy names get the logits the forward computes there, whatever span it returns; a policy
+    naming none is handed nothing."""
+    ids, positions, mask = inputs(2, 9, 7, True)
+    every = planned(net, ids, positions, mask, Steps(), None, None)  # [2, 9, V]
+    offsets = torch.tensor([[8, 0, 3], [2, 2, 5]])
+    policy = Predicts(offsets, {1: LayerStep(probe=offsets)})
+    span = planned(net, ids, positions, mask, policy, None, None, logits=slice(4, 6))
+    torch.testing.assert_close(span, every[:, 4:6], rtol=0, atol=1e-12)
+    torch.testing.assert_close(policy.logits, every.gather(1, offsets[..., None].expand(-1, -1, every.shape[-1])),
+                               rtol=0, atol=1e-12)
+    silent = Predicts(None)
+    planned(net, ids, positions, mask, silent, None, None)
+    assert silent.logits is None
 
 
 def test_a_layer_key_mask_is_an_attention_mask_for_that_layer(net):

@@ -58,7 +58,8 @@ class LayerPolicy:
     """One forward's per-layer decisions, made by the cache that planned it (:class:`LayerPlans`).
 
     The model calls :meth:`step` before each layer, in order, and :meth:`attended` after a layer whose step asked
-    for a probe, before the next layer's :meth:`step` (so a probe of layer ``l`` can decide layer ``l + 1``). The
+    for a probe, before the next layer's :meth:`step` (so a probe of layer ``l`` can decide layer ``l + 1``); after
+    the last layer it hands the logits of the offsets :meth:`predict` names to :meth:`predicted`. The
     defaults do nothing: every layer runs as without a policy. A policy lives for one forward; what it learns
     that outlives the forward goes to the cache's run memory.
     """
@@ -71,6 +72,16 @@ class LayerPolicy:
         """The attention probabilities of the probed query offsets: [b, p, K] (summed over heads; keys as in
         :attr:`LayerStep.keys`, masked keys 0; the scores with :attr:`LayerStep.scores`), in float32 or the
         model's float64."""
+
+    def predict(self) -> Tensor | None:
+        """Query offsets [b, m] whose logits :meth:`predicted` receives after the last layer (None: none; the model
+        computes them only when asked, beside the plan's logits span)."""
+        return None
+
+    def predicted(self, logits: Tensor) -> None:
+        """The logits [b, m, V] of the offsets :meth:`predict` named, as the model emits them at those offsets (a
+        shifted model's prediction for column ``c`` is at the offset of ``c − shift``): d2Cache's confidences of
+        columns outside the window."""
 
     def repeat(self, k: int) -> "LayerPolicy":
         """This policy for a candidate step: each row's ``k`` candidates in row-major order (``b·k`` rows), each

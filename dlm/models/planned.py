@@ -15,7 +15,9 @@ normalised input (:class:`Input`) and answers with a :class:`~dlm.messages.Layer
 - ``keys``: the keys the layer's queries may attend to (a per-layer eviction, as Sparse-dLLM's);
 - ``probe``: query offsets whose attention probabilities (softmax(QKᵀ/√d) written out beside SDPA, summed over
   heads; or the scores before it, ``scores``) go to :meth:`~dlm.messages.LayerPolicy.attended` before the next
-  layer is planned.
+  layer is planned;
+- after the last layer, the logits of the offsets :meth:`~dlm.messages.LayerPolicy.predict` names go to
+  :meth:`~dlm.messages.LayerPolicy.predicted` (d2Cache's confidences of the whole generation region).
 
 A step of None (or every field None) runs the layer exactly as the default forward does (the same operations),
 storing its outputs when the plan has a feature store. The last layer computes every row it is asked to (no
@@ -145,4 +147,7 @@ def planned_forward(net: Transformer, ids: Tensor, positions: Tensor, mask: Tens
         columns = torch.arange(start, start + ids.shape[1], device=ids.device)[None, :].expand(ids.shape[0], -1)
     for i, block in enumerate(net.blocks):
         x = planned_layer(block, i, x, cos, sin, mask, kv, rows, key_end, columns, plans)
+    wanted = plans.policy.predict()
+    if wanted is not None:
+        plans.policy.predicted(net.logits(pick_rows(x, wanted)))
     return net.logits(pick_rows(x, logits))
