@@ -14,7 +14,10 @@ row as it would be served alone:
   give per-row write bounds, :func:`dlm.cache.prefix.row_range_plan`.)
 
 A row whose set is smaller than the largest repeats its first column, which rewrites the same K/V (see
-:class:`~dlm.messages.ForwardPlan`).
+:class:`~dlm.messages.ForwardPlan`): :func:`first_columns`.
+
+Choosing a set (d²Cache's, arXiv 2509.23094, usable by any column-set cache): :func:`density` scores columns by
+their committed neighbours, :func:`nucleus` keeps the top-p share of scores, :func:`fill_gaps` closes narrow gaps.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dlm.cache.candidates import plan_candidates
 from dlm.messages import Candidates, ForwardPlan, KVStore, Window
 from dlm.state import GenerationState
 
-__all__ = ["own_span", "column_plan", "StoreOnly", "candidate_plan"]
+__all__ = ["own_span", "column_plan", "StoreOnly", "candidate_plan", "first_columns", "density", "nucleus", "fill_gaps"]
 
 
 def own_span(window: Window, *, widened: bool = True) -> tuple[Tensor, Tensor]:
@@ -72,17 +75,49 @@ class StoreOnly:
         return self.kv.read(layer, rows, key_end)
 
 
+def first_columns(mask: Tensor) -> Tensor:
+    """[b, q] long: each row's columns that ``mask`` [b, L] marks, in order; a row with fewer than the most
+    repeats its first."""
+    counts = mask.sum(dim=1, keepdim=True)
+    order = torch.sort((~mask).long(), dim=1, stable=True).indices[:, : int(counts.max())]  # marked columns first
+    return torch.where(torch.arange(order.shape[1], device=mask.device)[None, :] < counts, order, order[:, :1])
+
+
+def density(committed: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
+    """[b, G]: Σ_j x_j g(i-j) / Σ_{-3G≤d<3G} g(d), g(d) = exp(-d²/2σ²), x = (G ones | committed | G × last)."""
+    b, g = committed.shape
+    x = torch.cat((committed.new_ones(b, g), committed, committed[:, -1:].expand(b, g)), dim=1).to(dtype)
+    gauss = lambda d: torch.exp(-(d.to(dtype) ** 2) / (2 * sigma**2))  # noqa: E731
+    d = torch.arange(g, device=x.device)[:, None] + g - torch.arange(3 * g, device=x.device)[None, :]  # [G, 3G]
+    return x @ gauss(d).T / gauss(torch.arange(-3 * g, 3 * g, device=x.device)).sum()
+
+
+def nucleus(scores: Tensor, p: float, allowed: Tensor) -> Tensor:
+    """[b, L] bool: the allowed columns whose normalised scores, largest first, stay within ``p`` (at least one)."""
+    s = torch.where(allowed, scores, 0.0)
+    probs, order = (s / (s.sum(dim=-1, keepdim=True) + 1e-9)).sort(dim=-1, descending=True)
+    keep = (probs.cumsum(dim=-1) <= p) | (torch.arange(s.shape[1], device=s.device) == 0)
+    return torch.zeros_like(allowed).scatter_(1, order, keep & allowed.gather(1, order))
+
+
+def fill_gaps(chosen: Tensor, width: int) -> Tensor:
+    """[b, L] bool: ``chosen`` and every gap of at most ``width`` columns between two chosen columns."""
+    if width <= 0:
+        return chosen
+    n = chosen.shape[1]
+    i = torch.arange(n, device=chosen.device).expand_as(chosen)
+    after = torch.where(chosen, i, n).flip(1).cummin(dim=1).values.flip(1)
+    before = torch.where(chosen, i, -1).cummax(dim=1).values
+    return chosen | ((after - before <= width) & (before >= 0) & (after < n))
+
+
 def column_plan(state: GenerationState, window: Window, kv: KVStore, store: Tensor, *, shift: int,
                 refresh: bool) -> ForwardPlan:
     """The plan computing, for each window row, the columns ``store`` [b, L] marks (storing their K/V) and the
     outputs the window's logits span needs (peeks unless stored)."""
     need = store.clone()
     need[:, window.logits_start - shift : window.logits_end - shift] = True
-    counts = need.sum(dim=1)  # [b]
-    count = int(counts.max())
-    order = torch.sort((~need).long(), dim=1, stable=True).indices[:, :count]  # [b, count]: needed columns first
-    ranks = torch.arange(count, device=need.device)[None, :]
-    columns = torch.where(ranks < counts[:, None], order, order[:, :1].expand_as(order))
+    columns = first_columns(need)
     rows = window.rows
     peeks = bool((need & ~store).any())
     return ForwardPlan(rows=rows, all_rows=len(rows) == state.batch_size, start=int(columns.min()),

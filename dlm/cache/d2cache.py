@@ -1,13 +1,12 @@
-"""``d2cache``: d²Cache's dual adaptive KV cache (Jiang et al., ICLR 2026, "d²Cache: Accelerating Diffusion-Based
-LLMs via Dual Adaptive Caching", arXiv 2509.23094; code Kamichanw/d2Cache @ 72feb60, ``src/cache/d2cache.py``).
+"""``d2cache``: d²Cache's dual adaptive KV cache (Jiang et al., ICLR 2026, arXiv 2509.23094; code
+Kamichanw/d2Cache @ 72feb60, ``src/cache/d2cache.py``).
 
-A row's first forward computes the whole canvas; each later one stores the K/V of a column set (a column-set plan)
-and reads the others' as cached. The set, chosen from the row's last forward: the ``current_k`` masked columns of
-highest first-forward confidence × certainty density (Gaussian, ``sigma``) in a search window from the block, the
-block's columns first; the columns committed since; the top ``rollout_p`` (nucleus) of the others by attention-rollout
-importance (each layer's head-mean attention of the computed columns plus the identity, rows renormalised, multiplied
-over layers: probes of every layer); with ``inflate_w``, gaps of at most that width between chosen columns. The
-window's other columns are peeks. The authors' quirks kept (and the places this differs): docs/fidelity.md.
+A row's first forward computes the whole canvas; each later one (a column-set plan) stores the K/V of the columns
+chosen from its last forward and reads the others' as cached: the ``current_k`` masked columns of highest
+first-forward confidence × certainty density in a search window from the block (the block's first), the columns
+committed since, the top ``rollout_p`` (nucleus) of the others by attention-rollout importance, and with
+``inflate_w`` the gaps of at most that width. The window's other columns are peeks. The authors' quirks kept (and
+where this differs): docs/fidelity.md.
 
 Exactness: ``rollout_p: 1`` computes every column every forward, and a 1-layer model recomputes every changed one:
 both are ``none``. Each row selects alone, so batch rows and rows joining later give what they give alone.
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from dlm.cache.base import CacheManager
-from dlm.cache.columns import candidate_plan, column_plan
+from dlm.cache.columns import candidate_plan, column_plan, density, fill_gaps, first_columns, nucleus
 from dlm.cache.fast_dllm import block_cache_problem
 from dlm.cache.prefix import KVMemory
 from dlm.memory import column_field, column_index_field, row_field
@@ -50,26 +49,10 @@ class D2Memory(KVMemory):
     started: Tensor = row_field(default=None)  # [B] bool (host): the row ran its first forward
 
 
-def density(committed: Tensor, sigma: float, dtype: torch.dtype) -> Tensor:
-    """[b, G]: Σ_j x_j g(i-j) / Σ_{-3G≤d<3G} g(d), g(d) = exp(-d²/2σ²), x = (G ones | committed | G × last)."""
-    b, g = committed.shape
-    x = torch.cat((committed.new_ones(b, g), committed, committed[:, -1:].expand(b, g)), dim=1).to(dtype)
-    gauss = lambda d: torch.exp(-(d.to(dtype) ** 2) / (2 * sigma**2))  # noqa: E731
-    d = torch.arange(g, device=x.device)[:, None] + g - torch.arange(3 * g, device=x.device)[None, :]  # [G, 3G]
-    return x @ gauss(d).T / gauss(torch.arange(-3 * g, 3 * g, device=x.device)).sum()
-
-
-def nucleus(scores: Tensor, p: float, allowed: Tensor) -> Tensor:
-    """[b, L] bool: the allowed columns whose normalised scores, largest first, stay within ``p`` (at least one)."""
-    s = torch.where(allowed, scores, 0.0)
-    probs, order = (s / (s.sum(dim=-1, keepdim=True) + 1e-9)).sort(dim=-1, descending=True)
-    keep = (probs.cumsum(dim=-1) <= p) | (torch.arange(s.shape[1], device=s.device) == 0)
-    return torch.zeros_like(allowed).scatter_(1, order, keep & allowed.gather(1, order))
-
-
 class _Policy(LayerPolicy):
-    """Probes the stored columns in every layer and multiplies their rollout; after the last layer writes each row's
-    importance, and the region's confidences of the rows at their first forward, to the memory."""
+    """Probes the stored columns in every layer for the attention rollout (each layer's head-mean attention plus the
+    identity, rows renormalised, multiplied over layers); after the last layer writes each row's importance, and the
+    region's confidences of the rows at their first forward, to the memory."""
 
     def __init__(self, importance: Tensor, confidence: Tensor, layers: int, rows, columns, probe, own, first,
                  outputs: Tensor | None, gen_start: int) -> None:
@@ -94,8 +77,7 @@ class _Policy(LayerPolicy):
         step = (attn + eye) / (attn + eye).sum(dim=-1, keepdim=True)
         self.rollout = step if self.rollout is None else step @ self.rollout
         if layer == self.layers - 1:
-            importance = torch.where(self.own, self.rollout.sum(dim=1), 0.0)  # [b, L]
-            self.importance[self.rows] = importance.to(self.importance.dtype)
+            self.importance[self.rows] = torch.where(self.own, self.rollout.sum(dim=1), 0.0).to(self.importance.dtype)
 
     def predict(self) -> Tensor | None:
         return self.outputs
@@ -138,18 +120,9 @@ class D2Cache(CacheManager):
         score = m.confidence[rows, g0:] * density(~left, c.sigma, m.confidence.dtype)
         score = score + torch.where(block, score.amax(dim=1, keepdim=True), 0.0)
         top = torch.topk(torch.where(window & left, score, -torch.inf), k=min(c.current_k, n - g0), dim=1).indices
-        chosen = torch.zeros_like(pending)
-        chosen[:, g0:] = torch.zeros_like(left).scatter_(1, top, True) & left & window
-        store = torch.zeros_like(pending)
-        store[:, : n - m.shift] = chosen[:, m.shift:]  # a shifted model reads column c's logits at c - shift
-        store |= m.seen[rows] & ~pending  # committed since the last forward
-        store |= nucleus(m.importance[rows], c.rollout_p, ~store & own)
-        if c.inflate_w > 0:
-            i = torch.arange(n, device=state.device).expand_as(store)
-            after = torch.where(store, i, n).flip(1).cummin(dim=1).values.flip(1)
-            before = torch.where(store, i, -1).cummax(dim=1).values
-            store |= (after - before <= c.inflate_w) & (before >= 0) & (after < n)
-        return store
+        store = m.seen[rows] & ~pending  # committed since the last forward; then the chosen (logits at c - shift)
+        store[:, g0 - m.shift : n - m.shift] |= torch.zeros_like(left).scatter_(1, top, True) & left & window
+        return fill_gaps(store | nucleus(m.importance[rows], c.rollout_p, ~store & own), c.inflate_w)
 
     def plan(self, state: GenerationState, window: Window) -> ForwardPlan:
         m: D2Memory = self.memory(state)
@@ -171,13 +144,10 @@ class D2Cache(CacheManager):
             plan = column_plan(state, window, m.kv, store, shift=m.shift, refresh=False)
         columns = torch.arange(n, device=dev).expand(len(rows), n) if plan.columns is None else plan.columns  # [b, q]
         stored = (store & own).gather(1, columns)  # [b, q]: computed and stored (not peeks, not padding)
-        count = stored.sum(dim=1, keepdim=True)
-        order = torch.sort((~stored).to(torch.uint8), dim=1, stable=True).indices[:, : int(count.max())]
-        probe = torch.where(torch.arange(order.shape[1], device=dev)[None, :] < count, order, order[:, :1])
-        at = torch.zeros(len(rows), n, dtype=torch.long, device=dev).scatter_(1, columns, torch.arange(
-            columns.shape[1], device=dev).expand_as(columns))[:, g0 - m.shift : n - m.shift]  # outputs for the region
-        policy = _Policy(m.importance, m.confidence, m.kv.keys.shape[0], rows, columns, probe, own, first.to(dev),
-                         at if bool(first.any()) else None, g0)
+        offsets = torch.arange(columns.shape[1], device=dev).expand_as(columns)
+        at = columns.new_zeros(len(rows), n).scatter_(1, columns, offsets)[:, g0 - m.shift : n - m.shift]  # the region
+        policy = _Policy(m.importance, m.confidence, m.kv.keys.shape[0], rows, columns, first_columns(stored), own,
+                         first.to(dev), at if bool(first.any()) else None, g0)
         return plan.extend(LayerPlans(policy))
 
     def plan_candidates(self, state: GenerationState, plan: ForwardPlan, window: Window) -> ForwardPlan:
@@ -186,8 +156,7 @@ class D2Cache(CacheManager):
     def keep(self, state: GenerationState, plan: ForwardPlan, commit: Commit) -> None:
         batch, kept = plan.get(CandidateBatch), commit.get(Keep)
         if batch is not None and kept is not None:  # the kept candidate's importance and confidences become the row's
-            m, policy = self.memory(state), plan.get(LayerPlans).policy
-            src = torch.arange(len(batch.source_rows), device=kept.index.device) * batch.count + kept.index
-            m.importance[batch.source_rows] = policy.importance[src]
-            m.confidence[batch.source_rows] = policy.confidence[src]
+            m, policy, rows = self.memory(state), plan.get(LayerPlans).policy, batch.source_rows
+            src = torch.arange(len(rows), device=kept.index.device) * batch.count + kept.index
+            m.importance[rows], m.confidence[rows] = policy.importance[src], policy.confidence[src]
         super().keep(state, plan, commit)
