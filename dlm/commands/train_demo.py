@@ -5,7 +5,8 @@ fixed length) are masked with probability t ~ U(eps, 1), cross-entropy on masked
 default it is estimated in its lower-variance exact-count form (k ~ U{1..A} tokens masked, weight A/k; see
 :mod:`dlm.tools.train.objective`).
 ``--tasks demo`` (default) reproduces the checkpoint shipped in ``dlm/assets/demo`` (docs/demo.md);
-``--tasks long`` the long-answer model of ``dlm/assets/long`` (docs/long.md). Each group has its own
+``--tasks long`` the long-answer model of ``dlm/assets/long`` (docs/long.md); ``--tasks fewshot`` the few-shot
+model of ``dlm/assets/fewshot`` (docs/fewshot.md). Each group has its own
 defaults (size, steps, batch, lr, seed); a flag overrides them.
 """
 
@@ -15,27 +16,29 @@ import argparse
 import json
 from pathlib import Path
 
-HELP = "train an embedded model (demo, or long with --tasks long) on its synthetic tasks (CPU, minutes)"
+HELP = "train an embedded model (demo, long or fewshot: --tasks) on its synthetic tasks (CPU, minutes)"
 
 
 def _recipes() -> dict:
-    from dlm.tools.train.loop import LongTrainConfig, TrainConfig
+    from dlm.tools.train.loop import FewshotTrainConfig, LongTrainConfig, TrainConfig
 
-    return {"demo": TrainConfig, "long": LongTrainConfig}
+    return {"demo": TrainConfig, "long": LongTrainConfig, "fewshot": FewshotTrainConfig}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dlm.tools.train.loop import LongTrainConfig, TrainConfig
+    from dlm.tools.train.loop import FewshotTrainConfig, LongTrainConfig, TrainConfig
     from dlm.tools.train.objective import MASKINGS
 
-    d, long = TrainConfig(), LongTrainConfig()
+    d, long, few = TrainConfig(), LongTrainConfig(), FewshotTrainConfig()
 
     def both(field: str) -> str:
-        return f"(default {getattr(d, field)}; --tasks long: {getattr(long, field)})"
+        return (f"(default {getattr(d, field)}; --tasks long: {getattr(long, field)}; "
+                f"--tasks fewshot: {getattr(few, field)})")
 
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
-    p.add_argument("--tasks", choices=("demo", "long"), default="demo",
-                   help="task group and recipe: demo (dlm/assets/demo, default) or long (dlm/assets/long)")
+    p.add_argument("--tasks", choices=("demo", "long", "fewshot"), default="demo",
+                   help="task group and recipe: demo (dlm/assets/demo, default), long (dlm/assets/long) or fewshot "
+                   "(dlm/assets/fewshot)")
     p.add_argument("--steps", type=int, default=None, help=f"optimiser steps {both('steps')}")
     p.add_argument("--minutes", type=float, default=None, help="stop early after this many minutes")
     p.add_argument("--seed", type=int, default=None, help=f"seed of weights, data and masking noise {both('seed')}")

@@ -18,13 +18,16 @@ import torch
 from tqdm import tqdm
 
 from dlm.models.layers import Transformer, TransformerSpec
-from dlm.tools.tasks import ANSWER_LENGTH, LONG_ANSWER_LENGTH, LONG_PROMPT_LENGTH, MAX_PROMPT_LENGTH
+from dlm.tools.tasks import (
+    ANSWER_LENGTH, FEWSHOT_ANSWER_LENGTH, FEWSHOT_PROMPT_LENGTH, LONG_ANSWER_LENGTH, LONG_PROMPT_LENGTH, MAX_PROMPT_LENGTH,
+)
 from dlm.tools.train.checkpoint import save_llada_checkpoint
 from dlm.tools.train.data import VOCAB_SIZE, Mixture
 from dlm.tools.train.objective import Masking, check_masking, sft_loss
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 LONG_WEIGHTS = {"addw": 0.65, "shift": 0.35}
+FEWSHOT_WEIGHTS = {"runsum": 1.0}
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,30 @@ class LongTrainConfig(TrainConfig):
 
     def loss_options(self) -> dict:
         return {"masking": self.masking, "semi_ar": self.semi_ar, "block_length": self.block_length}
+
+
+@dataclass(frozen=True)
+class FewshotTrainConfig(LongTrainConfig):
+    """Recipe of the few-shot model (``dlm/assets/fewshot``, docs/fewshot.md): the ``fewshot`` group, prompts
+    of up to 384 columns and 128 answer columns, half the rows masked semi-autoregressively in blocks of 32."""
+
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    ffn_dim: int = 512
+    max_length: int = 512
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    semi_ar: float = 0.5
+    block_length: int = 32
+    weights: dict[str, float] = field(default_factory=lambda: dict(FEWSHOT_WEIGHTS))
+
+    group = "fewshot"
+
+    def lengths(self) -> dict[str, int]:
+        return {"prompt_length": FEWSHOT_PROMPT_LENGTH, "answer_length": FEWSHOT_ANSWER_LENGTH}
 
 
 @dataclass
