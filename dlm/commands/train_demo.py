@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bf16 autocast")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slower steps, no compile wait)")
+    p.add_argument("--save-every", type=int, default=500, metavar="STEPS",
+                   help="write the run's state to OUT/train-state every STEPS steps (and when --minutes stops it), "
+                   "so --resume can continue it; 0: only at a --minutes stop (default 500)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run whose state is in OUT/train-state (same options); without a "
+                   "state there, start afresh")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -76,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
              "--minutes": args.minutes}
     check_positive(**{flag: value for flag, value in flags.items() if value is not None})
     check_seed(**{"--seed": args.seed})
+    if args.save_every < 0:
+        raise InputError(f"--save-every must be 0 or more, got {args.save_every}")
     if args.warmup is not None and args.warmup < 0:
         raise InputError(f"--warmup must be 0 or more, got {args.warmup}")
     base = recipe()
@@ -93,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         **fields, bf16=not args.no_bf16, compile=not args.no_compile, threads=args.threads,
         max_minutes=args.minutes, init=None if args.init is None else str(args.init),
     )
-    result = train_and_save(cfg, args.out, progress=not args.quiet)
+    result = train_and_save(cfg, args.out, progress=not args.quiet, save_every=args.save_every, resume=args.resume)
     params = sum(p.numel() for p in result.net.parameters())
     final = sum(result.losses[-100:]) / max(1, len(result.losses[-100:]))
     print(json.dumps({
@@ -101,5 +109,6 @@ def run(args: argparse.Namespace) -> int:
         "seconds": round(result.seconds, 1), "final_loss": round(final, 5), "stopped_early": result.stopped_early,
     }))
     if result.stopped_early:
-        print(f"warning: stopped after {result.steps} of {cfg.steps} steps (--minutes {args.minutes})")
+        print(f"warning: stopped after {result.steps} of {cfg.steps} steps (--minutes {args.minutes}); the same "
+              "command with --resume continues it")
     return 0
