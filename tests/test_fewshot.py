@@ -31,10 +31,10 @@ BLOCK = 32
 RUNSUM = FEWSHOT_TASKS["runsum"]
 
 
-def test_running_sums_write_the_last_digit_of_each_running_total():
-    assert running_sums("7294") == "7,9,8,2"
-    assert running_sums("0") == "0" and running_sums("55") == "5,0"
-    assert worked("7294") == "7+2+9+4=7,9,8,2"
+def test_running_sums_write_each_digit_then_the_last_digit_of_the_running_total():
+    assert running_sums("7294") == "77299842"
+    assert running_sums("0") == "00" and running_sums("55") == "5550"
+    assert worked("7294") == "7+2+9+4=77299842"
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
@@ -49,7 +49,7 @@ def test_prompts_are_worked_examples_then_a_question_and_answers_span_four_block
         assert SHOTS[0] <= len(shots) <= SHOTS[1]
         assert all(worked(line.split("=")[0].replace("+", "")) == line for line in shots)  # each a worked example
         assert question_of(ex.prompt) == question and len(question) == 2 * QUESTION_DIGITS
-        assert 3 * BLOCK < len(ex.answer) <= FEWSHOT_ANSWER_LENGTH == 4 * BLOCK  # spans all four blocks
+        assert len(ex.answer) == FEWSHOT_ANSWER_LENGTH == 4 * BLOCK  # fills all four blocks
         assert 256 <= len(ex.prompt) + len(ex.answer) <= 512 and len(ex.prompt) <= FEWSHOT_PROMPT_LENGTH
         assert RUNSUM.score(ex.prompt, ex.answer)
         encode(ex.prompt + ex.answer)  # every character is in the demo vocabulary
@@ -61,7 +61,7 @@ def test_eval_questions_are_disjoint_from_training_questions():
     assert not train & evals
     assert all(held_out(q) for q in evals) and not any(held_out(q) for q in train)
     # the split follows the question, whatever worked examples precede it
-    shots = "1+2=1,3\n4+4+4+4=4,8,2,6\n"
+    shots = "1+2=1123\n4+4+4+4=44482246\n"
     assert all(RUNSUM.split_key(shots + q) == q for q in list(evals)[:5])
 
 
@@ -69,17 +69,18 @@ def test_the_scorer_accepts_exactly_the_right_answer():
     ex = RUNSUM.examples(1, seed=11, split="eval")[0]
     assert RUNSUM.score(ex.prompt, ex.answer)
     rng = random.Random(0)
-    for _ in range(50):  # any one digit changed is wrong
-        i = 2 * rng.randrange(QUESTION_DIGITS)
+    for _ in range(50):  # any one digit (a copied digit or a total) changed is wrong
+        i = rng.randrange(2 * QUESTION_DIGITS)
         wrong = ex.answer[:i] + str((int(ex.answer[i]) + rng.randint(1, 9)) % 10) + ex.answer[i + 1 :]
         assert not RUNSUM.score(ex.prompt, wrong)
-    for wrong in (ex.answer[:-1], ex.answer + ",0", ex.answer.replace(",", ""), ex.answer.replace(",", ";"),
-                  " " + ex.answer, ""):
+    totals_only, swapped = ex.answer[1::2], ex.answer[1:] + ex.answer[0]
+    for wrong in (ex.answer[:-1], ex.answer + "0", totals_only, swapped, ",".join(ex.answer), " " + ex.answer, ""):
         assert not RUNSUM.score(ex.prompt, wrong), wrong
-    short = "3+4=3,7\n1+2+3="
-    assert not RUNSUM.score(short, "1,3,6")  # the question has 64 digits
+    short = "3+4=3347\n1+2+3="
+    assert not RUNSUM.score(short, "112336")  # the question has 64 digits
     *shots, question = ex.prompt.split("\n")
-    assert not RUNSUM.score("1+2=9,9\n" + question, ex.answer)  # a malformed worked example is not a prompt
+    assert not RUNSUM.score("1+2=1923\n" + question, ex.answer)  # a wrong worked example: not a prompt of the task
+    assert not RUNSUM.score("1+2=1,2\n" + question, ex.answer)  # nor a malformed one
     assert RUNSUM.score(question, ex.answer)  # zero-shot: the answer depends on the question only
 
 

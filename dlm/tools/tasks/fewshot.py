@@ -1,20 +1,22 @@
 """Few-shot tasks: worked examples, then a question whose answer spans four blocks (``dlm/assets/fewshot``).
 
 The testbed where caches matter under parallel decoding (docs/fewshot.md). A prompt is ``k`` worked
-examples (2-4 lines ``question=answer``) followed by the question, 160-384 tokens (287-511 with the
-answer), so a full-canvas forward costs many times a block forward; the answer is 127 tokens, four blocks
+examples (2-4 lines ``question=answer``) followed by the question, 162-372 tokens (290-500 with the
+answer), so a full-canvas forward costs many times a block forward; the answer is 128 tokens, four blocks
 of 32 (generation length :data:`FEWSHOT_ANSWER_LENGTH` = 128).
 
-``runsum`` (running sum, the working written out): the question is 64 digits joined by ``+``; the answer is
-the last digit of each running total, comma-separated: ``7+2+9+4=`` -> ``7,9,8,2``. Entry *i* is entry
-*i - 1* plus question digit *i*, mod 10: one step from the previous entry, but *j* steps ahead it is a sum
-of *j* digits mod 10 (a parity-like prefix sum, which a small transformer cannot compute for long spans in
-one forward), so a confidence-threshold decoder commits the commas and a few entries per forward, not a
-block (unlike ``addw`` of :mod:`dlm.tools.tasks.long`, whose carries rarely travel and which commits ~13
-tokens per forward). Question and answer have the same stride (digit, separator), so entry *i* sits at a
-fixed distance from question digit *i*: each step is a fixed-offset lookup plus a 10 x 10 table.
+``runsum`` (running sum, the working written out): the question is 64 digits joined by ``+``; the answer
+rewrites it with every ``+`` (and the final ``=``) replaced by the last digit of the running total so far:
+``7+2+9+4=`` -> ``77299842`` (digit 7, total 7; digit 2, total 9; digit 9, total 8; digit 4, total 2). The
+digits are copies at a fixed distance (the question's length), which a decoder can commit a block at a
+time; each total is the previous total plus the digit just before it, mod 10: one step from its
+neighbours, but *j* totals ahead it is a sum of *j* digits mod 10 (a parity-like prefix sum, which a small
+transformer cannot compute for long spans in one forward). So a confidence-threshold decoder commits a
+block's copies and then a few totals per forward, about 2-4 tokens per forward, not a block (unlike
+``addw`` of :mod:`dlm.tools.tasks.long`, whose carries rarely travel: ~13 tokens per forward). One token
+per step, every total needs only the two tokens before it (a 10 x 10 table): learnable to exactness.
 
-The examples show the same procedure on 4-16 digits; the answer depends on the question only (as a
+The examples show the same procedure on 4-15 digits; the answer depends on the question only (as a
 GSM8K prompt's worked examples, they set the format and make the canvas long). The held-out split is
 decided by the question alone (CRC32 bucket of :mod:`dlm.tools.tasks.base`), so no evaluation question is
 ever trained on, whatever examples precede it.
@@ -27,27 +29,27 @@ import re
 
 from dlm.tools.tasks.base import Example, Task
 
-QUESTION_DIGITS = 64  # digits of the question: 127 answer tokens
+QUESTION_DIGITS = 64  # digits of the question: 128 answer tokens (a digit and a total each)
 FEWSHOT_ANSWER_LENGTH = 128  # generation length of the fewshot pipeline: 4 blocks of 32
 SHOTS = (2, 4)  # worked examples per prompt (inclusive range)
-SHOT_DIGITS = (4, 16)  # digits per worked example (inclusive range)
-# longest prompt: 4 examples of 16 digits (4 * 16 + 1 = 64 characters each: "q=a" plus a newline) + the question
-FEWSHOT_PROMPT_LENGTH = SHOTS[1] * 4 * SHOT_DIGITS[1] + 2 * QUESTION_DIGITS  # 384
+SHOT_DIGITS = (4, 15)  # digits per worked example (inclusive range)
+# longest prompt: 4 examples of 15 digits (4 * 15 + 1 = 61 characters each: "q=a" and a newline) + the question
+FEWSHOT_PROMPT_LENGTH = SHOTS[1] * (4 * SHOT_DIGITS[1] + 1) + 2 * QUESTION_DIGITS  # 372
 
-LINE = re.compile(r"[0-9](?:\+[0-9])*=[0-9](?:,[0-9])*")
+LINE = re.compile(r"[0-9](?:\+[0-9])*=(?:[0-9][0-9])+")
 
 
 def running_sums(digits: str) -> str:
-    """The last digit of each running total of ``digits``, comma-separated: ``"7294"`` -> ``"7,9,8,2"``."""
+    """Each digit of ``digits`` followed by the last digit of the running total: ``"7294"`` -> ``"77299842"``."""
     total, out = 0, []
     for d in digits:
         total = (total + int(d)) % 10
-        out.append(str(total))
-    return ",".join(out)
+        out.append(d + str(total))
+    return "".join(out)
 
 
 def worked(digits: str) -> str:
-    """One worked example line (no newline): ``"7294"`` -> ``"7+2+9+4=7,9,8,2"``."""
+    """One worked example line (no newline): ``"7294"`` -> ``"7+2+9+4=77299842"``."""
     return "+".join(digits) + "=" + running_sums(digits)
 
 
@@ -57,12 +59,12 @@ def question_of(prompt: str) -> str:
 
 
 class RunningSum(Task):
-    """``k`` worked examples, then ``d+d+...+d=`` (64 digits) -> the running totals' last digits, ``r,r,...,r``."""
+    """``k`` worked examples, then ``d+d+...+d=`` (64 digits) -> each digit followed by the running total mod 10."""
 
     name = "runsum"
     kind = "deterministic"
     description = (f"{SHOTS[0]}-{SHOTS[1]} worked examples, then {QUESTION_DIGITS} digits joined by +; answer the "
-                   "last digit of each running total, comma-separated")
+                   "question with each + and the = replaced by the last digit of the running total so far")
 
     digits: int = QUESTION_DIGITS  # sizes as attributes: a pilot run may train a smaller instance (docs/fewshot.md)
     shots: tuple[int, int] = SHOTS
