@@ -42,3 +42,8 @@ def test_train_demo_resume_finishes_the_run_and_removes_its_state(tmp_path, caps
     assert main(argv + ["--resume"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["steps"] == 3
     assert not has_state(out) and (out / "model.safetensors").is_file()
+
+
+def test_a_context_shorter_than_a_training_row_is_refused():
+    with pytest.raises(ValueError, match="max_length 256 is shorter than a training row"):
+        FewshotTrainConfig(max_length=256)

@@ -58,6 +58,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # checked here, not at the first step, where the compile fallback would catch it and retry eagerly
         check_masking(self.masking)
+        if sum(self.lengths().values()) > self.max_length:
+            raise ValueError(f"max_length {self.max_length} is shorter than a training row "
+                             f"({' + '.join(f'{k} {v}' for k, v in self.lengths().items())})")
 
     group = "demo"  # the task group trained on (class attribute, not a recipe field)
 
