@@ -110,7 +110,7 @@ class LongTrainConfig(TrainConfig):
 @dataclass(frozen=True)
 class FewshotTrainConfig(LongTrainConfig):
     """Recipe of the few-shot model (``dlm/assets/fewshot``, docs/fewshot.md): the ``fewshot`` group, prompts
-    of up to 384 columns and 128 answer columns, half the rows masked semi-autoregressively in blocks of 32."""
+    of up to 372 columns and 128 answer columns, half the rows masked semi-autoregressively in blocks of 32."""
 
     dim: int = 192
     n_layers: int = 4
