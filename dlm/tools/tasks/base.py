@@ -7,8 +7,9 @@ consistency (independent marginals of a multimodal joint).
 
 Held-out split: a fixed ~5 % of each task's prompt space (chosen by a CRC32 of the prompt) is never used
 for training and is the only part evaluation draws from, so train and eval prompts are disjoint by
-construction, not just by seed. Tasks whose prompt space is tiny (``pair``: 199 prompts) opt out and are
-split by random stream only.
+construction, not just by seed. A task whose prompt has context besides its question (worked examples)
+splits by the question alone (:meth:`Task.split_key`). Tasks whose prompt space is tiny (``pair``: 199
+prompts) opt out and are split by random stream only.
 """
 
 from __future__ import annotations
