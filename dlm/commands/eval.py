@@ -4,9 +4,11 @@ speed-up over the first policy.
 Without config files, compares built-in policies: on the demo tasks (default), the embedded demo model with
 one token per step (low_confidence), threshold 0.9 (Fast-dLLM, when installed) and a fixed 4 tokens per
 step; with ``--tasks long``, the embedded long model under every cache {none, prefix, dual} x decoding {one
-token per step, threshold 0.9} (docs/long.md). Writes results.json, results.md, accuracy_vs_nfe.png and
-accuracy_vs_speedup.png to --out. Under ``torchrun --nproc-per-node N`` the prompts are shared out between the
-N processes and the first one writes the merged results.
+token per step, threshold 0.9} (docs/long.md); with ``--tasks fewshot``, the embedded few-shot model under
+the same six plus dual + factor, also printed in Fast-dLLM's Table 1 layout (docs/fewshot.md). Writes
+results.json, results.md, accuracy_vs_nfe.png and accuracy_vs_speedup.png to --out. Under ``torchrun
+--nproc-per-node N`` the prompts are shared out between the N processes and the first one writes the merged
+results.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from pathlib import Path
 MAX_PROMPTS = 1_000_000  # held-out prompts per task: 1000 gives +-0.5 points; the prompts are built in memory
 MAX_BATCH = 65_536  # prompts per generate call; the canvas is batch x (prompt + answer) ids
 
-HELP = "compare pipeline configs on held-out prompts of the synthetic tasks (demo or long)"
+HELP = "compare pipeline configs on held-out prompts of the synthetic tasks (demo, long or fewshot)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("configs", nargs="*", metavar="CONFIG", help="pipeline YAML files (default: built-in policies)")
     p.add_argument("--tasks", default=None,
-                   help="comma-separated task names or groups: demo (add,rev,sort,pair,perm; the default) or long "
-                   "(addw,shift: 64-71-token answers for the long model)")
+                   help="comma-separated task names or groups: demo (add,rev,sort,pair,perm; the default), long "
+                   "(addw,shift: 64-71-token answers for the long model) or fewshot (runsum: worked examples, then "
+                   "a 127-token answer, for the few-shot model)")
     p.add_argument("-n", "--n", type=int, default=1000, help="held-out prompts per task (default 1000: ±0.5 points near 97 %%)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     p.add_argument("--batch-size", type=int, default=100, help="prompts per generate call")
@@ -42,9 +45,10 @@ def run(args: argparse.Namespace) -> int:
     from dlm.commands import check_at_most, check_output, check_positive, check_seed
     from dlm.errors import InputError
     from dlm.tools.evaluation import (
-        builtin_policies, evaluate, load_policies, long_policies, markdown_table, write_report,
+        builtin_policies, evaluate, fewshot_policies, load_policies, long_policies, markdown_table, table1,
+        write_report,
     )
-    from dlm.tools.tasks import ALL_TASKS, GROUPS, LONG_TASKS, select_tasks
+    from dlm.tools.tasks import ALL_TASKS, GROUPS, select_tasks
 
     names = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks is not None else ["demo"]
     if not names:
@@ -59,18 +63,18 @@ def run(args: argparse.Namespace) -> int:
     check_at_most(**{"-n": (args.n, MAX_PROMPTS), "--batch-size": (args.batch_size, MAX_BATCH)})
     check_seed(**{"--seed": args.seed})
     check_output(args.out, "--out", directory=True)
-    long = [t in LONG_TASKS for t in tasks]
+    groups = {next(g for g, members in GROUPS.items() if t in members) for t in tasks}
     if args.configs:
         policies = load_policies(args.configs, args.overrides)
-    elif all(long):
-        policies = long_policies(args.overrides)
-    elif not any(long):
-        policies = builtin_policies(args.overrides)
-    else:
+    elif len(groups) > 1:
         raise InputError(
-            "the built-in policies run either the demo model (demo tasks) or the long model (long tasks), not "
-            f"both; evaluate the groups separately or pass configs (got tasks {', '.join(tasks)})"
+            "the built-in policies run one embedded model: the demo model (demo tasks), the long model (long "
+            f"tasks) or the few-shot model (fewshot tasks), not several; evaluate the groups separately or pass "
+            f"configs (got tasks {', '.join(tasks)})"
         )
+    else:
+        grid = {"demo": builtin_policies, "long": long_policies, "fewshot": fewshot_policies}
+        policies = grid[groups.pop()](args.overrides)
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise InputError(f"two configs have the same file name ({', '.join(names)}); rename one")
@@ -100,5 +104,7 @@ def run(args: argparse.Namespace) -> int:
     }
     paths = write_report(results, args.out, meta=meta)
     print(markdown_table(results))
+    if all(t in GROUPS["fewshot"] for t in tasks):
+        print("\n" + table1(results))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
     return 0

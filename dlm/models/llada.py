@@ -46,7 +46,7 @@ EOT_TOKEN = "<|eot_id|>"
 PREFIX = "model.transformer."
 
 
-EMBEDDED = ("demo", "long")  # checkpoints shipped in dlm/assets/: docs/demo.md, docs/long.md
+EMBEDDED = ("demo", "long", "fewshot")  # checkpoints in dlm/assets/: docs/demo.md, docs/long.md, docs/fewshot.md
 
 
 def embedded_demo_path() -> Path:
@@ -65,8 +65,9 @@ class LLaDAConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     path: Path | None = Field(None, description="checkpoint directory; omitted: the embedded model `embedded`")
-    embedded: Literal["demo", "long"] = Field(
-        "demo", description="embedded model used when path is omitted: demo (8-token answers) or long (docs/long.md)"
+    embedded: Literal["demo", "long", "fewshot"] = Field(
+        "demo", description="embedded model used when path is omitted: demo (8-token answers), long (docs/long.md) "
+        "or fewshot (docs/fewshot.md)"
     )
     chat_template: bool = Field(False, description="wrap text prompts in the tokenizer's chat template")
     eos_token_ids: tuple[int, ...] | None = Field(
@@ -176,7 +177,7 @@ class LLaDAModel(TransformerAdapter):
         if config.path is None and not (directory / "config.json").is_file():
             raise CheckpointError(
                 f"no model path given and the embedded {config.embedded} model is not installed; set model.path "
-                "to a LLaDA checkpoint directory"
+                f"to a LLaDA checkpoint directory (`dlm train-demo --tasks {config.embedded} --out DIR` trains one)"
             )
         cfg = read_config(directory)
         check_model_type(cfg, directory, "llada", MODEL_TYPES["llada"])

@@ -7,7 +7,10 @@ time, all measured in one run so ratios between policies are fair. Policies comp
 LLaDA's one-token-per-step low-confidence remasking (Nie et al. 2025), Fast-dLLM threshold decoding
 (Wu et al. 2025) when installed, and a fixed 4 tokens per step; on the ``long`` task group (the long-answer
 model, docs/long.md) every combination of cache {none, prefix, dual} and decoding {one token per step,
-threshold 0.9}, the CPU version of Fast-dLLM's Table 1. Under ``torchrun`` the prompts are shared out between
+threshold 0.9}, the CPU version of Fast-dLLM's Table 1; on the ``fewshot`` group (the few-shot model,
+docs/fewshot.md) the same six plus the factor rule with the dual cache, also printed in Table 1's layout
+(:func:`table1`: per task, each pipeline's accuracy with its 95 % interval, tokens per forward, tokens per
+second and speed-up). Under ``torchrun`` the prompts are shared out between
 the processes and the counts merged (docs/scaling.md).
 """
 
@@ -41,6 +44,11 @@ LONG_OVERRIDES: dict[str, dict[str, Any]] = {
     "dual_threshold": {"cache.name": "dual", **THRESHOLD},
 }
 LONG_CONFIG = "long.yaml"  # dlm/configs/long.yaml: the embedded long model, one token per step, no cache
+# the six, plus Fast-dLLM's factor rule (f = 1) with the dual cache, on the few-shot model: examples/fewshot/
+FEWSHOT_OVERRIDES: dict[str, dict[str, Any]] = {
+    **LONG_OVERRIDES, "dual_factor": {"cache.name": "dual", "decoding.name": "factor", "decoding.factor": 1.0},
+}
+FEWSHOT_CONFIG = "fewshot.yaml"  # dlm/configs/fewshot.yaml: the embedded few-shot model, blocks of 32, no cache
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,25 @@ class TaskResult:
     tokens_per_forward: float  # committed tokens / forwards, over all sequences
     seconds: float  # wall time of the generation loops
     token_accuracy: float | None = None  # percent of reference characters reproduced in place (deterministic tasks)
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Generated tokens (the whole generation region, as Fast-dLLM's throughput) per second of wall time."""
+        return self.tokens_per_forward * self.mean_nfe * self.n / self.seconds if self.seconds else float("inf")
+
+    def interval(self, z: float = 1.96) -> tuple[float, float]:
+        """Wilson score interval of the accuracy (percent), 95 % by default."""
+        return wilson(self.correct, self.n, z)
+
+
+def wilson(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (percent) of a proportion ``correct / n`` (Wilson, 1927); (0, 100) when n is 0."""
+    if n <= 0:
+        return 0.0, 100.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
 
 
 def token_agreement(answer: str, reference: str) -> tuple[int, int]:
@@ -96,10 +123,27 @@ def long_config_path() -> Path:
 def long_policies(overrides=None) -> list[Policy]:
     """Every cache {none, prefix, dual} x decoding {one token per step, threshold 0.9} on the long model,
     baseline (none, one token per step) first: the same six pipelines as ``examples/long/``."""
-    base = load_yaml(long_config_path())
+    return _grid(long_config_path(), LONG_OVERRIDES, overrides)
+
+
+def fewshot_config_path() -> Path:
+    """The few-shot pipeline (``dlm/configs/fewshot.yaml``): embedded few-shot model, 128 tokens in blocks of 32."""
+    from importlib import resources
+
+    return Path(str(resources.files("dlm") / "configs" / FEWSHOT_CONFIG))
+
+
+def fewshot_policies(overrides=None) -> list[Policy]:
+    """The Table 1 grid on the few-shot model: cache {none, prefix, dual} x {one token per step, threshold
+    0.9}, then dual + factor; baseline first, the same seven pipelines as ``examples/fewshot/``."""
+    return _grid(fewshot_config_path(), FEWSHOT_OVERRIDES, overrides)
+
+
+def _grid(base_path: Path, grid: dict[str, dict[str, Any]], overrides) -> list[Policy]:
+    base = load_yaml(base_path)
     return [
         Policy(name, build_config(base, source=f"<builtin {name}>", overrides={**extra, **_as_mapping(overrides)}))
-        for name, extra in LONG_OVERRIDES.items()
+        for name, extra in grid.items()
     ]
 
 
@@ -236,6 +280,29 @@ def markdown_table(results: Sequence[TaskResult]) -> str:
     return "\n".join(lines)
 
 
+def table1(results: Sequence[TaskResult]) -> str:
+    """Fast-dLLM's Table 1 layout (Wu et al., 2025, arXiv 2505.22618): one row per task, one column per
+    pipeline; a cell gives the accuracy with its 95 % Wilson interval, tokens per forward, tokens per
+    second and the wall-time speed-up over the first pipeline, all from one run."""
+    speed = speedups(results)
+    policies = list(dict.fromkeys(r.policy for r in results))
+    cell = {(r.task, r.policy): r for r in results}
+    lines = ["| task | " + " | ".join(policies) + " |", "|---|" + "---:|" * len(policies)]
+    for task in dict.fromkeys(r.task for r in results):
+        cells = []
+        for p in policies:
+            r = cell.get((task, p))
+            if r is None:
+                cells.append("–")
+                continue
+            lo, hi = r.interval()
+            cells.append(f"{r.accuracy:.1f} [{lo:.1f}, {hi:.1f}]<br>{r.tokens_per_forward:.2f} tok/fwd<br>"
+                         f"{r.tokens_per_second:.1f} tok/s ({speed[task, p]:.2f}x)")
+        lines.append(f"| {task} (n = {cell[task, policies[0]].n if (task, policies[0]) in cell else '?'}) | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def results_by_task(results: Sequence[TaskResult]) -> list[TaskResult]:
     order = {t: i for i, t in enumerate(dict.fromkeys(r.task for r in results))}
     return sorted(results, key=lambda r: order[r.task])
@@ -285,12 +352,13 @@ def write_report(results: Sequence[TaskResult], out: Path, *, meta: dict[str, An
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     speed = speedups(results)
-    rows = [{**asdict(r), "speedup": speed[r.task, r.policy]} for r in results]
+    rows = [{**asdict(r), "speedup": speed[r.task, r.policy], "tokens_per_second": r.tokens_per_second,
+             "interval": list(r.interval())} for r in results]
     payload = {"meta": meta or {}, "results": rows, "summary": suite_summary(results)}
     paths = {"json": out / "results.json", "markdown": out / "results.md", "plot": out / "accuracy_vs_nfe.png",
              "speedup_plot": out / "accuracy_vs_speedup.png"}
     paths["json"].write_text(json.dumps(payload, indent=2) + "\n")
-    paths["markdown"].write_text(markdown_table(results) + "\n")
+    paths["markdown"].write_text(markdown_table(results) + "\n\n" + table1(results) + "\n")
     plot(results, paths["plot"])
     plot(results, paths["speedup_plot"], x="speedup")
     return paths

@@ -7,8 +7,9 @@ consistency (independent marginals of a multimodal joint).
 
 Held-out split: a fixed ~5 % of each task's prompt space (chosen by a CRC32 of the prompt) is never used
 for training and is the only part evaluation draws from, so train and eval prompts are disjoint by
-construction, not just by seed. Tasks whose prompt space is tiny (``pair``: 199 prompts) opt out and are
-split by random stream only.
+construction, not just by seed. A task whose prompt has context besides its question (worked examples)
+splits by the question alone (:meth:`Task.split_key`). Tasks whose prompt space is tiny (``pair``: 199
+prompts) opt out and are split by random stream only.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ class Task(ABC):
     def score(self, prompt: str, answer: str) -> bool:
         """Whether ``answer`` is a valid answer to ``prompt`` (``prompt`` as produced by :meth:`sample`)."""
 
+    def split_key(self, prompt: str) -> str:
+        """The part of ``prompt`` that decides its split (default: all of it; a few-shot task: the question)."""
+        return prompt
+
     def sample_for_training(self, rng: random.Random) -> Example:
         """One training example; a task may oversample its rare, hard cases here (default: :meth:`sample`)."""
         return self.sample(rng)
@@ -63,7 +68,7 @@ class Task(ABC):
         sample = self.sample_for_training if split == "train" else self.sample
         for _ in range(100_000):
             ex = sample(rng)
-            if not self.split_by_prompt or held_out(ex.prompt) == (split == "eval"):
+            if not self.split_by_prompt or held_out(self.split_key(ex.prompt)) == (split == "eval"):
                 return ex
         raise RuntimeError(f"task {self.name!r}: could not draw a {split} example")  # pragma: no cover
 

@@ -8,6 +8,7 @@ Reproducible: the weights' initialisation, the data stream and the masking noise
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -18,13 +19,17 @@ import torch
 from tqdm import tqdm
 
 from dlm.models.layers import Transformer, TransformerSpec
-from dlm.tools.tasks import ANSWER_LENGTH, LONG_ANSWER_LENGTH, LONG_PROMPT_LENGTH, MAX_PROMPT_LENGTH
+from dlm.tools.tasks import (
+    ANSWER_LENGTH, FEWSHOT_ANSWER_LENGTH, FEWSHOT_PROMPT_LENGTH, LONG_ANSWER_LENGTH, LONG_PROMPT_LENGTH, MAX_PROMPT_LENGTH,
+)
 from dlm.tools.train.checkpoint import save_llada_checkpoint
 from dlm.tools.train.data import VOCAB_SIZE, Mixture
 from dlm.tools.train.objective import Masking, check_masking, sft_loss
+from dlm.tools.train.resume import STATE_DIR, RunState, has_state, load_state, save_state
 
 DEFAULT_WEIGHTS = {"add": 0.35, "rev": 0.3, "sort": 0.15, "pair": 0.1, "perm": 0.1}
 LONG_WEIGHTS = {"addw": 0.65, "shift": 0.35}
+FEWSHOT_WEIGHTS = {"runsum": 1.0}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # checked here, not at the first step, where the compile fallback would catch it and retry eagerly
         check_masking(self.masking)
+        if sum(self.lengths().values()) > self.max_length:
+            raise ValueError(f"max_length {self.max_length} is shorter than a training row "
+                             f"({' + '.join(f'{k} {v}' for k, v in self.lengths().items())})")
 
     group = "demo"  # the task group trained on (class attribute, not a recipe field)
 
@@ -99,6 +107,30 @@ class LongTrainConfig(TrainConfig):
         return {"masking": self.masking, "semi_ar": self.semi_ar, "block_length": self.block_length}
 
 
+@dataclass(frozen=True)
+class FewshotTrainConfig(LongTrainConfig):
+    """Recipe of the few-shot model (``dlm/assets/fewshot``, docs/fewshot.md): the ``fewshot`` group, prompts
+    of up to 372 columns and 128 answer columns, half the rows masked semi-autoregressively in blocks of 32."""
+
+    dim: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    ffn_dim: int = 512
+    max_length: int = 512
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    semi_ar: float = 0.5
+    block_length: int = 32
+    weights: dict[str, float] = field(default_factory=lambda: dict(FEWSHOT_WEIGHTS))
+
+    group = "fewshot"
+
+    def lengths(self) -> dict[str, int]:
+        return {"prompt_length": FEWSHOT_PROMPT_LENGTH, "answer_length": FEWSHOT_ANSWER_LENGTH}
+
+
 @dataclass
 class TrainResult:
     net: Transformer
@@ -139,8 +171,14 @@ def load_for_training(directory: Path) -> Transformer:
     return net.requires_grad_(True)
 
 
-def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
-    """Train a fresh model with ``cfg`` and return it (float32, in eval mode)."""
+def train(
+    cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, float], None] | None = None,
+    state_dir: Path | None = None, save_every: int = 0, resume: bool = False,
+) -> TrainResult:
+    """Train a fresh model with ``cfg`` and return it (float32, in eval mode).
+
+    ``state_dir``: where the run's state goes (:mod:`dlm.tools.train.resume`), every ``save_every`` steps
+    and when ``max_minutes`` stops the run; ``resume``: continue from the state found there, if any."""
     previous_threads = torch.get_num_threads()
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
@@ -161,9 +199,22 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
         data = Mixture(cfg.weights, seed=cfg.seed, batch_size=cfg.batch_size, **cfg.lengths())
         noise = torch.Generator().manual_seed(cfg.seed + 1)
         losses: list[float] = []
+        done, spent = 0, 0.0
+        if resume and state_dir is not None and has_state(state_dir):
+            run = load_state(state_dir, recipe_of(cfg), net, opt, noise)
+            losses, done, spent = run.losses, run.step, run.seconds
+            for _ in range(done):  # the data stream is a function of the seed: skip the batches already used
+                next(data)
         t0, stopped = time.perf_counter(), False
+
+        def save(steps: int) -> None:
+            if state_dir is not None:
+                save_state(state_dir, recipe_of(cfg), net, opt, noise,
+                           RunState(steps, losses, spent + time.perf_counter() - t0))
+
         forward = _compiled(net) if cfg.compile else net
-        bar = tqdm(range(cfg.steps), desc=f"train {cfg.group}", unit="step", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc=f"train {cfg.group}", unit="step",
+                   disable=not progress, dynamic_ncols=True)
         if forward is not net:
             bar.set_postfix_str("compiling the model on the first step (about 30 s)")
         for step in bar:
@@ -174,7 +225,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
             try:
                 loss = _loss(forward, batch, noise, cfg)
             except Exception as err:  # noqa: BLE001 - only the first, compiling step may fall back
-                if forward is net or step > 0:
+                if forward is net or step > done:
                     raise
                 warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); training eagerly instead "
                               "(about 2.5x slower; pass --no-compile to skip the attempt)", stacklevel=2)
@@ -190,11 +241,14 @@ def train(cfg: TrainConfig, *, progress: bool = True, on_step: Callable[[int, fl
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
             if on_step is not None:
                 on_step(step, losses[-1])
+            if save_every and (step + 1) % save_every == 0 and step + 1 < cfg.steps:
+                save(step + 1)
             if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
                 stopped = True
+                save(step + 1)
                 break
         bar.close()
-        return TrainResult(net.eval(), losses, len(losses), time.perf_counter() - t0, stopped)
+        return TrainResult(net.eval(), losses, len(losses), spent + time.perf_counter() - t0, stopped)
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
@@ -217,9 +271,15 @@ def recipe_of(cfg: TrainConfig) -> dict:
     return {k: v for k, v in asdict(cfg).items() if k not in ("threads", "max_minutes", "compile")}
 
 
-def train_and_save(cfg: TrainConfig, out: Path, *, progress: bool = True) -> TrainResult:
-    """Train, then write the LLaDA-layout checkpoint (bf16 weights) and a record of the run to ``out``."""
-    result = train(cfg, progress=progress)
+def train_and_save(
+    cfg: TrainConfig, out: Path, *, progress: bool = True, save_every: int = 0, resume: bool = False
+) -> TrainResult:
+    """Train, then write the LLaDA-layout checkpoint (bf16 weights) and a record of the run to ``out``.
+    The run's state is kept in ``out/train-state`` while it is unfinished (``save_every`` steps, or a
+    ``max_minutes`` stop) so that ``resume`` continues it; a finished run removes it."""
+    result = train(cfg, progress=progress, state_dir=Path(out), save_every=save_every, resume=resume)
+    if not result.stopped_early:
+        shutil.rmtree(Path(out) / STATE_DIR, ignore_errors=True)
     extra = {
         "dlm_demo": {
             "recipe": recipe_of(cfg),
