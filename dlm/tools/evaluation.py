@@ -310,7 +310,8 @@ def results_by_task(results: Sequence[TaskResult]) -> list[TaskResult]:
 
 def plot(results: Sequence[TaskResult], path: Path, *, x: str = "nfe") -> Path:
     """PNG of accuracy vs mean NFE (``x="nfe"``) or vs wall-time speed-up over the first policy
-    (``x="speedup"``, log scale): one colour per task, one marker per policy, a line per task."""
+    (``x="speedup"``, log scale): one colour per task, one marker per policy (filled for the first 11 policies,
+    hollow for the next 11), a line per task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -321,16 +322,17 @@ def plot(results: Sequence[TaskResult], path: Path, *, x: str = "nfe") -> Path:
     speed = speedups(results)
     value = (lambda r: speed[r.task, r.policy]) if x == "speedup" else (lambda r: r.mean_nfe)  # noqa: E731
     markers = "osD^v<>pXh*"
+    style = lambda j, color: dict(marker=markers[j % len(markers)], edgecolors=color,  # noqa: E731
+                                  facecolors=color if (j // len(markers)) % 2 == 0 else "none")
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for i, task in enumerate(tasks):
         mine = sorted((r for r in results if r.task == task), key=value)
         color = f"C{i % 10}"
         ax.plot([value(r) for r in mine], [r.accuracy for r in mine], "-", color=color, alpha=0.5, label=task)
         for r in mine:
-            ax.scatter(value(r), r.accuracy, color=color, marker=markers[policies.index(r.policy) % len(markers)],
-                       s=45, zorder=3)
+            ax.scatter(value(r), r.accuracy, s=45, zorder=3, **style(policies.index(r.policy), color))
     for j, p in enumerate(policies):
-        ax.scatter([], [], color="gray", marker=markers[j % len(markers)], label=p)
+        ax.scatter([], [], label=p, **style(j, "gray"))
     if x == "speedup":
         ax.set_xscale("log")
         ax.set_xlabel(f"wall-time speed-up over {policies[0]} (log scale)")
