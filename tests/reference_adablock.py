@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from tests.reference_harness import count_forwards, load_weights
+
 
 def source() -> Path | None:
     path = os.environ.get("DLM_ADABLOCK_SRC")
@@ -48,7 +50,6 @@ def _import_theirs():
 
 def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     """(their generators module, their LLaDA model filled from ``checkpoint``, forwards counted in ``model.calls``)."""
-    from safetensors.torch import load_file
 
     generators, modeling, configuration = _import_theirs()
     cfg = json.loads((checkpoint / "config.json").read_text())
@@ -57,24 +58,7 @@ def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     config = configuration.LLaDAConfig(**cfg)
     config.flash_attention, config.use_cache = False, False
     model = modeling.LLaDAModelLM(config, init_params=False)
-    tensors = {}
-    for shard in sorted(checkpoint.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if "rotary" not in m and "rope" not in m]
-    if missing or unexpected:
-        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, "
-                           f"unexpected {unexpected}")
-    model = model.to(dtype).eval()
-    calls = {"n": 0}
-    inner = model.forward
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return inner(*args, **kwargs)
-
-    model.forward = counted
-    model.calls = calls
+    model = count_forwards(load_weights(model, checkpoint, dtype))
     return generators, model
 
 

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from tests.reference_harness import count_forwards, load_weights
+
 
 def source() -> Path | None:
     path = os.environ.get("DLM_D2CACHE_SRC")
@@ -53,7 +55,6 @@ def _tie_weights(self, *args, **kwargs):
 
 def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     """(their ``vanilla_generate``, their ``d2Cache`` class, their LLaDA model on ``checkpoint``)."""
-    from safetensors.torch import load_file
 
     extra = os.environ.get("DLM_REFERENCE_PYTHONPATH")
     for path in [str(source())] + ([extra] if extra else []):
@@ -76,24 +77,7 @@ def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     config.flash_attention, config.use_cache = False, False
     config._attn_implementation = "eager"
     model = type("LLaDAModelLM", (modeling.LLaDAModelLM,), {"tie_weights": _tie_weights})(config)
-    tensors = {}
-    for shard in sorted(checkpoint.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if "rotary" not in m and "rope" not in m]
-    if missing or unexpected:
-        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, "
-                           f"unexpected {unexpected}")
-    model = model.to(dtype).eval()
-    calls = {"n": 0}
-    inner = model.forward
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return inner(*args, **kwargs)
-
-    model.forward = counted
-    model.calls = calls
+    model = count_forwards(load_weights(model, checkpoint, dtype))
     return vanilla.vanilla_generate, d2cache, model
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from tests.reference_harness import count_forwards, load_weights
+
 D2F_EOS_ID = 126081  # eval_llada.py's hard-coded end token
 
 
@@ -90,7 +92,6 @@ class _Silent:
 
 def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     """(the authors' lm-eval wrapper class, their LLaDA model on ``checkpoint``)."""
-    from safetensors.torch import load_file
 
     if str(source()) not in sys.path:
         sys.path.insert(0, str(source()))
@@ -104,24 +105,7 @@ def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     config = configuration.LLaDAConfig(**cfg)
     config.flash_attention = False
     model = modeling.LLaDAModelLM(config, init_params=False)
-    tensors = {}
-    for shard in sorted(checkpoint.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if "rotary" not in m and "rope" not in m]
-    if missing or unexpected:
-        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, "
-                           f"unexpected {unexpected}")
-    model = model.to(dtype).eval()
-    calls = {"n": 0}
-    inner = model.forward
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return inner(*args, **kwargs)
-
-    model.forward = counted
-    model.calls = calls
+    model = count_forwards(load_weights(model, checkpoint, dtype))
     return eval_llada.DreamLoRA, model
 
 

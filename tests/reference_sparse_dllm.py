@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from tests.reference_harness import count_forwards, load_weights
+
 
 def source() -> Path | None:
     path = os.environ.get("DLM_SPARSE_DLLM_SRC")
@@ -29,7 +31,6 @@ def source() -> Path | None:
 def load(checkpoint: Path, *, block_length: int, keep_ratio: float, kernel_size: int | None,
          dtype: torch.dtype = torch.float64):
     """(the authors' ``generate``, their LLaDA model configured for ``block_length``, ``keep_ratio``, ``kernel_size``)."""
-    from safetensors.torch import load_file
 
     extra = os.environ.get("DLM_REFERENCE_PYTHONPATH")
     for path in [str(source())] + ([extra] if extra else []):
@@ -46,23 +47,7 @@ def load(checkpoint: Path, *, block_length: int, keep_ratio: float, kernel_size:
     config.flash_attention, config.use_cache = False, False
     config.block_len, config.keep_ratio, config.kernel_size = block_length, keep_ratio, kernel_size
     model = modeling.LLaDAModelLM(config, init_params=False)
-    tensors = {}
-    for shard in sorted(checkpoint.glob("*.safetensors")):
-        tensors.update(load_file(str(shard)))
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if "rotary" not in m and "rope" not in m]
-    if missing or unexpected:
-        raise RuntimeError(f"the reference model does not take the checkpoint: missing {missing}, unexpected {unexpected}")
-    model = model.to(dtype).eval()
-    calls = {"n": 0}
-    inner = model.forward
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return inner(*args, **kwargs)
-
-    model.forward = counted
-    model.calls = calls
+    model = count_forwards(load_weights(model, checkpoint, dtype))
     return generate, model
 
 
