@@ -182,8 +182,8 @@ def evaluate(
     chosen: list[Task] = [ALL_TASKS[t] for t in (tasks or TASKS)]
     prompts = {t.name: shard(t.examples(n, seed=seed, split="eval"), w) for t in chosen}
     total = len(policies) * sum(len(p) for p in prompts.values())
+    pipelines = [Pipeline.from_config(policy.config) for policy in policies]  # a model that cannot load: before the bar
     bar = tqdm(total=total, desc="eval", unit="seq", disable=not progress, dynamic_ncols=True)
-    pipelines = [Pipeline.from_config(policy.config) for policy in policies]
     warm = chosen[0].examples(1, seed=seed, split="eval")[0].prompt
     for pipeline in pipelines:
         pipeline.generate([warm])  # warm-up: first-call costs stay out of the timing
