@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from tests.reference_harness import count_forwards
+
 SOURCES = ("DLM_DLLM_CACHE_SRC", "DLM_FAST_DLLM_SRC")
 
 
@@ -51,15 +53,7 @@ def load(checkpoint: Path, dtype: torch.dtype = torch.float64):
     for block in model.model.transformer.blocks:
         hooked = block.forward
         block.forward = lambda x, replace_position=None, _f=hooked, **kw: _f(x, **kw)  # the one shim (docstring)
-    calls = {"n": 0}
-    inner = model.forward
-
-    def counted(*args, **kwargs):
-        calls["n"] += 1
-        return inner(*args, **kwargs)
-
-    model.forward = counted
-    model.calls = calls
+    model = count_forwards(model)
     return generate, cache.dLLMCache, model
 
 

@@ -3,6 +3,7 @@ no remote code), and its forwards counted so that dlm's NFE can be compared."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -36,3 +37,16 @@ def count_forwards(model: torch.nn.Module) -> torch.nn.Module:
     model.forward = counted
     model.calls = calls
     return model
+
+
+def zero_mask_row(checkpoint: Path) -> Path:
+    """``checkpoint`` (LLaDA's layout) with the MASK row of its output head zeroed in place: the authors' loops
+    commit a MASK argmax, which dlm never proposes, so a fidelity case must not produce one."""
+    from safetensors.torch import load_file, save_file
+
+    mask = json.loads((Path(checkpoint) / "config.json").read_text())["mask_token_id"]
+    for shard in Path(checkpoint).glob("*.safetensors"):
+        tensors = load_file(str(shard))
+        tensors["model.transformer.ff_out.weight"][mask] = 0
+        save_file(tensors, str(shard), metadata={"format": "pt"})
+    return checkpoint

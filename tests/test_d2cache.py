@@ -14,7 +14,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
 
 from dlm import Pipeline, compat
 from dlm.cache.d2cache import D2Cache, D2CacheConfig, density, nucleus
@@ -23,16 +22,8 @@ from dlm.testing import make_llada_checkpoint
 from dlm.testing.contracts import check_component
 from tests import reference_d2cache as ref
 from tests.conftest import pipeline_config
-
-prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=1, max_size=3)
-decoding_st = st.sampled_from([{"name": "low_confidence"}, {"name": "threshold", "threshold": 0.3}])
-ITERATION = {"name": "blockwise", "gen_length": 16, "block_length": 8, "steps": 16}
-
-
-def run(ckpt, cache, prompts, decoding=None, iteration=ITERATION):
-    cfg = pipeline_config(ckpt, iteration=iteration, decoding=decoding or {"name": "low_confidence"}, cache=cache)
-    out = Pipeline.from_config(cfg).generate(input_ids=prompts)
-    return [g.tolist() for g in out.generated], out.nfe
+from tests.layer_plan_cases import decoding_st, prompts_st, run
+from tests.reference_harness import zero_mask_row
 
 
 def d2(p=0.1, k=4, sigma=10.0, w=0):
@@ -145,12 +136,7 @@ def test_a_model_without_layer_plans_or_with_causal_attention_is_refused():
 def masked_ckpt(request, tmp_path_factory):
     """2 layers, d 32, 4 heads, the MASK row of the output head zeroed (the authors' loop may commit MASK)."""
     ckpt = make_llada_checkpoint(tmp_path_factory.mktemp("d2") / "llada", n_kv_heads=request.param, seed=1)
-    name = "model.transformer.ff_out.weight"
-    for shard in ckpt.glob("*.safetensors"):
-        tensors = load_file(str(shard))
-        tensors[name][json.loads((ckpt / "config.json").read_text())["mask_token_id"]] = 0
-        save_file(tensors, str(shard), metadata={"format": "pt"})
-    return ckpt
+    return zero_mask_row(ckpt)
 
 
 # (rollout_p, current_k, sigma, inflate_w), (gen_length, block_length), threshold; current_k >= block_length

@@ -3,29 +3,15 @@ recomputes, batch rows as alone, and the authors' own code's tokens and NFE (flo
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
 
-from dlm import Pipeline
 from dlm.cache.dllm_cache import _Policy
 from dlm.testing import make_llada_checkpoint
 from tests import reference_dllm_cache as ref
-from tests.conftest import pipeline_config
-
-prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=1, max_size=3)
-decoding_st = st.sampled_from([{"name": "low_confidence"}, {"name": "threshold", "threshold": 0.3}])
-ITERATION = {"name": "blockwise", "gen_length": 16, "block_length": 8, "steps": 16}
-
-
-def run(ckpt, cache, prompts, decoding=None, iteration=ITERATION):
-    cfg = pipeline_config(ckpt, iteration=iteration, decoding=decoding or {"name": "low_confidence"}, cache=cache)
-    out = Pipeline.from_config(cfg).generate(input_ids=prompts)
-    return [g.tolist() for g in out.generated], out.nfe
+from tests.layer_plan_cases import decoding_st, prompts_st, run
+from tests.reference_harness import zero_mask_row
 
 
 def dllm(kp, kr, rho):
@@ -86,12 +72,7 @@ def mha_ckpt(tmp_path_factory):
     """2 layers, d 32, 4 heads and 4 KV heads (the authors' hook assumes as many KV heads as heads), the MASK row of
     the output head zeroed (their loop commits a MASK argmax)."""
     ckpt = make_llada_checkpoint(tmp_path_factory.mktemp("mha") / "llada", n_heads=4, n_kv_heads=4, seed=1)
-    name = "model.transformer.ff_out.weight"
-    for shard in ckpt.glob("*.safetensors"):
-        tensors = load_file(str(shard))
-        tensors[name][json.loads((ckpt / "config.json").read_text())["mask_token_id"]] = 0
-        save_file(tensors, str(shard), metadata={"format": "pt"})
-    return ckpt
+    return zero_mask_row(ckpt)
 
 
 GRID = [((100, 7, 0.25), (16, 8, 16)), ((5, 2, 0.25), (16, 4, 8)), ((3, 4, 0.5), (24, 8, 24)),

@@ -10,26 +10,15 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file, save_file
 
-from dlm import Pipeline
 from dlm.cache.dual import DualCache
 from dlm.cache.prefix import row_range_plan
 from dlm.cache.sparse import _Policy
 from dlm.testing import make_llada_checkpoint
 from dlm.testing.contracts import check_component
 from tests import reference_sparse_dllm as ref
-from tests.conftest import pipeline_config
-
-prompts_st = st.lists(st.lists(st.integers(3, 60), min_size=1, max_size=6), min_size=1, max_size=3)
-decoding_st = st.sampled_from([{"name": "low_confidence"}, {"name": "threshold", "threshold": 0.3}])
-ITERATION = {"name": "blockwise", "gen_length": 16, "block_length": 8, "steps": 16}
-
-
-def run(ckpt, cache, prompts, decoding=None, iteration=ITERATION):
-    cfg = pipeline_config(ckpt, iteration=iteration, decoding=decoding or {"name": "low_confidence"}, cache=cache)
-    out = Pipeline.from_config(cfg).generate(input_ids=prompts)
-    return [g.tolist() for g in out.generated], out.nfe
+from tests.layer_plan_cases import decoding_st, prompts_st, run
+from tests.reference_harness import zero_mask_row
 
 
 def sparse(keep_ratio=0.5, kernel_size=3):
@@ -111,12 +100,7 @@ def test_the_contract_kit_passes():
 def masked_ckpt(request, tmp_path_factory):
     """2 layers, d 32, 4 heads, the MASK row of the output head zeroed (the authors' loop commits a MASK argmax)."""
     ckpt = make_llada_checkpoint(tmp_path_factory.mktemp("sp") / "llada", n_kv_heads=request.param, seed=1)
-    name = "model.transformer.ff_out.weight"
-    for shard in ckpt.glob("*.safetensors"):
-        tensors = load_file(str(shard))
-        tensors[name][json.loads((ckpt / "config.json").read_text())["mask_token_id"]] = 0
-        save_file(tensors, str(shard), metadata={"format": "pt"})
-    return ckpt
+    return zero_mask_row(ckpt)
 
 
 GRID = [((0.5, 3), (16, 8, 16)), ((0.3, 3), (24, 8, 24)), ((0.7, None), (16, 4, 8)), ((0.5, 3), (24, 12, 12))]
