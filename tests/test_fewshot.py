@@ -21,7 +21,7 @@ from dlm.tools.evaluation import (
 from dlm.tools.tasks import (
     FEWSHOT_ANSWER_LENGTH, FEWSHOT_PROMPT_LENGTH, FEWSHOT_TASKS, GROUPS, LONG_TASKS, TASKS, held_out, select_tasks,
 )
-from dlm.tools.tasks.fewshot import QUESTION_DIGITS, SHOTS, question_of, running_sums, worked
+from dlm.tools.tasks.fewshot import BASE, QUESTION_DIGITS, SHOTS, question_of, running_sums, worked
 from dlm.tools.train.data import encode, make_batch
 from dlm.tools.train.loop import FewshotTrainConfig, recipe_of
 from dlm.tools.train.objective import mask_answers
@@ -31,10 +31,17 @@ BLOCK = 32
 RUNSUM = FEWSHOT_TASKS["runsum"]
 
 
-def test_running_sums_write_each_digit_then_the_last_digit_of_the_running_total():
-    assert running_sums("7294") == "77299842"
-    assert running_sums("0") == "00" and running_sums("55") == "5550"
-    assert worked("7294") == "7+2+9+4=77299842"
+def test_running_sums_write_each_digit_then_the_running_total_mod_the_base():
+    assert BASE == 2  # the shipped task is a running parity
+    assert running_sums("1101") == "11100011"
+    assert running_sums("0") == "00" and running_sums("11") == "1110"
+    assert worked("1101") == "1+1+0+1=11100011"
+    assert running_sums("7294", base=10) == "77299842" and worked("7294", base=10) == "7+2+9+4=77299842"
+
+
+def test_questions_and_worked_examples_are_binary():
+    for ex in RUNSUM.examples(50, split="train"):
+        assert set(ex.prompt) <= set("01+=\n") and set(ex.answer) <= set("01")
 
 
 @pytest.mark.parametrize("split", ["train", "eval"])
@@ -61,7 +68,7 @@ def test_eval_questions_are_disjoint_from_training_questions():
     assert not train & evals
     assert all(held_out(q) for q in evals) and not any(held_out(q) for q in train)
     # the split follows the question, whatever worked examples precede it
-    shots = "1+2=1123\n4+4+4+4=44482246\n"
+    shots = "1+1=1110\n0+1+1+1=00111011\n"
     assert all(RUNSUM.split_key(shots + q) == q for q in list(evals)[:5])
 
 
@@ -69,18 +76,19 @@ def test_the_scorer_accepts_exactly_the_right_answer():
     ex = RUNSUM.examples(1, seed=11, split="eval")[0]
     assert RUNSUM.score(ex.prompt, ex.answer)
     rng = random.Random(0)
-    for _ in range(50):  # any one digit (a copied digit or a total) changed is wrong
-        i = rng.randrange(2 * QUESTION_DIGITS)
-        wrong = ex.answer[:i] + str((int(ex.answer[i]) + rng.randint(1, 9)) % 10) + ex.answer[i + 1 :]
-        assert not RUNSUM.score(ex.prompt, wrong)
+    for i in range(2 * QUESTION_DIGITS):  # any one digit (a copied digit or a total) changed is wrong
+        for digit in "0123456789":
+            if digit != ex.answer[i]:
+                assert not RUNSUM.score(ex.prompt, ex.answer[:i] + digit + ex.answer[i + 1 :])
     totals_only, swapped = ex.answer[1::2], ex.answer[1:] + ex.answer[0]
     for wrong in (ex.answer[:-1], ex.answer + "0", totals_only, swapped, ",".join(ex.answer), " " + ex.answer, ""):
         assert not RUNSUM.score(ex.prompt, wrong), wrong
-    short = "3+4=3347\n1+2+3="
-    assert not RUNSUM.score(short, "112336")  # the question has 64 digits
+    short = "1+1=1110\n1+0+1="
+    assert not RUNSUM.score(short, "111010")  # the question has 64 digits
     *shots, question = ex.prompt.split("\n")
-    assert not RUNSUM.score("1+2=1923\n" + question, ex.answer)  # a wrong worked example: not a prompt of the task
-    assert not RUNSUM.score("1+2=1,2\n" + question, ex.answer)  # nor a malformed one
+    assert not RUNSUM.score("1+1=1111\n" + question, ex.answer)  # a wrong worked example: not a prompt of the task
+    assert not RUNSUM.score("1+1=1,1\n" + question, ex.answer)  # nor a malformed one
+    assert not RUNSUM.score("7+2=7792\n" + question, ex.answer)  # nor one of another base
     assert RUNSUM.score(question, ex.answer)  # zero-shot: the answer depends on the question only
 
 
@@ -92,15 +100,17 @@ def test_fewshot_group_selects_its_task_and_leaves_the_other_groups_alone():
         select_tasks(["few"])
 
 
-def test_fewshot_recipe_masks_blocks_of_32_over_the_whole_canvas():
+def test_fewshot_recipe_masks_three_rows_in_four_semi_autoregressively_in_blocks_of_8():
     cfg = FewshotTrainConfig()
     assert cfg.lengths() == {"prompt_length": FEWSHOT_PROMPT_LENGTH, "answer_length": FEWSHOT_ANSWER_LENGTH}
-    assert cfg.block_length == BLOCK and cfg.max_length >= FEWSHOT_PROMPT_LENGTH + FEWSHOT_ANSWER_LENGTH
+    assert cfg.max_length >= FEWSHOT_PROMPT_LENGTH + FEWSHOT_ANSWER_LENGTH
     batch = make_batch(RUNSUM.examples(8), **cfg.lengths())
-    _, masked, _ = mask_answers(batch, torch.Generator().manual_seed(0), semi_ar=0.5, block_length=BLOCK)
-    for row in masked[1::2].tolist():
+    _, masked, _ = mask_answers(batch, torch.Generator().manual_seed(0), **cfg.loss_options())
+    semi = [row for i, row in enumerate(masked.tolist()) if i % 4 != 0]  # rows 1, 2, 3 of every 4
+    for row in semi:  # earlier blocks of 8 clean, one block partly masked, every later column masked
         first = row.index(True)
-        assert not any(row[:first]) and all(row[(first // BLOCK + 1) * BLOCK :])
+        assert not any(row[:first]) and all(row[(first // cfg.block_length + 1) * cfg.block_length :])
+    assert cfg.block_length == 8 and cfg.semi_ar == 0.75
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=None,
                    help="comma-separated task names or groups: demo (add,rev,sort,pair,perm; the default), long "
                    "(addw,shift: 64-71-token answers for the long model) or fewshot (runsum: worked examples, then "
-                   "a 127-token answer, for the few-shot model)")
+                   "a 128-token answer, for the few-shot model)")
     p.add_argument("-n", "--n", type=int, default=1000, help="held-out prompts per task (default 1000: ±0.5 points near 97 %%)")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out prompts")
     p.add_argument("--batch-size", type=int, default=100, help="prompts per generate call")

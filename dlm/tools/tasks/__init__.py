@@ -4,7 +4,7 @@ Deterministic tasks (one valid answer): ``add``, ``rev``, ``sort``. Many-answers
 commits can break consistency: ``pair``, ``perm``. These five are the ``demo`` group (:data:`TASKS`, 8-token
 answers). The ``long`` group (:data:`LONG_TASKS`: ``addw``, ``shift``, 64-71-token answers over five blocks)
 is the testbed of the caches, see :mod:`dlm.tools.tasks.long`. The ``fewshot`` group (:data:`FEWSHOT_TASKS`:
-``runsum``, worked examples then a question, 288-512 tokens in all, 127-token answers over four blocks of 32)
+``runsum``, worked examples then a question, 290-500 tokens in all, 128-token answers over four blocks of 32)
 is the testbed where caches matter under parallel decoding, see :mod:`dlm.tools.tasks.fewshot`.
 """
 
