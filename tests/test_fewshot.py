@@ -13,7 +13,7 @@ import torch
 from dlm.cli import main
 from dlm.config import load_config
 from dlm.errors import CheckpointError
-from dlm.models.llada import LLaDAConfig, LLaDAModel, embedded_path
+from dlm.models.llada import LLaDAConfig, LLaDAModel
 from dlm.pipeline import Pipeline
 from dlm.tools.evaluation import (
     FEWSHOT_OVERRIDES, TaskResult, fewshot_config_path, fewshot_policies, load_policies, table1, wilson,
@@ -184,8 +184,6 @@ def test_a_missing_fewshot_model_is_named_with_the_command_that_trains_it(monkey
         LLaDAModel.load(LLaDAConfig(embedded="fewshot"), dtype=torch.float32, device=torch.device("cpu"))
 
 
-@pytest.mark.skipif(not (embedded_path("fewshot") / "config.json").is_file(),
-                    reason="dlm/assets/fewshot is not shipped yet (docs/fewshot.md: the planned 60-minute training)")
 def test_shipped_fewshot_model_answers_held_out_prompts_exactly_one_token_per_step():
     pipe = Pipeline.from_yaml(fewshot_config_path())
     examples = RUNSUM.examples(4, seed=7, split="eval")
