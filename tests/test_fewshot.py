@@ -89,6 +89,8 @@ def test_the_scorer_accepts_exactly_the_right_answer():
     assert not RUNSUM.score("1+1=1111\n" + question, ex.answer)  # a wrong worked example: not a prompt of the task
     assert not RUNSUM.score("1+1=1,1\n" + question, ex.answer)  # nor a malformed one
     assert not RUNSUM.score("7+2=7792\n" + question, ex.answer)  # nor one of another base
+    assert not RUNSUM.score("7+2=7121\n" + question, ex.answer)  # even with its totals taken mod 2
+    assert not RUNSUM.score(question.replace("1", "3", 1), ex.answer)  # a question with a digit that is not binary
     assert RUNSUM.score(question, ex.answer)  # zero-shot: the answer depends on the question only
 
 

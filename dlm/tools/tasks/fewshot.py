@@ -38,11 +38,10 @@ SHOT_DIGITS = (4, 15)  # digits per worked example (inclusive range)
 # longest prompt: 4 examples of 15 digits (4 * 15 + 1 = 61 characters each: "q=a" and a newline) + the question
 FEWSHOT_PROMPT_LENGTH = SHOTS[1] * (4 * SHOT_DIGITS[1] + 1) + 2 * QUESTION_DIGITS  # 372
 
-LINE = re.compile(r"[0-9](?:\+[0-9])*=(?:[0-9][0-9])+")
 
 
 def running_sums(digits: str, base: int = BASE) -> str:
-    """Each digit of ``digits`` followed by the running total mod ``base``: ``"1101"`` -> ``"11100111"`` (mod 2),
+    """Each digit of ``digits`` followed by the running total mod ``base``: ``"1101"`` -> ``"11100011"`` (mod 2),
     ``"7294"`` -> ``"77299842"`` (mod 10)."""
     total, out = 0, []
     for d in digits:
@@ -52,7 +51,7 @@ def running_sums(digits: str, base: int = BASE) -> str:
 
 
 def worked(digits: str, base: int = BASE) -> str:
-    """One worked example line (no newline): ``"1101"`` -> ``"1+1+0+1=11100111"``."""
+    """One worked example line (no newline): ``"1101"`` -> ``"1+1+0+1=11100011"``."""
     return "+".join(digits) + "=" + running_sums(digits, base)
 
 
@@ -87,8 +86,10 @@ class RunningSum(Task):
     def score(self, prompt: str, answer: str) -> bool:
         lines = prompt.split("\n")
         question = lines[-1]
-        shape = re.fullmatch(rf"[0-9](?:\+[0-9]){{{self.digits - 1}}}=", question)
-        if not shape or not all(LINE.fullmatch(line) and line == worked(_operands(line), self.base)
+        d = f"[0-{self.base - 1}]"  # a digit of the base: a question or example in another base is not of the task
+        shape = re.fullmatch(rf"{d}(?:\+{d}){{{self.digits - 1}}}=", question)
+        line_shape = re.compile(rf"{d}(?:\+{d})*=(?:{d}{d})+")
+        if not shape or not all(line_shape.fullmatch(line) and line == worked(_operands(line), self.base)
                                 for line in lines[:-1]):
             return False
         return answer == running_sums(_operands(question), self.base)
