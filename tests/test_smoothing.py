@@ -68,6 +68,7 @@ def test_a_plan_without_soft_inputs_runs_the_network_as_before(tiny_ckpt, model,
     """No embedding passed in (the network looks the tokens up once, itself) and logits only for the window: a
     pipeline without soft inputs does no extra work."""
     calls, lookups = [], []
+    monkeypatch.setattr(model.net, "memo_first_layer", False)  # its look-ups of new ids are its own (test_first_layer)
     forward, embed = Transformer.forward, model.net.embed.forward
     monkeypatch.setattr(Transformer, "forward", lambda self, *a, **k: calls.append(k) or forward(self, *a, **k))
     monkeypatch.setattr(model.net.embed, "forward", lambda ids: lookups.append(ids.shape) or embed(ids))

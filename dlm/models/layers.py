@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlm.models.first_layer import TokenProjections
 from dlm.models.kv import KVBuffer
 
 if TYPE_CHECKING:
@@ -162,10 +163,12 @@ class Attention(nn.Module):
         key_end: int,
         columns: Tensor | None = None,  # [b, q]: per-row canvas columns of the queries (None: a range)
         keep: Rows | None = None,  # only these query rows need the output (keys/values: every row)
+        raw: Tensor | None = None,  # [b, q, width]: the products of x already made (:meth:`raw`); x is then unused
     ) -> Tensor:
-        q, k, v = self.projections(x, cos, sin)
+        q, k, v = self.projections(x, cos, sin, raw)
         if keep is not None:  # the last layer: only these rows go on (every row wrote its keys and values)
-            x, cos, sin = pick_rows(x, keep), pick_rows(cos, keep), pick_rows(sin, keep)
+            x = None if x is None else pick_rows(x, keep)
+            cos, sin = pick_rows(cos, keep), pick_rows(sin, keep)
             mask = pick_mask_rows(mask, keep)
             q = None if q is None else pick_rows(q, keep)
         q = self.queries(x, cos, sin, q)
@@ -177,13 +180,25 @@ class Attention(nn.Module):
             k, v = kv.read(layer, rows, key_end)
         return self.attend(q, k, v, mask)
 
-    def projections(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
+    def raw(self, x: Tensor) -> Tensor:
+        """The products of ``x`` [b, q, dim] before any norm, clipping or RoPE, side by side: queries, keys, values
+        [b, q, (n_heads + 2 · n_kv_heads) · head_dim] (one product for a fused layout, three otherwise, each row
+        as :meth:`projections` makes it)."""
+        if self.fused:
+            return self.qkv(x)
+        return torch.cat((self.q(x), self.k(x), self.v(x)), dim=-1)
+
+    def projections(self, x: Tensor | None, cos: Tensor, sin: Tensor,
+                    raw: Tensor | None = None) -> tuple[Tensor | None, Tensor, Tensor]:
         """The keys (normed, clipped, rotated) and values of ``x`` [b, q, dim], [b, n_kv_heads, q, head_dim] each, and
-        for a fused layout the unrotated queries [b, q, n_heads, head_dim] of the same product (else None)."""
-        b, q_len, _ = x.shape
+        for a fused layout, or given ``raw`` (:meth:`raw`'s products of ``x``, made earlier), the unrotated queries
+        [b, q, n_heads, head_dim] of the same product (else None)."""
+        b, q_len = (x if raw is None else raw).shape[:2]
         q = None
-        if self.fused:  # one product gives q, k and v (the query rows are cut by the caller like the others)
-            qkv = self.qkv(x).view(b, q_len, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        if raw is None and self.fused:
+            raw = self.qkv(x)
+        if raw is not None:  # one product gives q, k and v (the query rows are cut by the caller like the others)
+            qkv = raw.view(b, q_len, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
             q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
         else:
             k = self.k(x).view(b, q_len, self.n_kv_heads, self.head_dim)
@@ -193,7 +208,7 @@ class Attention(nn.Module):
         if self.clip is not None:
             k, v = k.clamp(-self.clip, self.clip), v.clamp(-self.clip, self.clip)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
-        k = apply_rope(k.to(cos.dtype), cos, sin).to(x.dtype)  # cos/sin may be float32 (rope_full_precision)
+        k = apply_rope(k.to(cos.dtype), cos, sin).to(v.dtype)  # cos/sin may be float32 (rope_full_precision)
         return q, k, v
 
     def values(self, x: Tensor) -> Tensor:
@@ -207,16 +222,17 @@ class Attention(nn.Module):
             v = v.clamp(-self.clip, self.clip)
         return v.transpose(1, 2)
 
-    def queries(self, x: Tensor, cos: Tensor, sin: Tensor, q: Tensor | None = None) -> Tensor:
-        """The rotated queries of ``x`` [b, q, dim]: [b, n_heads, q, head_dim] (``q``: a fused product's, unrotated)."""
-        b, q_len = x.shape[0], x.shape[1]
+    def queries(self, x: Tensor | None, cos: Tensor, sin: Tensor, q: Tensor | None = None) -> Tensor:
+        """The rotated queries of ``x`` [b, q, dim]: [b, n_heads, q, head_dim] (``q``: a fused product's, unrotated;
+        ``x`` is then unused)."""
         if q is None:
+            b, q_len = x.shape[0], x.shape[1]
             q = self.q(x).view(b, q_len, self.n_heads, self.head_dim)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.clip is not None:
             q = q.clamp(-self.clip, self.clip)
-        return apply_rope(q.transpose(1, 2).to(cos.dtype), cos, sin).to(x.dtype)
+        return apply_rope(q.transpose(1, 2).to(cos.dtype), cos, sin).to(q.dtype)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """The attention output [b, q, dim] of queries ``q`` over keys/values ``k``/``v`` (KV heads repeated)."""
@@ -260,10 +276,14 @@ class Block(nn.Module):
         else:
             self.ffn = SwiGLU(spec.dim, spec.ffn_dim)
 
-    def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end, columns=None, keep=None) -> Tensor:
+    def forward(self, x: Tensor, cos, sin, mask, kv, layer, rows, start, key_end, columns=None, keep=None,
+                raw=None) -> Tensor:
         """``keep``: only those rows of the output are needed (the last layer, where only the rows whose logits are
-        read go on): every row still writes its keys and values, the rest of the block runs on ``keep``."""
-        attended = self.attn(self.attn_norm(x), cos, sin, mask, kv, layer, rows, start, key_end, columns, keep)
+        read go on): every row still writes its keys and values, the rest of the block runs on ``keep``. ``raw``:
+        the attention's products of the normed ``x`` made already (:class:`~dlm.models.first_layer.TokenProjections`
+        in layer 0)."""
+        hidden = self.attn_norm(x) if raw is None else None
+        attended = self.attn(hidden, cos, sin, mask, kv, layer, rows, start, key_end, columns, keep, raw)
         x = (x if keep is None else pick_rows(x, keep)) + attended
         return x + self.ffn(self.ffn_norm(x))
 
@@ -278,6 +298,7 @@ class Transformer(nn.Module):
     """
 
     prune_outputs: bool = True
+    memo_first_layer: bool = True  # layer 0's q/k/v products once per token id (dlm.models.first_layer)
 
     def __init__(self, spec: TransformerSpec) -> None:
         super().__init__()
@@ -287,6 +308,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(spec.dim, spec.norm_eps)
         self.head = None if spec.tied else nn.Linear(spec.dim, spec.vocab_out, bias=False)
         self._rope: tuple[Tensor, Tensor] | None = None
+        self.first_layer = TokenProjections()
 
     def output_rows(self, q: int, logits_from: int, logits_to: int | None, logits_index: Tensor | None) -> Rows | None:
         """The rows the last layer has to finish, or None when that is every row (or pruning is off).
@@ -336,9 +358,13 @@ class Transformer(nn.Module):
             x = embeds
         key_end = start + ids.shape[1] if key_end is None else key_end
         keep = self.output_rows(ids.shape[1], logits_from, logits_to, logits_index)
+        raw = None
+        if self.memo_first_layer and TokenProjections.applies(self, ids, embeds):
+            raw = self.first_layer.raw(self.embed, self.blocks[0], ids)
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns, keep if i == last else None)
+            x = block(x, cos, sin, mask, kv, i, rows, start, key_end, columns, keep if i == last else None,
+                      raw if i == 0 else None)
         if keep is None or last < 0:
             x = pick_rows(x, logits_index if logits_index is not None else slice(logits_from, logits_to))
         return self.logits(x)
