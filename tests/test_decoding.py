@@ -124,6 +124,24 @@ def test_proposal_never_mask_and_confidence_is_float64_probability():
     assert conf.dtype == torch.float64 and torch.isclose(conf[0, 0], expected)
 
 
+@settings(max_examples=25, deadline=None)
+@given(b=st.integers(1, 3), w=st.integers(1, 12), seed=st.integers(0, 999), dtype=st.sampled_from(["float32", "float64"]))
+def test_a_proposal_made_at_the_read_positions_only_equals_the_whole_windows_there(b, w, seed, dtype):
+    """Low-confidence, threshold and factor read the eligible positions only: their greedy proposal is made there
+    (half the float64 softmax of a one-token-per-step block), with the tokens and confidences of the whole window's
+    proposal bit for bit, MASK and 0 elsewhere."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, w, 40, generator=g, dtype=getattr(torch, dtype))
+    logits[..., 7] += 3.0  # MASK's logit often the largest: never proposed
+    logits[0, 0, 9] = logits[0, 0, 10] = logits[0, 0].max() + 1  # a tie: the first maximum wins
+    read = torch.rand(b, w, generator=g) < 0.5
+    kw = dict(mask_id=7, temperature=0.0, generator=None, rows=torch.arange(b))
+    tokens, confidence = propose(logits, **kw, read=read)
+    all_tokens, all_confidence = propose(logits, **kw)
+    assert torch.equal(tokens[read], all_tokens[read]) and torch.equal(confidence[read], all_confidence[read])
+    assert bool((tokens[~read] == 7).all()) and bool((confidence[~read] == 0).all())
+
+
 def test_gumbel_sampling_follows_the_tempered_distribution():
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.0, 0.2]]])).expand(1, 4000, 4).clone()
     logits[..., 2] = -torch.inf

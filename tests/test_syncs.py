@@ -42,7 +42,11 @@ HOST = {
 }
 # functions that read device values only when the device is the CPU, where a read costs nothing (on a GPU they
 # step aside before reading): the last-layer row pruning of a ReadRows hint (dlm/models/transformer.py)
-CPU_ONLY = {"read_offsets", "_raw"}  # _raw: layer 0's per-token products (dlm/models/first_layer.py), CPU only
+CPU_ONLY = {
+    "read_offsets",
+    "_raw",  # layer 0's per-token products (dlm/models/first_layer.py)
+    "propose_at",  # a greedy proposal at the read positions only (dlm/decoding/proposal.py)
+}
 ALLOWED = DEVICE | HOST | CPU_ONLY
 
 

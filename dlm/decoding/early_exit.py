@@ -101,5 +101,8 @@ class EarlyExit(DecodingStrategy):
             return commit
         fill, _ = propose(logits, mask_id=window.mask_id, temperature=0.0, generator=generator, rows=window.rows)
         lo = window.start - window.logits_start
-        fill[:, lo : lo + window.width] = commit.tokens  # the window keeps the base rule's (maybe sampled) tokens
+        # the window keeps the base rule's (maybe sampled) tokens where it proposed any (a greedy rule reading the
+        # eligible positions only proposes MASK elsewhere, where this greedy proposal is the one it would make)
+        inside = fill[:, lo : lo + window.width]
+        fill[:, lo : lo + window.width] = torch.where(commit.tokens == window.mask_id, inside, commit.tokens)
         return Commit(commit.select, commit.tokens, Finish(finish, fill))

@@ -60,5 +60,6 @@ class Factor(DecodingStrategy):
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows, spans=draw_spans(window, self.config.temperature),
+            read=window.eligible,
         )
         return Commit(factor_select(confidence, window.eligible, self.config.factor), tokens)

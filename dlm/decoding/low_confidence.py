@@ -32,6 +32,7 @@ class LowConfidence(DecodingStrategy):
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows, spans=draw_spans(window, self.config.temperature),
+            read=window.eligible,
         )
         quota = window.quota.clamp(min=1)
         return Commit(top_k_select(confidence, window.eligible, quota), tokens)

@@ -69,10 +69,17 @@ def gumbel_noise(rows: Tensor, shape: tuple[int, ...], rng: RowRNG, spans: Spans
 
 
 def propose(
-    logits: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor, spans: Spans | None = None
+    logits: Tensor, *, mask_id: int, temperature: float, generator: RowRNG, rows: Tensor, spans: Spans | None = None,
+    read: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Proposed tokens [b, W] and their float64 confidence [b, W] from logits [b, W, V] of ``rows``; with
-    ``temperature > 0`` each row draws its noise over its own columns ``spans`` (:func:`row_spans`)."""
+    ``temperature > 0`` each row draws its noise over its own columns ``spans`` (:func:`row_spans`).
+
+    ``read`` ([b, W] bool, e.g. the window's eligible positions): only those proposals are used. A greedy proposal
+    on a CPU is then made at those positions only (:func:`propose_at`); the others get MASK and confidence 0.
+    Sampling draws over the whole window whatever ``read`` says (the draws are what they are without it)."""
+    if read is not None and temperature == 0 and logits.device.type == "cpu":
+        return propose_at(logits, read, mask_id)
     logits64 = logits.to(torch.float64)
     if temperature == 0:
         # argmax in the logits' own dtype: widening to float64 is exact and keeps the order (and the ties), so
@@ -85,6 +92,30 @@ def propose(
     log_z = torch.logsumexp(logits64, dim=-1)  # [b, W]
     confidence = torch.exp(logits64.gather(-1, tokens[..., None])[..., 0] - log_z)
     return tokens, confidence
+
+
+def propose_at(logits: Tensor, read: Tensor, mask_id: int) -> tuple[Tensor, Tensor]:
+    """A greedy :func:`propose` at the ``read`` positions ([b, W] bool) only: each row's read positions first,
+    padded with unread ones to the largest count, go through :func:`propose` (every quantity there is per position,
+    so theirs are the values the whole window's proposal gives them), then back to their places. Unread positions get
+    MASK and confidence 0. A step with one token per step reads about half its block, so the float64 softmax and the
+    argmax run on half the logits. Reads the count on the host: CPU only (a GPU step stays sync-free)."""
+    b, width = read.shape
+    n = int(read.sum(dim=1).max()) if b else 0
+    if n >= width:  # some row reads every position: one proposal over the window
+        tokens, confidence = propose(logits, mask_id=mask_id, temperature=0.0, generator=None, rows=None)
+        return tokens.masked_fill(~read, mask_id), confidence.masked_fill(~read, 0.0)
+    if n == 0:
+        return (torch.full((b, width), mask_id, dtype=torch.long, device=logits.device),
+                torch.zeros((b, width), dtype=torch.float64, device=logits.device))
+    tokens = torch.empty((b, width), dtype=torch.long, device=logits.device)
+    confidence = torch.empty((b, width), dtype=torch.float64, device=logits.device)
+    at = torch.sort((~read).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # [b, n]: read positions first
+    rows = (at + torch.arange(b, device=at.device)[:, None] * width).reshape(-1)  # whole rows of the logits
+    picked = logits.reshape(b * width, logits.shape[-1]).index_select(0, rows).view(b, n, -1)
+    t, c = propose(picked, mask_id=mask_id, temperature=0.0, generator=None, rows=None)
+    tokens, confidence = tokens.scatter_(1, at, t), confidence.scatter_(1, at, c)
+    return tokens.masked_fill_(~read, mask_id), confidence.masked_fill_(~read, 0.0)  # a short row's padding
 
 
 def top_k_select(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:

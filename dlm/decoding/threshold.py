@@ -35,6 +35,7 @@ class Threshold(DecodingStrategy):
         tokens, confidence = propose(
             logits, mask_id=window.mask_id, temperature=self.config.temperature, generator=generator,
             rows=window.rows, spans=draw_spans(window, self.config.temperature),
+            read=window.eligible,
         )
         tau = step_threshold(window, self.config.threshold, confidence.device)
         return Commit(threshold_select(confidence, window.eligible, tau), tokens)

@@ -77,12 +77,14 @@ class TokenProjections:
 
     def raw(self, embed: nn.Embedding, block: nn.Module, ids: Tensor) -> Tensor | None:
         """Layer 0's products of the tokens ``ids`` [b, q]: [b, q, width], as ``block.attn.raw(block.attn_norm(
-        embed(ids)))`` gives them; None where the products are not exact (:func:`rows_are_exact`) (an inference tensor: the table is written in inference mode whatever the
-        caller's mode, so it never records autograd history)."""
+        embed(ids)))`` gives them; None where the memo does not serve (products that are not exact,
+        :func:`rows_are_exact`, or more distinct ids in one forward than ``max_bytes`` holds). The result is an
+        inference tensor: the table is written in inference mode whatever the caller's mode, so it never records
+        autograd history."""
         with torch.inference_mode():
             return self._raw(embed, block, ids)
 
-    def _raw(self, embed: nn.Embedding, block: nn.Module, ids: Tensor) -> Tensor:
+    def _raw(self, embed: nn.Embedding, block: nn.Module, ids: Tensor) -> Tensor | None:
         params = (embed.weight, *block.attn_norm.parameters(), *block.attn.parameters())
         key = tuple((p.data_ptr(), _version(p), p.dtype) for p in params)
         if key != self._key:
@@ -97,7 +99,16 @@ class TokenProjections:
         where = self.slot[flat]
         missing = where < 0
         if bool(missing.any()):
-            self._add(embed, block, flat[missing].unique())
+            new = flat[missing].unique()
+            attn = block.attn
+            row_bytes = (attn.n_heads + 2 * attn.n_kv_heads) * attn.head_dim * embed.weight.element_size()
+            if (self.count + len(new)) * row_bytes > self.max_bytes:  # full: start again with this forward's ids
+                new = flat.unique()
+                if len(new) * row_bytes > self.max_bytes:
+                    return None
+                self.slot.fill_(-1)
+                self.count = 0
+            self._add(embed, block, new, self.max_bytes // row_bytes)
             where = self.slot[flat]
         return self.table[where].view(*ids.shape, -1)
 
@@ -106,21 +117,18 @@ class TokenProjections:
         """The products of ``ids`` [m] made as one product: [m, width]."""
         return block.attn.raw(block.attn_norm(embed(ids)[None]))[0]
 
-    def _add(self, embed: nn.Embedding, block: nn.Module, new: Tensor) -> None:
+    def _add(self, embed: nn.Embedding, block: nn.Module, new: Tensor, capacity: int) -> None:
+        """Make the products of the ids ``new`` [n] (not in the table) and file them; ``capacity``: the most rows
+        the table may hold (the caller made room for these)."""
         n = len(new)
         rows = torch.cat((new, new[-1:].expand(max(0, MIN_EXACT_ROWS - n))))
         made = self._make(embed, block, rows)[:n]  # [n, width]
-        row_bytes = made.shape[1] * made.element_size()
-        if self.table is not None and (self.count + n) * row_bytes > self.max_bytes:
-            self.slot.fill_(-1)  # full: start again (a generation meets far fewer ids than this holds)
-            self.count = 0
-        if self.table is None or self.count + n > len(self.table):
-            grown = max(256, 2 * (self.count + n))
-            grown = max(self.count + n, min(grown, self.max_bytes // row_bytes))
-            table = made.new_empty((grown, made.shape[1]))
+        end = self.count + n
+        if self.table is None or end > len(self.table):
+            table = made.new_empty((min(max(256, 2 * end), capacity), made.shape[1]))
             if self.table is not None:
                 table[: self.count] = self.table[: self.count]
             self.table = table
-        self.table[self.count : self.count + n] = made
-        self.slot[new] = torch.arange(self.count, self.count + n, device=new.device)
-        self.count += n
+        self.table[self.count : end] = made
+        self.slot[new] = torch.arange(self.count, end, device=new.device)
+        self.count = end
