@@ -135,3 +135,25 @@ def test_tokens_and_nfe_equal_without_the_memo(tiny_ckpt, cache):
         want = pipe.generate(input_ids=prompts)
         assert [g.tolist() for g in got.generated] == [w.tolist() for w in want.generated]
         assert list(got.nfe) == list(want.nfe)
+
+
+@pytest.mark.parametrize("family", ["llada2", "llada_moe"])
+def test_fused_qkv_qk_norm_partial_rotary_and_clipping_families_equal_without_the_memo(tmp_path, family):
+    """The fused q/k/v product (LLaDA2), per-head q/k norms after it, partial RoPE and clipped q/k/v (LLaDA-MoE)
+    are applied to the table's products as to freshly made ones."""
+    from dlm.tools.llada2_checkpoints import make_llada2_checkpoint
+    from dlm.tools.moe_checkpoints import make_llada_moe_checkpoint
+
+    if family == "llada2":
+        ckpt = make_llada2_checkpoint(tmp_path / family, num_key_value_heads=2, seed=6)
+    else:
+        ckpt = make_llada_moe_checkpoint(tmp_path / family, num_key_value_heads=2, clip_qkv=0.5,
+                                         partial_rotary_factor=0.5, seed=7)
+    pipe = Pipeline.from_config({"model": {"name": family, "path": str(ckpt)}, "dtype": "float32",
+                                 "iteration": {"name": "blockwise", "gen_length": 8, "block_length": 8, "steps": 8},
+                                 "decoding": {"name": "low_confidence"}, "cache": {"name": "none"}})
+    net = pipe.model.net
+    ids = torch.randint(3, 60, (2, 9), generator=torch.Generator().manual_seed(0))
+    ids[:, 4:] = pipe.model.capabilities.mask_id
+    assert_same(forward(net, True, ids, start=3), forward(net, False, ids, start=3))
+    assert net.first_layer.exact and net.first_layer.count > 0
