@@ -6,7 +6,8 @@ computes although almost none changed token: a cached ``dual`` step recomputes t
 which one was committed since the last step and the others are MASK or committed earlier; a refresh recomputes the
 whole canvas, the prompt included. :class:`TokenProjections` keeps the products of every token id it has met, so
 a forward makes them only for the ids it meets for the first time, and gathers the rest. At the vs-Fast-dLLM shape
-(docs/benchmarks.md) that is 3 of the 87 d_model²-sized products a column costs per step.
+(docs/benchmarks.md) that is 3 of the 86 d_model² multiply-adds of products a column costs per step (78 in the
+layers, 8 in the head).
 
 **Same values, not nearly.** The table's rows must be the rows the forward would have made. A row of MKL's float32
 or bfloat16 matrix product of 4 or more rows equals, bit for bit, the same row of any larger product (measured:
