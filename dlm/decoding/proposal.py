@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from dlm.messages import ThresholdFloor, Window
+from dlm.models.planned import dense
 from dlm.rng import RowRNG
 
 Spans = tuple[Tensor, Tensor]
@@ -101,21 +102,17 @@ def propose_at(logits: Tensor, read: Tensor, mask_id: int) -> tuple[Tensor, Tens
     MASK and confidence 0. A step with one token per step reads about half its block, so the float64 softmax and the
     argmax run on half the logits. Reads the count on the host: CPU only (a GPU step stays sync-free)."""
     b, width = read.shape
-    n = int(read.sum(dim=1).max()) if b else 0
+    n = int(read.sum(dim=1).max()) if b else 0  # the step's host read
+    at, _ = dense(read, n)  # [b, n]: each row's read positions first
     if n >= width:  # some row reads every position: one proposal over the window
         tokens, confidence = propose(logits, mask_id=mask_id, temperature=0.0, generator=None, rows=None)
-        return tokens.masked_fill(~read, mask_id), confidence.masked_fill(~read, 0.0)
-    if n == 0:
-        return (torch.full((b, width), mask_id, dtype=torch.long, device=logits.device),
-                torch.zeros((b, width), dtype=torch.float64, device=logits.device))
-    tokens = torch.empty((b, width), dtype=torch.long, device=logits.device)
-    confidence = torch.empty((b, width), dtype=torch.float64, device=logits.device)
-    at = torch.sort((~read).to(torch.uint8), dim=1, stable=True).indices[:, :n]  # [b, n]: read positions first
-    rows = (at + torch.arange(b, device=at.device)[:, None] * width).reshape(-1)  # whole rows of the logits
-    picked = logits.reshape(b * width, logits.shape[-1]).index_select(0, rows).view(b, n, -1)
-    t, c = propose(picked, mask_id=mask_id, temperature=0.0, generator=None, rows=None)
-    tokens, confidence = tokens.scatter_(1, at, t), confidence.scatter_(1, at, c)
-    return tokens.masked_fill_(~read, mask_id), confidence.masked_fill_(~read, 0.0)  # a short row's padding
+    else:
+        rows = (at + torch.arange(b, device=at.device)[:, None] * width).reshape(-1)  # whole rows of the logits
+        picked = logits.reshape(b * width, logits.shape[-1]).index_select(0, rows).view(b, n, logits.shape[-1])
+        t, c = propose(picked, mask_id=mask_id, temperature=0.0, generator=None, rows=None)
+        tokens = torch.full((b, width), mask_id, dtype=torch.long, device=logits.device).scatter_(1, at, t)
+        confidence = torch.zeros((b, width), dtype=torch.float64, device=logits.device).scatter_(1, at, c)
+    return tokens.masked_fill(~read, mask_id), confidence.masked_fill(~read, 0.0)  # incl. a short row's padding
 
 
 def top_k_select(score: Tensor, eligible: Tensor, k: Tensor) -> Tensor:

@@ -27,7 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-MIN_EXACT_ROWS = 4  # the table is filled by products of at least this many rows, and serves forwards of as many
+# the fewest rows of a product whose rows are exact (a float32 product of 1-3 rows takes another kernel): the fewest
+# rows a pruned last layer computes (Transformer.output_rows), and those this table is filled by and serves
+MIN_EXACT_ROWS = 4
 
 
 def rows_are_exact(make, vocab: int, device: torch.device) -> bool:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlm.models.first_layer import TokenProjections
+from dlm.models.first_layer import MIN_EXACT_ROWS, TokenProjections
 from dlm.models.kv import KVBuffer
 
 if TYPE_CHECKING:
@@ -109,7 +109,6 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> 
     return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
-MIN_EXACT_ROWS = 4  # the fewest rows a pruned last layer computes (Transformer.output_rows)
 Rows = slice | Tensor  # query rows to keep: a slice of offsets, or per-row offsets [b, n]
 
 

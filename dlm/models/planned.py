@@ -52,11 +52,12 @@ class Input:
         return self.kv.values[self.layer][r, :, cols].transpose(1, 2)
 
 
-def dense(mask: Tensor) -> tuple[Tensor, Tensor]:
+def dense(mask: Tensor, n: int | None = None) -> tuple[Tensor, Tensor]:
     """The offsets a [b, q] bool mask marks, as [b, n] (each row's first, then offsets it does not mark, up to
-    the largest count) and which of them are marked ([b, n] bool)."""
+    the largest count, or ``n`` when the caller read it already) and which of them are marked ([b, n] bool)."""
     counts = mask.sum(dim=1)
-    n = int(counts.max()) if mask.shape[0] else 0
+    if n is None:
+        n = int(counts.max()) if mask.shape[0] else 0
     order = torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices[:, :n]
     return order, torch.arange(n, device=mask.device)[None, :] < counts[:, None]
 

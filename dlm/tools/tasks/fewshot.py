@@ -39,7 +39,6 @@ SHOT_DIGITS = (4, 15)  # digits per worked example (inclusive range)
 FEWSHOT_PROMPT_LENGTH = SHOTS[1] * (4 * SHOT_DIGITS[1] + 1) + 2 * QUESTION_DIGITS  # 372
 
 
-
 def running_sums(digits: str, base: int = BASE) -> str:
     """Each digit of ``digits`` followed by the running total mod ``base``: ``"1101"`` -> ``"11100011"`` (mod 2),
     ``"7294"`` -> ``"77299842"`` (mod 10)."""
